@@ -1,0 +1,221 @@
+"""The private base class every keras_norms normalization layer derives from.
+
+A layer declares:
+
+- its parameter (channel) axes, from the `axis` argument;
+- `_statistics(x, training)`: the mean and variance it normalizes with, as
+  tensors that broadcast against the statistics view of the input;
+- optionally a statistics view of the input (GroupNormalization reshapes the
+  channel axis into groups) and extra state weights (moving statistics).
+
+The base class does the rest: argument validation, the `gamma`/`beta`
+weights, mixed precision (weights and statistics in float32), the single
+scale-and-shift, and the config.
+"""
+
+import math
+
+import keras
+from keras import constraints
+from keras import initializers
+from keras import ops
+from keras import regularizers
+
+from keras_norms import ops as kn_ops
+from keras_norms.layers import _validation
+
+
+class Normalization(keras.layers.Layer):
+    """Base class: `y = gamma * (x - mean) / sqrt(variance + epsilon) + beta`.
+
+    Args:
+        axis: The parameter axis (or axes, where the layer allows a list):
+            `gamma` and `beta` have one value per position along it.
+        epsilon: Small float added to the variance, `> 0`.
+        center: If `True`, add the learned offset `beta`.
+        scale: If `True`, multiply by the learned scale `gamma`.
+        beta_initializer, gamma_initializer: Initializers of the weights.
+        beta_regularizer, gamma_regularizer: Optional regularizers.
+        beta_constraint, gamma_constraint: Optional constraints.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+    """
+
+    # Whether `axis` may be a list of ints (LayerNormalization) or an int.
+    _axis_may_be_list = False
+
+    def __init__(
+        self,
+        axis=-1,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.axis = _validation.check_axis_argument(
+            axis, allow_list=self._axis_may_be_list
+        )
+        self.epsilon = _validation.check_positive_float("epsilon", epsilon)
+        self.center = _validation.check_bool("center", center)
+        self.scale = _validation.check_bool("scale", scale)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.supports_masking = True
+        # Weights and statistics stay float32 under mixed precision.
+        self.autocast = False
+        self.gamma = None
+        self.beta = None
+
+    # ------------------------------------------------------------------
+    # Build
+    # ------------------------------------------------------------------
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        ndim = len(input_shape)
+        self._param_axes = _validation.canonical_axes(self.axis, ndim)
+        for axis in self._param_axes:
+            if input_shape[axis] is None:
+                raise ValueError(
+                    f"{type(self).__name__} needs a known size along its "
+                    f"`axis`, but axis {axis} of the input is unknown. "
+                    f"Received: axis={self.axis}, input_shape={input_shape}"
+                )
+        param_shape = tuple(input_shape[axis] for axis in self._param_axes)
+        self._build_layout(input_shape)
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=param_shape,
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        if self.center:
+            self.beta = self.add_weight(
+                shape=param_shape,
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        self._build_state(param_shape)
+        self.input_spec = keras.layers.InputSpec(
+            ndim=ndim, axes={a: input_shape[a] for a in self._param_axes}
+        )
+
+    def _build_layout(self, input_shape):
+        """Validate the input shape and record the reduction layout.
+
+        Sets `self._param_shape_in_view` (the shape `gamma`/`beta` take to
+        broadcast against the statistics view of the input) and
+        `self._reduction_axes` (the axes of that view the statistics reduce
+        over).
+        """
+        ndim = len(input_shape)
+        param_shape_in_view = [1] * ndim
+        for axis in self._param_axes:
+            param_shape_in_view[axis] = input_shape[axis]
+        self._param_shape_in_view = tuple(param_shape_in_view)
+        self._reduction_axes = self._reduction_axes_for(input_shape)
+
+    def _reduction_axes_for(self, input_shape):
+        """The axes statistics reduce over; layers override this."""
+        raise NotImplementedError
+
+    def _build_state(self, param_shape):
+        """Create non-trainable state (moving statistics); none by default."""
+
+    # ------------------------------------------------------------------
+    # Call
+    # ------------------------------------------------------------------
+    def call(self, inputs, training=None):
+        x = self._to_view(inputs)
+        mean, variance = self._statistics(x, training)
+        scale, shift = kn_ops.scale_and_shift(
+            mean,
+            variance,
+            self._param_in_view(self.gamma, mean.dtype),
+            self._param_in_view(self.beta, mean.dtype),
+            self.epsilon,
+        )
+        outputs = kn_ops.normalize(x, scale, shift, self.compute_dtype)
+        return self._from_view(outputs, inputs)
+
+    def _statistics(self, x, training):
+        """`(mean, variance)` that broadcast against the view `x`."""
+        return kn_ops.moments(x, self._reduction_axes)
+
+    def _to_view(self, inputs):
+        """The input as statistics see it; GroupNormalization reshapes."""
+        return inputs
+
+    def _from_view(self, outputs, inputs):
+        """Undo `_to_view` on the normalized outputs."""
+        return outputs
+
+    def _param_in_view(self, weight, dtype):
+        if weight is None:
+            return None
+        return ops.reshape(ops.cast(weight, dtype), self._param_shape_in_view)
+
+    def _check_reduction_size(self, input_shape, axes, what):
+        """Refuse a reduction over a single value where the shape says so.
+
+        Normalizing one value gives `beta` whatever the input (its variance
+        is 0), a silent wrong result; torch refuses it too.
+        """
+        sizes = [input_shape[a] for a in axes]
+        if all(s is not None for s in sizes) and math.prod(sizes) == 1:
+            raise ValueError(
+                f"{type(self).__name__} expected more than 1 value per "
+                f"{what}, got input shape {tuple(input_shape)} (axes "
+                f"{tuple(axes)} hold a single value). Received: "
+                f"axis={self.axis}"
+            )
+
+    def compute_output_shape(self, input_shape):
+        _validation.canonical_axes(self.axis, len(input_shape))
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "axis": self.axis,
+                "epsilon": self.epsilon,
+                "center": self.center,
+                "scale": self.scale,
+                "beta_initializer": initializers.serialize(
+                    self.beta_initializer
+                ),
+                "gamma_initializer": initializers.serialize(
+                    self.gamma_initializer
+                ),
+                "beta_regularizer": regularizers.serialize(
+                    self.beta_regularizer
+                ),
+                "gamma_regularizer": regularizers.serialize(
+                    self.gamma_regularizer
+                ),
+                "beta_constraint": constraints.serialize(self.beta_constraint),
+                "gamma_constraint": constraints.serialize(
+                    self.gamma_constraint
+                ),
+            }
+        )
+        return config
+

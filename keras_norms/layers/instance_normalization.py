@@ -1,0 +1,51 @@
+"""InstanceNormalization: per sample and channel, over the spatial axes."""
+
+import keras
+
+from keras_norms.layers import _base
+
+
+@keras.saving.register_keras_serializable(package="keras_norms")
+class InstanceNormalization(_base.Normalization):
+    """Instance normalization (Ulyanov et al., 2016).
+
+    Normalizes each channel of each sample with the mean and variance over
+    its spatial axes (H, W for images, T for sequences), the same in
+    training and at inference:
+
+    `y = gamma * (x - mean) / sqrt(variance + epsilon) + beta`
+
+    It equals `GroupNormalization(groups=-1)` (one channel per group) and is
+    what style transfer uses: it removes each image's contrast.
+
+    Args:
+        axis: Integer, the channel axis: `-1` for channels-last, `1` for
+            channels-first.
+        epsilon: Small float added to the variance, `> 0`.
+        center: If `True`, add the learned offset `beta`.
+        scale: If `True`, multiply by the learned scale `gamma`.
+        beta_initializer, gamma_initializer: Initializers of the weights.
+        beta_regularizer, gamma_regularizer: Optional regularizers.
+        beta_constraint, gamma_constraint: Optional constraints.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: Input tensor of rank 3 to 5 (at least one spatial axis).
+        training: Ignored: the layer behaves the same in both modes.
+
+    Reference:
+        - [Ulyanov et al., 2016](https://arxiv.org/abs/1607.08022).
+    """
+
+    def _reduction_axes_for(self, input_shape):
+        axes = tuple(
+            a for a in range(1, len(input_shape)) if a not in self._param_axes
+        )
+        if not axes:
+            raise ValueError(
+                "InstanceNormalization needs an input with at least one "
+                "spatial axis besides the batch and channel axes. "
+                f"Received: input_shape={tuple(input_shape)}, axis={self.axis}"
+            )
+        self._check_reduction_size(input_shape, axes, "instance and channel")
+        return axes
