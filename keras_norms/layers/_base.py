@@ -144,16 +144,25 @@ class Normalization(keras.layers.Layer):
     # ------------------------------------------------------------------
     def call(self, inputs, training=None):
         x = self._to_view(inputs)
+        scale, shift = self._scale_and_shift(x, training)
+        outputs = kn_ops.normalize(x, scale, shift, self.compute_dtype)
+        return self._from_view(outputs, inputs)
+
+    def _scale_and_shift(self, x, training):
+        """The `(scale, shift)` pair the view `x` is normalized with.
+
+        By default the layer's statistics folded with `gamma` and `beta`;
+        layers that mix several normalizations (BatchInstanceNormalization)
+        override this to mix their scales and shifts instead.
+        """
         mean, variance = self._statistics(x, training)
-        scale, shift = kn_ops.scale_and_shift(
+        return kn_ops.scale_and_shift(
             mean,
             variance,
             self._param_in_view(self.gamma, mean.dtype),
             self._param_in_view(self.beta, mean.dtype),
             self.epsilon,
         )
-        outputs = kn_ops.normalize(x, scale, shift, self.compute_dtype)
-        return self._from_view(outputs, inputs)
 
     def _statistics(self, x, training):
         """`(mean, variance)` that broadcast against the view `x`."""

@@ -1,0 +1,22 @@
+"""Shared pytest setup: quiet logs, fixed seeds, fresh Keras state per test."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def pytest_report_header(config):
+    return f"keras {keras.__version__}, backend {keras.backend.backend()}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    keras.utils.set_random_seed(0)
+    np.random.seed(0)
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+    keras.backend.clear_session()

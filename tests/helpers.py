@@ -1,0 +1,164 @@
+"""Backend-agnostic test helpers shared by the test modules.
+
+Keras' own layer-test helper is private, so this is a small one of ours:
+forward and gradients on any backend, independent references (NumPy from
+the papers' formulas, and `torch.nn.functional` as a peer), and the checks
+every layer must pass (config round trip, `.keras` save/load with state,
+a `fit` that lowers the loss, mixed precision).
+"""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+BACKEND = keras.backend.backend()
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def random_input(shape, seed=0, loc=0.0, scale=1.0, dtype="float32"):
+    rng = np.random.RandomState(seed)
+    return (loc + scale * rng.randn(*shape)).astype(dtype)
+
+
+def set_random_weights(layer, seed=1):
+    """Give every weight a random value (variances positive)."""
+    rng = np.random.RandomState(seed)
+    for w in layer.weights:
+        value = rng.uniform(0.5, 1.5, size=w.shape)
+        if "variance" not in w.name and "rho" not in w.name:
+            value = rng.randn(*w.shape)
+        w.assign(value.astype("float32"))
+
+
+def forward_and_grads(layer, x, upstream=None, training=True):
+    """`(y, dx, {weight name: grad})` for `loss = sum(y * upstream)`.
+
+    Uses `stateless_call`, so state updates are not applied. Works on the
+    TensorFlow, JAX and torch backends with the backend's own autodiff.
+    """
+    x = np.asarray(x, dtype="float32")
+    if not layer.built:
+        layer.build(x.shape)
+    if upstream is None:
+        upstream = random_input(x.shape, seed=123)
+    upstream = np.asarray(upstream, dtype="float32")
+    names = [v.name for v in layer.trainable_variables]
+    tv = [to_numpy(v) for v in layer.trainable_variables]
+    ntv = [v.value for v in layer.non_trainable_variables]
+
+    if BACKEND == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss(tv, x):
+            y, _ = layer.stateless_call(tv, ntv, x, training=training)
+            return jnp.sum(y.astype("float32") * upstream), y
+
+        (_, y), (gtv, gx) = jax.value_and_grad(
+            loss, argnums=(0, 1), has_aux=True
+        )([jnp.asarray(t) for t in tv], jnp.asarray(x))
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        tvt = [tf.constant(t) for t in tv]
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(tvt)
+            tape.watch(xt)
+            y, _ = layer.stateless_call(tvt, ntv, xt, training=training)
+            loss = tf.reduce_sum(tf.cast(y, "float32") * upstream)
+        gtv, gx = tape.gradient(loss, [tvt, xt])
+    elif BACKEND == "torch":
+        import torch
+
+        tvt = [torch.tensor(t, requires_grad=True) for t in tv]
+        xt = torch.tensor(x, requires_grad=True)
+        y, _ = layer.stateless_call(tvt, ntv, xt, training=training)
+        loss = torch.sum(y.float() * torch.tensor(upstream))
+        loss.backward()
+        gtv = [t.grad for t in tvt]
+        gx = xt.grad
+    else:  # pragma: no cover
+        raise NotImplementedError(BACKEND)
+    grads = {
+        n: (None if g is None else to_numpy(g)) for n, g in zip(names, gtv)
+    }
+    return to_numpy(y), to_numpy(gx), grads
+
+
+def torch_reference(fn, x, params, upstream, channel_axis):
+    """Run a `torch.nn.functional` norm in float64 with autograd.
+
+    `x` is moved so its channel axis is axis 1 (torch's layout), and the
+    output and input gradient moved back. `params` maps names to NumPy
+    arrays that get gradients; `fn(x, **params)` is the torch call.
+
+    Returns `(y, dx, {name: grad})` as NumPy arrays.
+    """
+    import torch
+
+    xt = torch.tensor(
+        np.moveaxis(x, channel_axis, 1), dtype=torch.float64, requires_grad=True
+    )
+    pt = {
+        k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+        for k, v in params.items()
+    }
+    y = fn(xt, **pt)
+    up = torch.tensor(np.moveaxis(upstream, channel_axis, 1), dtype=torch.float64)
+    (y * up).sum().backward()
+    return (
+        np.moveaxis(y.detach().numpy(), 1, channel_axis),
+        np.moveaxis(xt.grad.numpy(), 1, channel_axis),
+        {k: t.grad.numpy() for k, t in pt.items()},
+    )
+
+
+def numpy_normalize(x, reduce_axes, epsilon, gamma=None, beta=None):
+    """The papers' formula in float64: `gamma * (x - mu) / sqrt(var + eps) + beta`."""
+    x = x.astype("float64")
+    mean = x.mean(axis=tuple(reduce_axes), keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=tuple(reduce_axes), keepdims=True)
+    y = (x - mean) / np.sqrt(var + epsilon)
+    if gamma is not None:
+        y = y * gamma
+    if beta is not None:
+        y = y + beta
+    return y
+
+
+def broadcast_param(value, ndim, axis):
+    """Reshape a per-channel vector to broadcast along `axis` of rank `ndim`."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return np.reshape(value, shape)
+
+
+def assert_config_round_trip(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    return clone
+
+
+def assert_saves_and_loads(model, x, tmp_path=None):
+    """Save as `.keras`, load without custom_objects, compare outputs + state."""
+    directory = tmp_path or tempfile.mkdtemp()
+    path = os.path.join(str(directory), "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for a, b in zip(model.weights, loaded.weights):
+        assert a.path == b.path
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    np.testing.assert_allclose(
+        to_numpy(loaded(x, training=False)),
+        to_numpy(model(x, training=False)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    return loaded
