@@ -1,0 +1,57 @@
+"""The only backend-specific code in keras_norms: cross-replica reductions.
+
+`SyncBatchNormalization` asks two questions of the running backend:
+
+- `num_replicas()`: over how many replicas, each holding one shard of the
+  batch, the statistics must be combined *explicitly*. It is 1 outside any
+  distribution, and also where the backend's compiler already sees the
+  global batch (JAX under `keras.distribution`: one GSPMD program whose
+  reductions over a sharded batch axis XLA turns into all-reduces itself).
+- `all_gather_rows(row)`: every replica's 1-D `row` stacked into a
+  `(num_replicas, len(row))` tensor, in replica order, through ONE
+  differentiable collective of the backend's own distribution machinery
+  (TensorFlow: the `tf.distribute` replica context; torch: an autograd-aware
+  all-reduce over the default `torch.distributed` process group).
+
+and one helper, `check_at_least(total, minimum, message)`, which raises a
+`ValueError` where the value is known on the host (eager) and adds a
+runtime assertion to a traced graph otherwise.
+
+Each backend module is imported lazily, so importing keras_norms never
+imports a framework the user did not choose.
+"""
+
+import importlib
+
+import keras
+
+__all__ = ["num_replicas", "all_gather_rows", "check_at_least"]
+
+
+def _module():
+    name = keras.backend.backend()
+    if name not in ("tensorflow", "jax", "torch"):
+        name = "_local"
+    return importlib.import_module(f"keras_norms.backend.{name}")
+
+
+def num_replicas():
+    """Replicas whose batch shards must be combined explicitly (1: none)."""
+    return _module().num_replicas()
+
+
+def all_gather_rows(row):
+    """Stack every replica's 1-D `row` into `(num_replicas, len(row))`.
+
+    One collective forward (and one backward); differentiable, so input
+    gradients flow to every replica that contributed.
+    """
+    return _module().all_gather_rows(row)
+
+
+def check_at_least(total, minimum, message):
+    """Refuse `total < minimum` with `ValueError(message)` (see module doc).
+
+    Returns `total`, with the check attached where it runs in a graph.
+    """
+    return _module().check_at_least(total, minimum, message)

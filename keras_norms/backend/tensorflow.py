@@ -1,0 +1,44 @@
+"""TensorFlow: the `tf.distribute` replica context's own collectives.
+
+Inside `strategy.run` (and so inside `model.fit` under a strategy) every
+replica runs the layer in a replica context; `ReplicaContext.all_gather`
+gathers the per-replica statistics rows, and its gradient (a reduce of the
+upstream gradients back to each replica) makes input gradients those of the
+global batch. In cross-replica context (`strategy.scope()` while building),
+under the default strategy, or with a single replica, nothing is combined.
+"""
+
+import tensorflow as tf
+
+
+def _replica_context():
+    if not tf.distribute.has_strategy():
+        return None
+    if tf.distribute.in_cross_replica_context():
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync < 2:
+        return None
+    return context
+
+
+def num_replicas():
+    context = _replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def all_gather_rows(row):
+    context = _replica_context()
+    return context.all_gather(row[None], axis=0)
+
+
+def check_at_least(total, minimum, message):
+    if tf.executing_eagerly():
+        if float(total) < minimum:
+            raise ValueError(message)
+        return total
+    check = tf.debugging.assert_greater_equal(
+        total, tf.cast(minimum, total.dtype), message=message
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(total)

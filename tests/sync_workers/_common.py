@@ -1,0 +1,48 @@
+"""Shared by the distributed SyncBatchNormalization workers.
+
+A worker is launched by tests/test_sync_batch_normalization.py with
+`sys.executable worker.py INPUTS.npz OUT_DIR`, after the test has set
+KERAS_BACKEND and whatever the backend needs before it initializes (logical
+devices, XLA_FLAGS, a process group). It reads the global batch, splits it
+into per-replica shards for each case, runs one training step of
+SyncBatchNormalization (and of plain BatchNormalization) with the backend's
+own distribution machinery, and writes per-replica results as
+`{case}/{replica}/{name}` arrays to an .npz file in OUT_DIR.
+"""
+
+import os
+
+import numpy as np
+
+# The cases every backend tries: name -> per-replica shard sizes of the
+# global batch (its first sum(sizes) samples).
+CASES = {
+    "equal": (4, 4),
+    "unequal": (3, 5),
+    "empty": (0, 6),
+}
+# A global batch holding one value per channel (rank-2 input, one sample).
+SINGLE = (1, 0)
+MOMENTUM = 0.5
+
+
+def load_inputs(path):
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def shards(x, sizes):
+    bounds = np.cumsum((0,) + tuple(sizes))
+    return [x[bounds[i] : bounds[i + 1]] for i in range(len(sizes))]
+
+
+def set_weights(layer, inputs):
+    layer.gamma.assign(inputs["gamma"])
+    layer.beta.assign(inputs["beta"])
+
+
+def save(out_dir, name, results):
+    np.savez(
+        os.path.join(out_dir, f"{name}.npz"),
+        **{k: np.asarray(v) for k, v in results.items()},
+    )

@@ -1,0 +1,98 @@
+"""SyncBatchNormalization over torch.distributed: 2 processes on gloo.
+
+The launcher picks a free port on 127.0.0.1 and spawns two processes; each
+initializes the default process group, runs every case on its own shard of
+the global batch and writes its results to OUT_DIR/rank{r}.npz.
+"""
+
+import os
+import socket
+import sys
+
+os.environ["KERAS_BACKEND"] = "torch"
+
+WORLD_SIZE = 2
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_case(rank, inputs, sizes, x_key="x", with_plain=True):
+    import torch
+
+    import _common
+    from keras_norms.layers.batch_normalization import BatchNormalization
+    from keras_norms.layers.sync_batch_normalization import (
+        SyncBatchNormalization,
+    )
+
+    x = _common.shards(inputs[x_key], sizes)[rank]
+    up = _common.shards(inputs["up_" + x_key], sizes)[rank]
+    layers = [SyncBatchNormalization(momentum=_common.MOMENTUM)]
+    if with_plain:
+        layers.append(BatchNormalization(momentum=_common.MOMENTUM))
+    for layer in layers:
+        layer.build((None,) + x.shape[1:])
+        _common.set_weights(layer, inputs)
+    sync = layers[0]
+    xt = torch.tensor(x, requires_grad=True)
+    y = sync(xt, training=True)
+    torch.sum(y * torch.tensor(up)).backward()
+    results = {
+        "y": y.detach().numpy(),
+        "dx": xt.grad.numpy(),
+        "dgamma": sync.gamma.value.grad.numpy(),
+        "dbeta": sync.beta.value.grad.numpy(),
+        "moving_mean": sync.moving_mean.numpy(),
+        "moving_variance": sync.moving_variance.numpy(),
+    }
+    if with_plain and x.shape[0] > 1:
+        bn_y = layers[1](torch.tensor(x), training=True)
+        results["bn_y"] = bn_y.detach().numpy()
+    return {f"{rank}/{k}": v for k, v in results.items()}
+
+
+def worker(rank, port, inputs_path, out_dir):
+    import torch.distributed as dist
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _common
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+    )
+    try:
+        inputs = _common.load_inputs(inputs_path)
+        results = {}
+        for case, sizes in _common.CASES.items():
+            for k, v in run_case(rank, inputs, sizes).items():
+                results[f"{case}/{k}"] = v
+        try:
+            run_case(rank, inputs, _common.SINGLE, x_key="x1", with_plain=False)
+            results[f"single/{rank}/error"] = ""
+        except ValueError as e:
+            results[f"single/{rank}/error"] = f"{type(e).__name__}: {e}"
+        _common.save(out_dir, f"rank{rank}", results)
+    finally:
+        dist.destroy_process_group()
+
+
+def main(inputs_path, out_dir):
+    import torch.multiprocessing as mp
+
+    mp.spawn(
+        worker,
+        args=(free_port(), inputs_path, out_dir),
+        nprocs=WORLD_SIZE,
+        join=True,
+    )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

@@ -1,0 +1,357 @@
+"""SyncBatchNormalization: global-batch statistics through each backend's
+own distribution machinery.
+
+In process (every backend): outside any distribution it is exactly
+BatchNormalization. Distributed (the current KERAS_BACKEND only, in a
+subprocess, because device counts and process groups must be configured
+before the backend initializes): two replicas, each with its shard of a
+global batch, must give the outputs, input and parameter gradients and
+moving statistics of BatchNormalization on the whole global batch on one
+device, where plain BatchNormalization (per-replica statistics) does not.
+
+- tensorflow: MirroredStrategy over two logical CPU devices
+  (tests/sync_workers/tf_worker.py);
+- jax: keras.distribution.DataParallel over two host devices
+  (XLA_FLAGS=--xla_force_host_platform_device_count=2; jax_worker.py);
+- torch: two processes on the gloo backend (torch_worker.py).
+"""
+
+import inspect
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_norms import backend as kn_backend
+from keras_norms.layers.batch_normalization import BatchNormalization
+from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization
+from tests import helpers
+
+BACKEND = keras.backend.backend()
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKERS = os.path.join(HERE, "sync_workers")
+sys.path.insert(0, WORKERS)
+
+import _common  # noqa: E402
+
+EPSILON = 1e-3  # the default of both layers
+
+
+# ----------------------------------------------------------------------
+# Outside any distribution: exactly BatchNormalization.
+# ----------------------------------------------------------------------
+def _pair(**kwargs):
+    sync = SyncBatchNormalization(**kwargs)
+    plain = BatchNormalization(**kwargs)
+    return sync, plain
+
+
+@pytest.mark.parametrize("axis, shape", [(-1, (6, 3, 4)), (1, (4, 3, 2, 2))])
+def test_equals_batch_normalization_outside_distribution(axis, shape):
+    assert kn_backend.num_replicas() == 1
+    x = helpers.random_input(shape, seed=2, loc=1000.0)
+    sync, plain = _pair(axis=axis, momentum=0.5)
+    for layer in (sync, plain):
+        layer.build(shape)
+        helpers.set_random_weights(layer, seed=3)
+    # Training: outputs and every gradient identical.
+    y_s, dx_s, g_s = helpers.forward_and_grads(sync, x)
+    y_p, dx_p, g_p = helpers.forward_and_grads(plain, x)
+    np.testing.assert_array_equal(y_s, y_p)
+    np.testing.assert_array_equal(dx_s, dx_p)
+    for name in g_p:
+        np.testing.assert_array_equal(g_s[name], g_p[name])
+    # ... and against the paper's formula in float64.
+    reduce_axes = [a for a in range(len(shape)) if a != axis % len(shape)]
+    gamma = helpers.broadcast_param(helpers.to_numpy(sync.gamma), len(shape), axis)
+    beta = helpers.broadcast_param(helpers.to_numpy(sync.beta), len(shape), axis)
+    np.testing.assert_allclose(
+        y_s,
+        helpers.numpy_normalize(x, reduce_axes, EPSILON, gamma, beta),
+        atol=2e-3,
+    )
+    # Moving statistics after a stateful training call, then inference.
+    for layer in (sync, plain):
+        layer(x, training=True)
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_array_equal(
+            helpers.to_numpy(getattr(sync, name)),
+            helpers.to_numpy(getattr(plain, name)),
+        )
+    np.testing.assert_array_equal(
+        helpers.to_numpy(sync(x, training=False)),
+        helpers.to_numpy(plain(x, training=False)),
+    )
+
+
+def test_same_arguments_and_weights_as_batch_normalization():
+    assert issubclass(SyncBatchNormalization, BatchNormalization)
+    # It adds no argument and no `__init__` of its own.
+    assert "__init__" not in vars(SyncBatchNormalization)
+    assert inspect.signature(SyncBatchNormalization) == inspect.signature(
+        BatchNormalization
+    )
+    sync, plain = _pair(axis=1, momentum=0.9, epsilon=1e-5, center=False)
+    sync.build((2, 3, 4))
+    plain.build((2, 3, 4))
+    assert [w.name for w in sync.weights] == [w.name for w in plain.weights]
+    clone = helpers.assert_config_round_trip(sync)
+    assert isinstance(clone, SyncBatchNormalization)
+    assert clone.get_config()["momentum"] == 0.9
+
+
+def test_refuses_one_value_per_channel_outside_distribution():
+    layer = SyncBatchNormalization()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        layer(np.ones((1, 4), "float32"), training=True)
+    # Inference with one sample is fine.
+    layer(np.ones((1, 4), "float32"), training=False)
+
+
+def test_fit_and_saves_and_loads(tmp_path):
+    x = helpers.random_input((16, 4), seed=4, loc=3.0)
+    y = helpers.random_input((16, 4), seed=5)
+    model = keras.Sequential([keras.Input((4,)), SyncBatchNormalization()])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert not np.allclose(helpers.to_numpy(model.layers[0].moving_mean), 0)
+    loaded = helpers.assert_saves_and_loads(model, x, tmp_path)
+    assert type(loaded.layers[0]) is SyncBatchNormalization
+
+
+# ----------------------------------------------------------------------
+# Distributed: the current backend's setup, in a subprocess.
+# ----------------------------------------------------------------------
+WORKER = {
+    "tensorflow": "tf_worker.py",
+    "jax": "jax_worker.py",
+    "torch": "torch_worker.py",
+}
+
+
+def _make_inputs():
+    rng = np.random.RandomState(0)
+    f32 = "float32"
+    return {
+        # A large mean against the spread: a one-pass E[x^2] - E[x]^2
+        # combination would be off by percents here.
+        "x": (1000.0 + rng.randn(8, 3, 4)).astype(f32),
+        "up_x": rng.randn(8, 3, 4).astype(f32),
+        "x1": rng.randn(1, 4).astype(f32),
+        "up_x1": rng.randn(1, 4).astype(f32),
+        "gamma": rng.uniform(0.5, 1.5, 4).astype(f32),
+        "beta": rng.randn(4).astype(f32),
+        "target": rng.randn(8, 3, 4).astype(f32),
+    }
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return _make_inputs()
+
+
+@pytest.fixture(scope="module")
+def distributed(inputs, tmp_path_factory):
+    """Run the current backend's distributed worker once; its results."""
+    if BACKEND not in WORKER:
+        pytest.skip(f"no distributed setup for the {BACKEND} backend")
+    directory = tmp_path_factory.mktemp("sync_bn")
+    inputs_path = str(directory / "inputs.npz")
+    np.savez(inputs_path, **inputs)
+    env = dict(os.environ)
+    env["KERAS_BACKEND"] = BACKEND
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if BACKEND == "jax":
+        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(WORKERS, WORKER[BACKEND]),
+         inputs_path, str(directory)],
+        env=env,
+        cwd=os.path.dirname(HERE),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = {}
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".npz") and name != "inputs.npz":
+            with np.load(directory / name) as data:
+                results.update({k: data[k] for k in data.files})
+    return results
+
+
+def _global_reference(inputs, n):
+    """BatchNormalization on one device on the global batch of `n`."""
+    x, up = inputs["x"][:n], inputs["up_x"][:n]
+    layer = BatchNormalization(momentum=_common.MOMENTUM)
+    layer.build((None,) + x.shape[1:])
+    _common.set_weights(layer, inputs)
+    y, dx, grads = helpers.forward_and_grads(layer, x, up)
+    x64 = x.astype("float64")
+    mean, var = x64.mean(axis=(0, 1)), x64.var(axis=(0, 1))
+    m = _common.MOMENTUM
+    return {
+        "y": y,
+        "y_numpy": helpers.numpy_normalize(
+            x, (0, 1), EPSILON, inputs["gamma"], inputs["beta"]
+        ),
+        "dx": dx,
+        "dgamma": grads["gamma"],
+        "dbeta": grads["beta"],
+        "moving_mean": m * 0.0 + (1 - m) * mean,
+        "moving_variance": m * 1.0 + (1 - m) * var,
+    }
+
+
+def _cases(results):
+    return [c for c in _common.CASES if f"{c}/0/y" in results]
+
+
+def _concat(results, case, name):
+    return np.concatenate([results[f"{case}/{r}/{name}"] for r in (0, 1)])
+
+
+def _param_grad(results, case, name):
+    """Gradient of the global loss: per-replica parts summed (TF, torch), or
+    computed globally already (JAX)."""
+    key = f"{case}/global/{name}"
+    if key in results:
+        return results[key]
+    return results[f"{case}/0/{name}"] + results[f"{case}/1/{name}"]
+
+
+@pytest.mark.parametrize("case", list(_common.CASES))
+def test_distributed_matches_global_batch(distributed, inputs, case):
+    if f"{case}/0/y" not in distributed:
+        pytest.skip(
+            "keras.distribution.DataParallel shards the batch evenly over "
+            "the devices; unequal or empty shards cannot be fed"
+        )
+    sizes = _common.CASES[case]
+    ref = _global_reference(inputs, sum(sizes))
+    for r, size in enumerate(sizes):
+        assert distributed[f"{case}/{r}/y"].shape[0] == size
+    y = _concat(distributed, case, "y")
+    assert np.all(np.isfinite(y))
+    # Float32 noise at a mean of 1000 is ~1e-4 here; a one-pass
+    # combination would be off by ~0.1 (test_inputs_defeat_one_pass).
+    np.testing.assert_allclose(y, ref["y"], atol=5e-4)
+    np.testing.assert_allclose(y, ref["y_numpy"], atol=5e-4)
+    dx = _concat(distributed, case, "dx")
+    assert np.all(np.isfinite(dx))
+    np.testing.assert_allclose(dx, ref["dx"], atol=5e-4)
+    for name in ("dgamma", "dbeta"):
+        np.testing.assert_allclose(
+            _param_grad(distributed, case, name), ref[name], rtol=2e-3, atol=2e-3
+        )
+    for name in ("moving_mean", "moving_variance"):
+        # Identical on every replica, and those of the global batch.
+        np.testing.assert_array_equal(
+            distributed[f"{case}/0/{name}"], distributed[f"{case}/1/{name}"]
+        )
+        np.testing.assert_allclose(
+            distributed[f"{case}/0/{name}"], ref[name], rtol=1e-6, atol=1e-3
+        )
+
+
+def test_inputs_defeat_one_pass(inputs):
+    """The distributed inputs make the tolerances above meaningful: a
+    one-pass `E[x^2] - E[x]^2` over raw float32 sums misses the variance by
+    far more than they allow."""
+    x = inputs["x"]
+    n = x.shape[0] * x.shape[1]
+    s = x.sum(axis=(0, 1), dtype="float32")
+    ss = (x * x).sum(axis=(0, 1), dtype="float32")
+    one_pass = ss / np.float32(n) - (s / np.float32(n)) ** 2
+    exact = x.astype("float64").var(axis=(0, 1))
+    assert np.max(np.abs(one_pass - exact)) > 0.05
+
+
+def test_plain_batch_normalization_per_replica(distributed, inputs):
+    """Plain BN uses per-replica statistics where the backend runs one
+    program per replica; on JAX the one GSPMD program already sees the
+    global batch, so plain BN is synchronized there too."""
+    ref = _global_reference(inputs, sum(_common.CASES["equal"]))
+    bn_y = _concat(distributed, "equal", "bn_y")
+    if BACKEND == "jax":
+        np.testing.assert_allclose(bn_y, ref["y"], atol=2e-4)
+        np.testing.assert_array_equal(bn_y, _concat(distributed, "equal", "y"))
+        return
+    assert np.max(np.abs(bn_y - ref["y"])) > 0.05
+    # ... and equals BN applied to each shard on its own.
+    for r, part in enumerate(_common.shards(inputs["x"], _common.CASES["equal"])):
+        layer = BatchNormalization()
+        layer.build(part.shape)
+        _common.set_weights(layer, inputs)
+        np.testing.assert_allclose(
+            distributed[f"equal/{r}/bn_y"],
+            helpers.to_numpy(layer(part, training=True)),
+            atol=2e-4,
+        )
+
+
+def test_distributed_refuses_one_value_per_channel(distributed):
+    if BACKEND == "jax":
+        pytest.skip(
+            "a global batch of one sample cannot be sharded over two "
+            "devices; the layer sees the global shape (static check above)"
+        )
+    message = "Expected more than 1 value per channel when training"
+    if BACKEND == "torch":
+        for r in (0, 1):  # the replica holding it and the empty one
+            error = str(distributed[f"single/{r}/error"])
+            assert error.startswith("ValueError") and message in error
+    else:
+        eager = str(distributed["single_eager/error"])
+        assert eager.startswith("ValueError") and message in eager
+        graph = str(distributed["single_graph/error"])
+        assert graph.startswith("InvalidArgumentError") and message in graph
+
+
+def test_distributed_fit_step_matches_one_device(distributed, inputs):
+    if "fit/0/gamma" not in distributed:
+        pytest.skip("Keras' torch trainer does not drive torch.distributed")
+    model = keras.Sequential(
+        [keras.Input(inputs["x"].shape[1:]), BatchNormalization(momentum=0.5)]
+    )
+    _common.set_weights(model.layers[0], inputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.train_on_batch(inputs["x"], inputs["target"])
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        np.testing.assert_array_equal(
+            distributed[f"fit/0/{name}"], distributed[f"fit/1/{name}"]
+        )
+        np.testing.assert_allclose(
+            distributed[f"fit/0/{name}"],
+            helpers.to_numpy(getattr(model.layers[0], name)),
+            rtol=1e-5,
+            atol=1e-4,
+        )
+
+
+def test_jax_batch_is_sharded_and_xla_inserts_all_reduces(distributed):
+    if BACKEND != "jax":
+        pytest.skip("GSPMD collective counting is JAX-specific")
+    # Each device really holds half of the batch.
+    np.testing.assert_array_equal(distributed["equal/shard_sizes"], [4, 4])
+    forward = {
+        k.split("/")[-1]: int(v)
+        for k, v in distributed.items()
+        if k.startswith("hlo/forward/")
+    }
+    step = {
+        k.split("/")[-1]: int(v)
+        for k, v in distributed.items()
+        if k.startswith("hlo/train_step/")
+    }
+    # The statistics are reduced across devices by all-reduces XLA inserts
+    # (mean, then the variance that depends on it: two in the forward);
+    # no gather of activations, no other collective.
+    assert 1 <= forward["all-reduce"] <= 2, forward
+    assert 1 <= step["all-reduce"] <= 4, step
+    for counts in (forward, step):
+        assert sum(counts.values()) == counts["all-reduce"], counts
