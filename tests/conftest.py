@@ -1,4 +1,4 @@
-"""Shared pytest setup: quiet logs, fixed seeds, fresh Keras state per test."""
+"""Shared pytest setup: quiet logs, fixed seeds, float32 policy per test."""
 
 import os
 
@@ -19,4 +19,3 @@ def _fresh_keras_state():
     np.random.seed(0)
     yield
     keras.mixed_precision.set_global_policy("float32")
-    keras.backend.clear_session()

@@ -59,8 +59,9 @@ def forward_and_grads(layer, x, upstream=None, training=True):
             y, _ = layer.stateless_call(tv, ntv, x, training=training)
             return jnp.sum(y.astype("float32") * upstream), y
 
-        (_, y), (gtv, gx) = jax.value_and_grad(
-            loss, argnums=(0, 1), has_aux=True
+        # One compiled function rather than op-by-op dispatch: faster.
+        (_, y), (gtv, gx) = jax.jit(
+            jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
         )([jnp.asarray(t) for t in tv], jnp.asarray(x))
     elif BACKEND == "tensorflow":
         import tensorflow as tf
@@ -153,7 +154,7 @@ def assert_saves_and_loads(model, x, tmp_path=None):
     model.save(path)
     loaded = keras.models.load_model(path)
     for a, b in zip(model.weights, loaded.weights):
-        assert a.path == b.path
+        assert a.name == b.name
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     np.testing.assert_allclose(
         to_numpy(loaded(x, training=False)),

@@ -89,6 +89,40 @@ def run_fit(strategy, inputs):
     return results
 
 
+def _op_types(graph, counts):
+    for op in graph.get_operations():
+        counts[op.type] = counts.get(op.type, 0) + 1
+    for function in graph._functions.values():  # nested (cond) bodies
+        if hasattr(function, "graph"):
+            _op_types(function.graph, counts)
+    return counts
+
+
+def count_collectives(strategy, inputs):
+    """Collective ops per replica in the traced forward and training step."""
+    with strategy.scope():
+        sync = SyncBatchNormalization()
+        sync.build((None,) + inputs["x"].shape[1:])
+    x = distribute(strategy, _common.shards(inputs["x"], (4, 4)))
+    results = {}
+    for what, with_grad in (("forward", False), ("train_step", True)):
+
+        def replica_fn(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = sync(x, training=True)
+                loss = tf.reduce_sum(y * y)
+            return tape.gradient(loss, x) if with_grad else y
+
+        fn = tf.function(lambda x: strategy.run(replica_fn, args=(x,)))
+        counts = _op_types(fn.get_concrete_function(x).graph, {})
+        total = sum(
+            v for k, v in counts.items() if k.startswith(("Collective", "Nccl"))
+        )
+        results[f"collectives/{what}"] = total / strategy.num_replicas_in_sync
+    return results
+
+
 def main(inputs_path, out_dir):
     inputs = _common.load_inputs(inputs_path)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -113,6 +147,7 @@ def main(inputs_path, out_dir):
             results[f"single_{mode}/error"] = ""
         except (ValueError, tf.errors.InvalidArgumentError) as e:
             results[f"single_{mode}/error"] = f"{type(e).__name__}: {e}"
+    results.update(count_collectives(strategy, inputs))
     for k, v in run_fit(strategy, inputs).items():
         results[f"fit/{k}"] = v
     _common.save(out_dir, "results", results)

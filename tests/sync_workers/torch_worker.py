@@ -20,7 +20,27 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_case(rank, inputs, sizes, x_key="x", with_plain=True):
+def collective_counter():
+    """A dispatch mode recording the c10d collectives issued under it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.collectives = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func)
+            if "c10d" in name and not any(
+                s in name for s in ("wait_tensor", "_wrap_tensor")
+            ):
+                self.collectives.append(name)
+            return func(*args, **(kwargs or {}))
+
+    return Counter()
+
+
+def run_case(rank, inputs, sizes, x_key="x", with_plain=True, counts=None):
     import torch
 
     import _common
@@ -39,8 +59,15 @@ def run_case(rank, inputs, sizes, x_key="x", with_plain=True):
         _common.set_weights(layer, inputs)
     sync = layers[0]
     xt = torch.tensor(x, requires_grad=True)
-    y = sync(xt, training=True)
-    torch.sum(y * torch.tensor(up)).backward()
+    counter = collective_counter()
+    with counter:
+        y = sync(xt, training=True)
+        forward = len(counter.collectives)
+        torch.sum(y * torch.tensor(up)).backward()
+    if counts is not None:
+        counts["forward"] = forward
+        counts["train_step"] = len(counter.collectives)
+        counts["names"] = sorted(set(counter.collectives))
     results = {
         "y": y.detach().numpy(),
         "dx": xt.grad.numpy(),
@@ -71,8 +98,13 @@ def worker(rank, port, inputs_path, out_dir):
         inputs = _common.load_inputs(inputs_path)
         results = {}
         for case, sizes in _common.CASES.items():
-            for k, v in run_case(rank, inputs, sizes).items():
+            counts = {}
+            for k, v in run_case(rank, inputs, sizes, counts=counts).items():
                 results[f"{case}/{k}"] = v
+            if case == "equal" and rank == 0:
+                results["collectives/forward"] = counts["forward"]
+                results["collectives/train_step"] = counts["train_step"]
+                results["collectives/names"] = "; ".join(counts["names"])
         try:
             run_case(rank, inputs, _common.SINGLE, x_key="x1", with_plain=False)
             results[f"single/{rank}/error"] = ""
