@@ -366,3 +366,24 @@ def test_one_collective_per_layer_per_step(distributed):
     assert 1 <= step["all-reduce"] <= 4, step
     for counts in (forward, step):
         assert sum(counts.values()) == counts["all-reduce"], counts
+
+
+def test_example_fits_under_mirrored_strategy():
+    """examples/sync_batchnorm.py: model.fit under MirroredStrategy with two
+    logical CPUs (TensorFlow only; the example sets its own backend)."""
+    if BACKEND != "tensorflow":
+        pytest.skip("the example runs MirroredStrategy; run once, on TF")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(HERE), "examples",
+                                      "sync_batchnorm.py"), "--epochs", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "replicas in sync: 2" in proc.stdout
+    assert proc.stdout.count("identical on replicas: True") == 2
+    accuracy = float(proc.stdout.split("test accuracy: ")[1].split()[0])
+    assert accuracy > 0.5

@@ -1,15 +1,17 @@
 """TensorFlow: the `tf.distribute` replica context's own collectives.
 
 Inside `strategy.run` (and so inside `model.fit` under a strategy) every
-replica runs the layer in a replica context. Each replica writes its statistics row into its own row
-of a zero `(num_replicas, len(row))` matrix and ONE
-`ReplicaContext.all_reduce(SUM)` of it gives every replica every row: an
-all-gather built from an all-reduce. `ReplicaContext.all_gather` would cost
-two collectives forward (MirroredStrategy first gathers the per-replica
-shapes, then the values) and one backward; the all-reduce costs one forward
-and one backward (its gradient is the all-reduce of the upstream
-gradients), and makes input gradients those of the global batch. In cross-replica context (`strategy.scope()` while building),
-under the default strategy, or with a single replica, nothing is combined.
+replica runs the layer in a replica context. Each replica writes its
+statistics row into its own row of a zero `(num_replicas, len(row))`
+matrix, and ONE `ReplicaContext.all_reduce(SUM)` of it gives every replica
+every row: an all-gather built from an all-reduce.
+`ReplicaContext.all_gather` would cost two collectives forward
+(MirroredStrategy first gathers the per-replica shapes, then the values)
+and one backward; the all-reduce costs one forward and one backward (its
+gradient is the all-reduce of the upstream gradients), and makes input
+gradients those of the global batch. In cross-replica context
+(`strategy.scope()` while building), under the default strategy, or with a
+single replica, nothing is combined.
 """
 
 import tensorflow as tf

@@ -36,15 +36,18 @@ class SyncBatchNormalization(batch_normalization.BatchNormalization):
     - TensorFlow, inside a `tf.distribute` strategy in replica context
       (`strategy.run`, `model.fit` under `strategy.scope()`): each replica
       computes, in two passes, its count `n_i`, mean `m_i` and sum of
-      squared deviations `M2_i`; ONE `ReplicaContext.all_gather` of the
-      packed row `[n_i, m_i..., M2_i...]` gives every replica every row,
-      combined with Chan's parallel formula
+      squared deviations `M2_i`, and packs them into one row
+      `[n_i, m_i..., M2_i...]`; ONE `ReplicaContext.all_reduce` (each
+      replica fills its own row of a zero matrix, so the sum is an
+      all-gather) gives every replica every row, combined with Chan's
+      parallel formula
       `mean = sum(n_i * m_i) / n`,
       `M2 = sum(M2_i + n_i * (m_i - mean)**2)`, `variance = M2 / n`.
       Numerically stable (no `E[x^2] - E[x]^2` on raw sums), weighted by
       the counts, so unequal shards are fine and an empty shard
-      contributes nothing. In cross-replica context or under the default
-      strategy it is BatchNormalization.
+      contributes nothing (and gets no NaN). The backward pass is one more
+      all-reduce. In cross-replica context or under the default strategy
+      it is BatchNormalization.
     - torch, when `torch.distributed` is initialized with a world size
       above 1: the same packed row through ONE autograd-aware all-reduce
       over the default process group (each process fills its own row of a
@@ -54,6 +57,9 @@ class SyncBatchNormalization(batch_normalization.BatchNormalization):
       layer sees the global batch, and BatchNormalization's plain moments
       already are global; XLA inserts the all-reduces. No explicit
       collective is issued.
+
+    As with every synchronized batch norm, all replicas must call the layer
+    in training mode the same number of times, in the same order.
 
     Training on a single value per channel across all replicas is refused
     with a `ValueError` ("expected more than 1 value per channel when
@@ -121,12 +127,15 @@ class SyncBatchNormalization(batch_normalization.BatchNormalization):
 
         # One collective: every replica's packed [n, mean..., M2...] row.
         row = ops.concatenate(
-            [ops.reshape(count, (1,)), ops.reshape(mean, (-1,)),
-             ops.reshape(m2, (-1,))],
+            [
+                ops.reshape(count, (1,)),
+                ops.reshape(mean, (-1,)),
+                ops.reshape(m2, (-1,)),
+            ],
             axis=0,
         )
         rows = kn_backend.all_gather_rows(row)
-        channels = (row.shape[0] - 1) // 2
+        channels = math.prod(self._param_shape_in_view)
         counts = rows[:, :1]
         means = rows[:, 1 : 1 + channels]
         m2s = rows[:, 1 + channels :]
