@@ -88,7 +88,7 @@ def _kinds(data_format):
         "Conv2D": (lambda b: L.Conv2D(3, 3, use_bias=b, **df), shape((6, 6), 2)),
         "Conv3D": (
             lambda b: L.Conv3D(3, 2, use_bias=b, **df),
-            shape((4, 4, 4), 2),
+            shape((5, 4, 5), 2),
         ),
         "DepthwiseConv2D": (
             lambda b: L.DepthwiseConv2D(
@@ -106,24 +106,27 @@ def _kinds(data_format):
         ),
         "SeparableConv2D": (
             lambda b: L.SeparableConv2D(
-                4, 3, depth_multiplier=2, use_bias=b, **df
+                5, 3, depth_multiplier=2, use_bias=b, **df
             ),
             shape((6, 6), 3),
         ),
     }
 
 
-KINDS = list(_kinds("channels_last")) + ["Dense"]
+CASES = [
+    (kind, data_format)
+    for kind in _kinds("channels_last")
+    for data_format in ("channels_last", "channels_first")
+] + [("Dense", "channels_last")]
 
 
-@pytest.mark.parametrize("bn_class", list(BN_CLASSES))
-@pytest.mark.parametrize("use_bias", [False, True])
-@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_fold_each_layer_kind(kind, data_format, use_bias, bn_class):
+# Both BN classes, with and without a bias in the layer before.
+@pytest.mark.parametrize(
+    "bn_class,use_bias", [("keras", False), ("keras_norms", True)]
+)
+@pytest.mark.parametrize("kind,data_format", CASES)
+def test_fold_each_layer_kind(kind, data_format, bn_class, use_bias):
     if kind == "Dense":
-        if data_format == "channels_first":
-            pytest.skip("Dense has no data_format")
         make, shape = (lambda b: L.Dense(5, use_bias=b)), (3, 4)
     else:
         make, shape = _kinds(data_format)[kind]
@@ -160,6 +163,24 @@ def test_fold_without_center_or_scale(center, scale, bn_class):
     assert isinstance(folded, keras.Sequential)
     assert [type(l).__name__ for l in folded.layers] == ["Conv2D", "ReLU"]
     assert len(report.folded) == 1
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_channels_first_width_equal_to_channels(use_bias):
+    """Keras' TF bias add is wrong when the last axis has C entries."""
+    model = keras.Sequential(
+        [
+            keras.Input((2, 6, 6)),
+            L.Conv2D(4, 3, use_bias=use_bias, data_format="channels_first"),
+            L.BatchNormalization(axis=1),
+        ]
+    )
+    _randomize_bns(model)
+    x = np.random.RandomState(1).randn(2, 2, 6, 6).astype("float32")
+    folded, report = _assert_equivalent(model, x)
+    assert len(report.folded) == (0 if use_bias else 1)
+    assert [type(l).__name__ for l in folded.layers] == ["Conv2D", "Affine"]
+    assert not folded.layers[0].use_bias or use_bias
 
 
 def test_fold_matches_the_formula():

@@ -1,0 +1,119 @@
+"""A fixed per-channel scale and shift: what a frozen BatchNormalization is."""
+
+import keras
+from keras import ops
+
+from keras_norms import ops as kn_ops
+from keras_norms.layers import _validation
+
+
+@keras.saving.register_keras_serializable(package="keras_norms")
+class Affine(keras.layers.Layer):
+    """A fixed per-channel scale and shift, `y = x * scale + offset`.
+
+    At inference a BatchNormalization is exactly this map with
+    `scale = gamma / sqrt(moving_variance + epsilon)` and
+    `offset = beta - moving_mean * scale` (step 3 of every normalization in
+    `keras_norms.ops`, with the statistics frozen).
+    `keras_norms.folding.fold_batch_norms` replaces each BatchNormalization
+    it cannot fold into the preceding Conv/Dense layer (its input has other
+    consumers, comes after a non-linear activation, or is a model input)
+    by one of these. Use `Affine.from_batch_normalization(bn)` to make one.
+
+    Both weights are non-trainable: the layer holds no statistics and does
+    not depend on the batch, so `training` has no effect on it.
+
+    Args:
+        axis: Integer, the channel axis: `-1` for channels-last (NHWC, NTC),
+            `1` for channels-first (NCHW).
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: Input tensor of rank 2 or more.
+
+    Reference:
+        - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167), section
+          3.1: the inference-time transform of batch normalization.
+    """
+
+    def __init__(self, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = _validation.check_axis_argument(axis)
+        self.supports_masking = True
+        # Weights stay float32 under mixed precision, as in the norms.
+        self.autocast = False
+        self.scale = None
+        self.offset = None
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        ndim = len(input_shape)
+        (axis,) = _validation.canonical_axes(self.axis, ndim)
+        channels = input_shape[axis]
+        if channels is None:
+            raise ValueError(
+                "Affine needs a known size along its `axis`, but axis "
+                f"{axis} of the input is unknown. Received: axis={self.axis}, "
+                f"input_shape={input_shape}"
+            )
+        self._view_shape = tuple(
+            channels if a == axis else 1 for a in range(ndim)
+        )
+        self.scale = self.add_weight(
+            shape=(channels,),
+            name="scale",
+            initializer="ones",
+            trainable=False,
+            autocast=False,
+        )
+        self.offset = self.add_weight(
+            shape=(channels,),
+            name="offset",
+            initializer="zeros",
+            trainable=False,
+            autocast=False,
+        )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=ndim, axes={axis: channels}
+        )
+
+    def call(self, inputs):
+        dtype = kn_ops.statistics_dtype(inputs.dtype)
+        scale = ops.reshape(ops.cast(self.scale, dtype), self._view_shape)
+        offset = ops.reshape(ops.cast(self.offset, dtype), self._view_shape)
+        return kn_ops.normalize(inputs, scale, offset, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        _validation.canonical_axes(self.axis, len(input_shape))
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"axis": self.axis})
+        return config
+
+    @classmethod
+    def from_batch_normalization(cls, layer, name=None):
+        """The built `Affine` equal to the built `layer` in inference mode.
+
+        Works for `keras.layers.BatchNormalization` and
+        `keras_norms.layers.BatchNormalization` (and their subclasses): the
+        scale and offset are computed in float64 from the moving statistics,
+        `gamma`, `beta` and `epsilon`, then rounded once to float32.
+        """
+        from keras_norms import folding
+
+        scale, offset = folding.batch_norm_scale_and_shift(layer)
+        ndim = folding.batch_norm_input_rank(layer)
+        affine = cls(
+            axis=layer.axis,
+            name=name or layer.name,
+            dtype=layer.dtype_policy,
+        )
+        (axis,) = _validation.canonical_axes(layer.axis, ndim)
+        affine.build(
+            tuple(scale.shape[0] if a == axis else None for a in range(ndim))
+        )
+        affine.scale.assign(scale.astype(affine.scale.dtype))
+        affine.offset.assign(offset.astype(affine.offset.dtype))
+        return affine
