@@ -1,0 +1,198 @@
+"""A callback that folds BatchNormalization and exports the model."""
+
+import os
+
+import keras
+import numpy as np
+
+from keras_norms import export as _export
+
+__all__ = ["FoldAndExport"]
+
+
+class FoldAndExport(keras.callbacks.Callback):
+    """Fold BatchNormalization and export an XLA SavedModel during `fit`.
+
+    At the end of training, the model is folded
+    (`keras_norms.folding.fold_batch_norms`: every BatchNormalization goes
+    into the Conv/Dense layer before it, or becomes a fixed `Affine`) and
+    written as a TensorFlow SavedModel whose `serving_default` signature is
+    XLA-compiled (`keras_norms.export.export_saved_model`). The live model
+    keeps training untouched: folding makes a new model.
+
+    With `monitor`, it exports instead whenever the monitored metric
+    improves (as `keras.callbacks.ModelCheckpoint(save_best_only=True)`),
+    overwriting `filepath` with the best model so far (use `{epoch}` or a
+    metric name such as `{val_loss:.3f}` in `filepath` to keep every one);
+    at the end of training it exports only if the metric never appeared.
+
+    After each export it checks the SavedModel, run with TensorFlow alone,
+    against `model(sample, training=False)` of the live model, and raises
+    a `ValueError` if they differ by more than `atol`. The sample is the
+    given `sample`, or a deterministic standard-normal batch of 4 built
+    from the model's input shapes (Keras callbacks do not see the training
+    data).
+
+    Args:
+        filepath: Directory of the SavedModel (may contain `{epoch}` and
+            metric names from the logs, formatted as in ModelCheckpoint).
+        monitor: Metric name to watch (`"val_loss"`), or `None` to export
+            once at the end of training.
+        mode: `"auto"`, `"min"` or `"max"`: whether a lower or higher
+            `monitor` is better (`"auto"`: max for accuracies and AUC-like
+            names, else min).
+        sample: Input batch for the check (array, or list of arrays).
+        atol: Largest accepted absolute difference in the check.
+        fold: Fold the BatchNormalization layers before exporting.
+        jit_compile: XLA-compile the serving function.
+        verbose: `"auto"` or `1` prints what it does, `0` is silent.
+    """
+
+    def __init__(
+        self,
+        filepath,
+        *,
+        monitor=None,
+        mode="auto",
+        sample=None,
+        atol=1e-4,
+        fold=True,
+        jit_compile=True,
+        verbose="auto",
+    ):
+        super().__init__()
+        self.filepath = os.fspath(filepath)
+        if monitor is not None and not isinstance(monitor, str):
+            raise TypeError(
+                "Argument `monitor` must be a metric name or None. "
+                f"Received: monitor={monitor!r}"
+            )
+        self.monitor = monitor
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(
+                "Argument `mode` must be 'auto', 'min' or 'max'. "
+                f"Received: mode={mode!r}"
+            )
+        if mode == "auto":
+            better_high = monitor is not None and (
+                "acc" in monitor
+                or monitor.endswith("auc")
+                or "precision" in monitor
+                or "recall" in monitor
+            )
+            mode = "max" if better_high else "min"
+        self.mode = mode
+        self.sample = sample
+        if not (isinstance(atol, (int, float)) and atol >= 0):
+            raise ValueError(
+                f"Argument `atol` must be a float >= 0. Received: atol={atol!r}"
+            )
+        self.atol = float(atol)
+        self.fold = bool(fold)
+        self.jit_compile = bool(jit_compile)
+        if verbose not in ("auto", 0, 1, True, False):
+            raise ValueError(
+                "Argument `verbose` must be 'auto', 0 or 1. Received: "
+                f"verbose={verbose!r}"
+            )
+        self.verbose = verbose == "auto" or bool(verbose)
+        self.best = None
+        self.exported = []  # the paths written, in order
+
+    # ------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        self.best = None
+        self.exported = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is None:
+            return
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            return
+        current = float(current)
+        if self.best is None or (
+            current < self.best if self.mode == "min" else current > self.best
+        ):
+            if self.verbose:
+                print(
+                    f"\nEpoch {epoch + 1}: {self.monitor} improved from "
+                    f"{self.best} to {current}; folding and exporting."
+                )
+            self.best = current
+            self._fold_export_and_check(epoch + 1, logs)
+
+    def on_train_end(self, logs=None):
+        if self.monitor is None or not self.exported:
+            self._fold_export_and_check(None, logs)
+
+    # ------------------------------------------------------------------
+    def _model_to_export(self):
+        """The model folded and exported.
+
+        The place to recompute precise BatchNormalization statistics first
+        (a future `precise_statistics=(x, steps)`: run the data through a
+        copy in training mode with momentum 0 / cumulative averages, then
+        return that copy); today the live model as is.
+        """
+        return self.model
+
+    def _format_path(self, epoch, logs):
+        if epoch is None:
+            return self.filepath.replace("{epoch}", "end")
+        return self.filepath.format(epoch=epoch, **(logs or {}))
+
+    def _fold_export_and_check(self, epoch, logs):
+        model = self._model_to_export()
+        path = self._format_path(epoch, logs)
+        _export.export_saved_model(
+            model,
+            path,
+            fold=self.fold,
+            jit_compile=self.jit_compile,
+            overwrite=True,
+            verbose=int(self.verbose),
+        )
+        self.exported.append(path)
+        self._check(model, path)
+
+    def _sample_batch(self, model):
+        if self.sample is not None:
+            return self.sample
+        rng = np.random.RandomState(0)
+        batch = []
+        for x in model.inputs:
+            shape = [4] + [d if d is not None else 8 for d in x.shape[1:]]
+            if "int" in str(x.dtype):
+                batch.append(np.zeros(shape, dtype=x.dtype))
+            else:
+                batch.append(rng.randn(*shape).astype(x.dtype))
+        return batch[0] if len(batch) == 1 else batch
+
+    def _check(self, model, path):
+        sample = self._sample_batch(model)
+        expected = keras.tree.map_structure(
+            lambda t: np.asarray(keras.ops.convert_to_numpy(t)),
+            model(sample, training=False),
+        )
+        expected = keras.tree.flatten(expected)
+        got = _export.run_saved_model(path, sample)
+        got = got if isinstance(got, list) else [got]
+        if len(got) != len(expected):
+            raise ValueError(
+                f"The SavedModel at {path!r} returns {len(got)} outputs, the "
+                f"model {len(expected)}."
+            )
+        for i, (e, g) in enumerate(zip(expected, got)):
+            err = float(np.max(np.abs(e.astype("float64") - g)))
+            if not err <= self.atol:
+                raise ValueError(
+                    f"The SavedModel at {path!r} differs from the model on "
+                    f"the sample batch: output {i} max abs difference {err} "
+                    f"> atol={self.atol}."
+                )
+            if self.verbose:
+                print(
+                    f"Checked {path}: output {i} matches the model (max abs "
+                    f"difference {err:.2e})."
+                )

@@ -1,0 +1,240 @@
+"""export_saved_model and FoldAndExport: an XLA SavedModel served by plain TF.
+
+The exported SavedModel is checked in a clean child process that imports
+only TensorFlow and NumPy (never keras_norms): outputs against
+`model(x, training=False)` at two batch sizes, and the proof of XLA
+compilation (`_XlaMustCompile` on a function the serving signature calls).
+Exports are slow (a TF child process on torch), so there are few of them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from keras_norms.callbacks import FoldAndExport
+from keras_norms.export import export_saved_model
+from keras_norms.layers.batch_normalization import (
+    BatchNormalization as KnBatchNormalization,
+)
+
+from tests.helpers import BACKEND
+from tests.helpers import to_numpy
+
+L = keras.layers
+
+# Reads a SavedModel with TensorFlow alone and reports what it found.
+_CLEAN_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+
+    path, x_path, y_path = sys.argv[1:4]
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures["serving_default"]
+    (name,) = signature.structured_input_signature[1]
+    outputs = {}
+    with np.load(x_path) as data:
+        for key in data.files:
+            result = signature(**{name: tf.constant(data[key])})
+            (out,) = result.values()
+            outputs[key] = out.numpy()
+    np.savez(y_path, **outputs)
+
+    graph = signature.graph.as_graph_def()
+    library = {f.signature.name: f for f in graph.library.function}
+    compiled, stack, seen = [], list(graph.node), set()
+    while stack:
+        node = stack.pop()
+        if node.attr["_XlaMustCompile"].b:
+            compiled.append(node.name)
+        for value in node.attr.values():
+            f = value.func.name
+            if f in library and f not in seen:
+                seen.add(f)
+                if library[f].attr["_XlaMustCompile"].b:
+                    compiled.append(f)
+                stack.extend(library[f].node_def)
+    print(json.dumps({
+        "xla": compiled,
+        "modules": sorted(m for m in sys.modules if m.startswith("keras")),
+    }))
+    """
+)
+
+
+def _serve_in_clean_child(path, batches, tmp_path):
+    x_path, y_path = tmp_path / "x.npz", tmp_path / "y.npz"
+    np.savez(x_path, **batches)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("KERAS_BACKEND", None)
+    result = subprocess.run(
+        [sys.executable, "-c", _CLEAN_CHILD, str(path), str(x_path), str(y_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    with np.load(y_path) as data:
+        return {k: data[k] for k in data.files}, info
+
+
+def _randomize_bns(model, seed=0):
+    rng = np.random.RandomState(seed)
+    for layer in model.layers:
+        if isinstance(layer, (L.BatchNormalization, KnBatchNormalization)):
+            c = layer.moving_mean.shape
+            layer.moving_mean.assign(rng.randn(*c).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.2, 3, c).astype("float32"))
+            layer.gamma.assign(rng.randn(*c).astype("float32"))
+            layer.beta.assign(rng.randn(*c).astype("float32"))
+
+
+def _small_cnn():
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+    x = L.BatchNormalization()(x)  # folds
+    x = L.ReLU()(x)
+    x = L.Conv2D(4, 3, activation="relu")(x)
+    x = KnBatchNormalization()(x)  # after a ReLU: an Affine
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dense(3)(x)
+    outputs = KnBatchNormalization()(x)  # folds into the Dense
+    return keras.Model(inputs, outputs)
+
+
+def test_export_serves_in_clean_tf_process_with_xla(tmp_path):
+    """Export from this backend (torch: via a TF child process)."""
+    model = _small_cnn()
+    _randomize_bns(model)
+    rng = np.random.RandomState(1)
+    batches = {
+        "b5": rng.randn(5, 8, 8, 3).astype("float32"),
+        "b2": rng.randn(2, 8, 8, 3).astype("float32"),  # dynamic batch
+    }
+    before = [to_numpy(w).copy() for w in model.weights]
+    path = tmp_path / "served"
+    assert export_saved_model(model, path, verbose=0) == str(path)
+    for b, a in zip(before, model.weights):
+        np.testing.assert_array_equal(to_numpy(a), b)
+    outputs, info = _serve_in_clean_child(path, batches, tmp_path)
+    for key, x in batches.items():
+        np.testing.assert_allclose(
+            outputs[key], to_numpy(model(x, training=False)), atol=1e-4
+        )
+    assert info["xla"], "no _XlaMustCompile function under serving_default"
+    assert "keras_norms" not in info["modules"]
+
+    with pytest.raises(FileExistsError, match="served"):
+        export_saved_model(model, path, verbose=0)
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch",
+    reason="the torch path runs in a TF child process, covered above; one "
+    "more costs ~20 s",
+)
+def test_jit_compile_false_is_not_xla(tmp_path):
+    """The XLA proof can fail: without jit_compile nothing must compile."""
+    model = keras.Sequential(
+        [keras.Input((4,)), L.Dense(3), L.BatchNormalization()]
+    )
+    path = tmp_path / "plain"
+    export_saved_model(model, path, jit_compile=False, verbose=0)
+    x = np.random.RandomState(0).randn(3, 4).astype("float32")
+    outputs, info = _serve_in_clean_child(path, {"x": x}, tmp_path)
+    assert info["xla"] == []
+    np.testing.assert_allclose(
+        outputs["x"], to_numpy(model(x, training=False)), atol=1e-5
+    )
+
+
+def test_export_refuses_existing_path_and_unbuilt_model(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), L.Dense(1)])
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="taken"):
+        export_saved_model(model, tmp_path / "taken")
+    unbuilt = keras.Sequential([L.Dense(1)])
+    with pytest.raises(ValueError, match="built"):
+        export_saved_model(unbuilt, tmp_path / "new")
+
+
+def test_callback_exports_and_checks_after_fit(tmp_path):
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            L.Conv2D(3, 3, use_bias=False),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.Flatten(),
+            L.Dense(2),
+        ]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    rng = np.random.RandomState(0)
+    x = rng.randn(16, 6, 6, 2).astype("float32")
+    y = rng.randn(16, 2).astype("float32")
+    path = tmp_path / "fit_export"
+    callback = FoldAndExport(path, sample=x[:4], verbose=0)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
+    assert callback.exported == [str(path)]
+    assert (path / "saved_model.pb").exists()
+    # The moving statistics were updated by fit, and the export has them.
+    outputs, _ = _serve_in_clean_child(path, {"x": x[:3]}, tmp_path)
+    np.testing.assert_allclose(
+        outputs["x"], to_numpy(model(x[:3], training=False)), atol=1e-4
+    )
+
+
+def _tiny_fit_model():
+    model = keras.Sequential([keras.Input((3,)), L.Dense(2), L.BatchNormalization()])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def test_callback_monitor_exports_on_improvement(monkeypatch, tmp_path):
+    """ModelCheckpoint-like: export when the monitored metric improves."""
+    calls = []
+    monkeypatch.setattr(
+        FoldAndExport,
+        "_fold_export_and_check",
+        lambda self, epoch, logs: (calls.append(epoch), self.exported.append(epoch)),
+    )
+    losses = iter([3.0, 2.0, 2.5, 1.0])
+
+    class FakeLoss(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["fake_loss"] = next(losses)
+
+    callback = FoldAndExport(tmp_path / "m{epoch}", monitor="fake_loss")
+    model = _tiny_fit_model()
+    x = np.zeros((4, 3), "float32")
+    model.fit(x, x[:, :2], epochs=4, verbose=0, callbacks=[FakeLoss(), callback])
+    assert calls == [1, 2, 4]  # not after epoch 3 (2.5 > 2.0), none at end
+    assert callback.best == 1.0
+    assert FoldAndExport(tmp_path, monitor="val_accuracy").mode == "max"
+    assert callback._format_path(7, {}) == str(tmp_path / "m7")
+    with pytest.raises(ValueError, match="Received: mode="):
+        FoldAndExport(tmp_path, mode="best")
+
+
+def test_callback_raises_when_export_differs(monkeypatch, tmp_path):
+    from keras_norms import export as export_module
+
+    monkeypatch.setattr(export_module, "export_saved_model", lambda *a, **k: None)
+    monkeypatch.setattr(
+        export_module, "run_saved_model", lambda path, x: np.full((4, 2), 1e3)
+    )
+    model = _tiny_fit_model()
+    callback = FoldAndExport(tmp_path / "bad", verbose=0)
+    x = np.zeros((4, 3), "float32")
+    with pytest.raises(ValueError, match="differs from the model"):
+        model.fit(x, x[:, :2], epochs=1, verbose=0, callbacks=[callback])
