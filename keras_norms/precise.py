@@ -1,0 +1,757 @@
+"""Precise BatchNormalization statistics (population statistics).
+
+During training a BatchNormalization layer keeps an exponential moving
+average of its batch statistics, `moving = moving * momentum + batch *
+(1 - momentum)`. Those averages lag behind the weights: they mix
+statistics of many past versions of the network, and with a high momentum
+(Keras' default 0.99 keeps the last ~100 steps) or a short run they can be
+far from the statistics of the final network, so the model evaluates worse
+with them than it trains. "Precise BN" (Wu & Johnson, 2021) replaces them,
+after (or during) training, by the average over many batches of the batch
+statistics of the *current* network:
+
+    moving_mean     = sum_b n_b * mean_b     / sum_b n_b
+    moving_variance = sum_b n_b * variance_b / sum_b n_b
+
+where batch `b` has `n_b` samples and `mean_b`, `variance_b` (biased) are
+the per-channel statistics the layer normalizes that batch with in training
+mode, every layer before it also in training mode (so each layer sees
+exactly the inputs it saw in training).
+
+- `recompute_batch_norm_statistics(model, x)` does it once;
+- `PreciseBatchNorm(x)` is a callback doing it during `fit`, so that each
+  epoch's validation metrics (and the final model) use precise statistics;
+- `batch_norm_statistics_report(model, x)` says, layer by layer, how far
+  the moving statistics are from the precise ones, without changing them.
+
+Reference:
+    - [Wu & Johnson, 2021, Rethinking "Batch" in BatchNorm](
+      https://arxiv.org/abs/2105.07576), section 3 (PreciseBN).
+    - fvcore's `update_bn_stats`
+      (https://github.com/facebookresearch/fvcore).
+"""
+
+import contextlib
+import types
+import warnings
+
+import keras
+import numpy as np
+from keras.src.trainers import data_adapters
+from keras.src.trainers.data_adapters import data_adapter_utils
+
+from keras_norms.layers import batch_normalization as _kn_bn
+
+__all__ = [
+    "PreciseBatchNorm",
+    "batch_norm_layers",
+    "batch_norm_statistics_report",
+    "format_report",
+    "recompute_batch_norm_statistics",
+]
+
+_BN_CLASSES = (keras.layers.BatchNormalization, _kn_bn.BatchNormalization)
+_STAT_NAMES = ("moving_mean", "moving_variance")
+
+
+# ----------------------------------------------------------------------
+# Finding the layers
+# ----------------------------------------------------------------------
+def _is_batch_norm_like(layer):
+    if isinstance(layer, _BN_CLASSES):
+        return True
+    return all(
+        hasattr(layer, name) for name in ("moving_mean", "moving_variance")
+    ) and hasattr(layer, "momentum")
+
+
+def _is_frozen(layer):
+    """Whether the layer normalizes with its moving statistics in training."""
+    return (not layer.trainable) or bool(
+        getattr(layer, "use_global_stats", False)
+    )
+
+
+def batch_norm_layers(model):
+    """Every built BatchNormalization-like layer in `model`, nested included.
+
+    BatchNormalization-like: `keras.layers.BatchNormalization`,
+    `keras_norms.BatchNormalization` and its subclasses
+    (`SyncBatchNormalization`), and any layer with `moving_mean`,
+    `moving_variance` and `momentum` attributes (the batch part of
+    `BatchInstanceNormalization` and `SwitchableNormalization`). A layer
+    shared by several parts of the model appears once.
+
+    Args:
+        model: A Keras model or layer.
+
+    Returns:
+        A list of layers, in the order `model._flatten_layers()` walks them.
+    """
+    found = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if not _is_batch_norm_like(layer):
+            continue
+        if getattr(layer, "moving_mean", None) is None:
+            continue  # not built
+        found.append(layer)
+    return found
+
+
+def _layer_keys(layers):
+    """A unique name for each layer: its name, or its path when shared."""
+    counts = {}
+    for layer in layers:
+        counts[layer.name] = counts.get(layer.name, 0) + 1
+    keys = []
+    for i, layer in enumerate(layers):
+        key = layer.name
+        if counts[key] > 1:
+            key = getattr(layer, "path", None) or f"{layer.name}_{i}"
+        keys.append(key)
+    return keys
+
+
+# ----------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------
+def _check_steps(steps):
+    if steps is None:
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise TypeError(
+            f"`steps` must be a positive integer or None. Received: "
+            f"steps={steps!r}"
+        )
+    if steps <= 0:
+        raise ValueError(
+            f"`steps` must be a positive integer or None. Received: "
+            f"steps={steps}"
+        )
+    return int(steps)
+
+
+def _check_batch_size(batch_size):
+    if batch_size is None:
+        return None
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size <= 0
+    ):
+        raise ValueError(
+            f"`batch_size` must be a positive integer or None. Received: "
+            f"batch_size={batch_size!r}"
+        )
+    return int(batch_size)
+
+
+def _verbosity(verbose):
+    if verbose == "auto":
+        return 1
+    if verbose not in (0, 1, 2):
+        raise ValueError(
+            f'`verbose` must be "auto", 0, 1 or 2. Received: verbose={verbose!r}'
+        )
+    return verbose
+
+
+def _num_samples(x):
+    leaves = keras.tree.flatten(x)
+    if not leaves:
+        return 0
+    shape = getattr(leaves[0], "shape", None)
+    if shape is None or len(shape) == 0:
+        return 1
+    return int(shape[0])
+
+
+def _batches(x, batch_size, steps):
+    """`(num_batches or None, iterator of input batches)` as predict sees x."""
+    if isinstance(x, data_adapters.data_adapter.DataAdapter):
+        adapter = x
+    elif isinstance(x, types.GeneratorType):
+        # Keras wants tuples from generators; a bare batch is the inputs.
+        try:
+            adapter = data_adapters.get_data_adapter(
+                (b if isinstance(b, tuple) else (b,) for b in x)
+            )
+        except ValueError as e:
+            if "empty generator" not in str(e):
+                raise
+            raise ValueError(
+                "`x` holds no samples. Received: x=<empty generator>"
+            ) from None
+    else:
+        try:
+            adapter = data_adapters.get_data_adapter(
+                x,
+                batch_size=batch_size,
+                steps_per_epoch=steps,
+                shuffle=False,
+            )
+        except (ZeroDivisionError, IndexError) as e:
+            raise ValueError(
+                f"`x` holds no samples. Received: x={_describe(x)}"
+            ) from e
+    total = adapter.num_batches
+    if steps is not None:
+        total = steps if total is None else min(total, steps)
+
+    def iterate():
+        adapter.on_epoch_begin()
+        try:
+            for i, data in enumerate(adapter.get_numpy_iterator()):
+                if steps is not None and i >= steps:
+                    break
+                inputs, _, _ = data_adapter_utils.unpack_x_y_sample_weight(
+                    data
+                )
+                yield inputs
+        finally:
+            adapter.on_epoch_end()
+
+    return total, iterate()
+
+
+def _describe(x):
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return f"<{type(x).__name__} of shape {tuple(shape)}>"
+    return f"<{type(x).__name__}>"
+
+
+# ----------------------------------------------------------------------
+# Model state
+# ----------------------------------------------------------------------
+def _numpy(v):
+    if isinstance(v, keras.Variable):
+        v = v.value
+    with warnings.catch_warnings():
+        # NumPy 2 warns about the `copy` keyword of tf / torch `__array__`.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return np.array(keras.ops.convert_to_numpy(v))
+
+
+def _no_grad():
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _statistics_mode(layers, include_frozen):
+    """Momentum 0 (moving statistics = last batch's); restore after.
+
+    With `include_frozen`, frozen layers (`trainable=False`,
+    `use_global_stats=True`) use batch statistics too for the time being.
+    """
+    saved = []
+    try:
+        for layer in layers:
+            entry = {"momentum": layer.momentum}
+            if include_frozen:
+                entry["trainable"] = layer.trainable
+                entry["variables"] = [
+                    (v, v.trainable) for v in layer.trainable_variables
+                ] + [(v, v.trainable) for v in layer.non_trainable_variables]
+                if hasattr(layer, "use_global_stats"):
+                    entry["use_global_stats"] = layer.use_global_stats
+            saved.append((layer, entry))
+            layer.momentum = 0.0
+            if include_frozen:
+                if not layer.trainable:
+                    layer.trainable = True
+                if hasattr(layer, "use_global_stats"):
+                    layer.use_global_stats = False
+        yield
+    finally:
+        for layer, entry in saved:
+            layer.momentum = entry["momentum"]
+            if "trainable" in entry and layer.trainable != entry["trainable"]:
+                layer.trainable = entry["trainable"]
+            for v, flag in entry.get("variables", []):
+                if v.trainable != flag:
+                    v.trainable = flag
+            if "use_global_stats" in entry:
+                layer.use_global_stats = entry["use_global_stats"]
+
+
+def _ensure_built(model, inputs):
+    if model.built and all(
+        layer.built for layer in model._flatten_layers(include_self=False)
+    ):
+        return
+    model(_to_tensors(inputs), training=False)
+
+
+def _to_tensors(inputs):
+    return keras.tree.map_structure(keras.ops.convert_to_tensor, inputs)
+
+
+def _one_value_hint(e, n):
+    if "more than 1 value per" in str(e) and hasattr(e, "add_note"):
+        e.add_note(
+            f"(recompute_batch_norm_statistics: a batch of {n} sample(s) "
+            "reached the layer in training mode; choose a `batch_size` "
+            "that leaves no batch of 1 sample, or drop that batch.)"
+        )
+
+
+def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
+    """Compute the precise statistics; every variable is left as it was.
+
+    Returns `(layers, skipped, stats, num_batches, num_samples)` where
+    `stats[i] = (mean, variance)` (float64) for `layers[i]`.
+    """
+    steps = _check_steps(steps)
+    batch_size = _check_batch_size(batch_size)
+    verbose = _verbosity(verbose)
+    if isinstance(x, (list, tuple)) and len(x) == 0:
+        raise ValueError("`x` holds no samples. Received: x=[]")
+    if hasattr(x, "shape") and len(x.shape) > 0 and x.shape[0] == 0:
+        raise ValueError(f"`x` holds no samples. Received: x={_describe(x)}")
+
+    total, batches = _batches(x, batch_size, steps)
+    try:
+        first = next(batches)
+    except StopIteration:
+        raise ValueError(
+            f"`x` holds no samples. Received: x={_describe(x)}"
+        ) from None
+    _ensure_built(model, first)
+
+    candidates = batch_norm_layers(model)
+    if include_frozen:
+        layers, skipped = candidates, []
+    else:
+        layers = [layer for layer in candidates if not _is_frozen(layer)]
+        skipped = [layer for layer in candidates if _is_frozen(layer)]
+    if not layers:
+        batches.close()
+        return layers, skipped, [], 0, 0
+
+    # Everything the forward pass may write (moving statistics, seed
+    # generator states, ...), restored afterwards.
+    variables = list(model.variables)
+    snapshot = [_numpy(v) for v in variables]
+    sums = [
+        [np.zeros(layer.moving_mean.shape, np.float64) for _ in _STAT_NAMES]
+        for layer in layers
+    ]
+    progbar = keras.utils.Progbar(total, verbose=verbose) if verbose else None
+    num_batches = num_samples = 0
+    try:
+        with _statistics_mode(layers, include_frozen), _no_grad():
+            # With momentum 0 the update `moving * 0 + batch * 1` is the
+            # batch statistic exactly, provided `moving` is finite.
+            for layer in layers:
+                layer.moving_mean.assign(
+                    np.zeros(layer.moving_mean.shape, "float32")
+                )
+                layer.moving_variance.assign(
+                    np.ones(layer.moving_variance.shape, "float32")
+                )
+            batch = first
+            while batch is not None:
+                n = _num_samples(batch)
+                if n > 0:
+                    try:
+                        model(_to_tensors(batch), training=True)
+                    except ValueError as e:
+                        _one_value_hint(e, n)
+                        raise
+                    for acc, layer in zip(sums, layers):
+                        for i, name in enumerate(_STAT_NAMES):
+                            acc[i] += n * _numpy(getattr(layer, name)).astype(
+                                np.float64
+                            )
+                    num_batches += 1
+                    num_samples += n
+                    if progbar is not None:
+                        progbar.update(num_batches)
+                batch = next(batches, None)
+    finally:
+        batches.close()
+        for v, value in zip(variables, snapshot):
+            v.assign(value)
+    if num_samples == 0:
+        raise ValueError(f"`x` holds no samples. Received: x={_describe(x)}")
+    if progbar is not None and total is None:
+        progbar.update(num_batches, finalize=True)
+    stats = [tuple(s / num_samples for s in acc) for acc in sums]
+    return layers, skipped, stats, num_batches, num_samples
+
+
+def _warn_no_layers(model, skipped):
+    if skipped:
+        names = ", ".join(layer.name for layer in skipped)
+        warnings.warn(
+            f"Model '{model.name}' has no BatchNormalization layer that "
+            f"uses batch statistics in training (frozen: {names}); nothing "
+            "was changed. Pass `include_frozen=True` to recompute frozen "
+            "layers too.",
+            stacklevel=3,
+        )
+    else:
+        warnings.warn(
+            f"Model '{model.name}' has no BatchNormalization layer; nothing "
+            "was changed.",
+            stacklevel=3,
+        )
+
+
+# ----------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------
+def recompute_batch_norm_statistics(
+    model,
+    x,
+    *,
+    batch_size=None,
+    steps=None,
+    verbose="auto",
+    include_frozen=False,
+):
+    """Set every BatchNormalization's moving statistics to precise ones.
+
+    Runs `model(batch, training=True)` on the batches of `x` (so every
+    BatchNormalization normalizes with its batch statistics and each layer
+    sees what it saw in training), and sets, for every BatchNormalization-
+    like layer (see `batch_norm_layers`, nested models included):
+
+    `moving_mean = sum_b n_b * mean_b / sum_b n_b`,
+    `moving_variance = sum_b n_b * variance_b / sum_b n_b`,
+
+    the batch means and biased batch variances averaged over the batches,
+    each weighted by its number of samples `n_b` (accumulated in float64).
+    Like fvcore's `update_bn_stats`, the variance is the average of the
+    batch variances (what each layer normalized with in training), not the
+    variance of the whole data set.
+
+    Trainable weights, optimizer and metric state and every other variable
+    (seed generator states included) stay exactly as they were; the
+    layers' `momentum` is untouched. Under a TensorFlow distribution
+    strategy or a `keras.distribution`, call it outside the replica
+    context: the model sees whole batches, so the statistics are global
+    ones, as SyncBatchNormalization computes them.
+
+    Frozen layers (`trainable=False`, or `use_global_stats=True`) normalize
+    with their moving statistics in training, so downstream layers were
+    trained on what those produce; by default (`include_frozen=False`, as
+    fvcore, which skips modules in eval mode) they keep their statistics
+    and run as in training. With `include_frozen=True` they use batch
+    statistics during the pass and get precise statistics too (population
+    statistics of a fully batch-normalized network: fine-tuned backbones
+    adapted to a new data set).
+
+    A layer called several times in one forward pass (shared) gets the
+    statistics of its last call in each batch.
+
+    Args:
+        model: A Keras model (or layer) holding BatchNormalization layers.
+        x: Input data, as `model.predict` takes it: a NumPy array (or a
+            list/dict of arrays), a `tf.data.Dataset`, a
+            `keras.utils.PyDataset`, a generator of batches, or a torch
+            `DataLoader`. Batches may be `(x,)`, `(x, y)` or
+            `(x, y, sample_weight)` tuples; only `x` is used.
+        batch_size: Batch size for array inputs (default 32, as `predict`;
+            it sets the batch statistics, so use the training batch size).
+            Ignored for datasets and generators, which are batched.
+        steps: Largest number of batches to use (`None`: all of `x`).
+        verbose: `"auto"` or `1`: a progress bar, `0`: silent.
+        include_frozen: Also recompute frozen layers (see above).
+
+    Returns:
+        A dict: `"num_batches"` and `"num_samples"` used, `"layers"` (the
+        new statistics, `{layer name: {"moving_mean": array,
+        "moving_variance": array}}`) and `"skipped"` (names of frozen
+        layers left alone).
+
+    Raises:
+        ValueError: `x` is empty, `steps <= 0`, or a batch gives a layer a
+            single value per channel (the error training gives).
+
+    Reference:
+        - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576).
+    """
+    layers, skipped, stats, num_batches, num_samples = _precise_statistics(
+        model, x, batch_size, steps, verbose, include_frozen
+    )
+    result = {
+        "num_batches": num_batches,
+        "num_samples": num_samples,
+        "layers": {},
+        "skipped": [layer.name for layer in skipped],
+    }
+    if not layers:
+        _warn_no_layers(model, skipped)
+        return result
+    if skipped:
+        warnings.warn(
+            f"Left the statistics of {len(skipped)} frozen "
+            "BatchNormalization layer(s) as they are ("
+            + ", ".join(layer.name for layer in skipped)
+            + "): they normalize with their moving statistics in training. "
+            "Pass `include_frozen=True` to recompute them too.",
+            stacklevel=2,
+        )
+    for key, layer, (mean, variance) in zip(_layer_keys(layers), layers, stats):
+        for name, value in zip(_STAT_NAMES, (mean, variance)):
+            var = getattr(layer, name)
+            var.assign(value.astype(var.dtype))
+        result["layers"][key] = {
+            "moving_mean": mean.astype(np.float32),
+            "moving_variance": variance.astype(np.float32),
+        }
+    return result
+
+
+def batch_norm_statistics_report(
+    model,
+    x,
+    *,
+    batch_size=None,
+    steps=None,
+    mean_threshold=0.1,
+    variance_threshold=0.1,
+    include_frozen=False,
+    verbose=0,
+    print_fn=None,
+):
+    """How far each BatchNormalization's moving statistics are from precise.
+
+    Computes the precise statistics on `x` (as
+    `recompute_batch_norm_statistics`, without changing the model) and,
+    for each layer, over its channels:
+
+    - `mean_shift = max |moving_mean - mean| / sqrt(variance + epsilon)`,
+      the mean error in units of the normalized output;
+    - `variance_log_ratio =
+      max |log((moving_variance + epsilon) / (variance + epsilon))|`,
+      the relative error of the scale the layer divides by, squared
+      (`epsilon` keeps a dead channel of variance 0 finite);
+    - `stale`: `mean_shift > mean_threshold` or
+      `variance_log_ratio > variance_threshold`.
+
+    Prints a table (as `model.summary`) and returns it as a dict.
+
+    Args:
+        model: A Keras model holding BatchNormalization layers.
+        x: Input data, as `recompute_batch_norm_statistics` takes it.
+        batch_size: Batch size for array inputs (default 32).
+        steps: Largest number of batches to use.
+        mean_threshold: Largest `mean_shift` not flagged stale.
+        variance_threshold: Largest `variance_log_ratio` not flagged stale.
+        include_frozen: Also report frozen layers (compared with the
+            statistics they would have with batch statistics).
+        verbose: Progress bar of the pass over `x` (`0`: none).
+        print_fn: Called with the table (one string); default `print`.
+            `print_fn=False` prints nothing.
+
+    Returns:
+        `{layer name: {"mean_shift": float, "variance_log_ratio": float,
+        "stale": bool}}`, in model order.
+    """
+    for name, value in (
+        ("mean_threshold", mean_threshold),
+        ("variance_threshold", variance_threshold),
+    ):
+        if isinstance(value, bool) or not isinstance(
+            value, (int, float, np.floating, np.integer)
+        ) or not value >= 0:
+            raise ValueError(
+                f"`{name}` must be a number >= 0. Received: {name}={value!r}"
+            )
+    layers, skipped, stats, _, _ = _precise_statistics(
+        model, x, batch_size, steps, verbose, include_frozen
+    )
+    if not layers:
+        _warn_no_layers(model, skipped)
+        return {}
+    report = {}
+    for key, layer, (mean, variance) in zip(_layer_keys(layers), layers, stats):
+        eps = float(getattr(layer, "epsilon", 0.0))
+        moving_mean = _numpy(layer.moving_mean).astype(np.float64)
+        moving_var = _numpy(layer.moving_variance).astype(np.float64)
+        shift = np.abs(moving_mean - mean) / np.sqrt(np.maximum(variance, 0) + eps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.abs(
+                np.log((np.maximum(moving_var, 0) + eps) / (variance + eps))
+            )
+        mean_shift = float(np.nan_to_num(np.max(shift), nan=np.inf))
+        log_ratio = float(np.nan_to_num(np.max(ratio), nan=np.inf))
+        report[key] = {
+            "mean_shift": mean_shift,
+            "variance_log_ratio": log_ratio,
+            "stale": bool(
+                mean_shift > mean_threshold or log_ratio > variance_threshold
+            ),
+        }
+    if print_fn is not False:
+        (print_fn or print)(
+            format_report(report, mean_threshold, variance_threshold)
+        )
+    return report
+
+
+def format_report(report, mean_threshold=0.1, variance_threshold=0.1):
+    """The report of `batch_norm_statistics_report` as a text table."""
+    headers = ("Layer", "Mean shift", "Var. log ratio", "Stale")
+    rows = [
+        (
+            name,
+            f"{r['mean_shift']:.4f}",
+            f"{r['variance_log_ratio']:.4f}",
+            "yes" if r["stale"] else "no",
+        )
+        for name, r in report.items()
+    ]
+    widths = [
+        max([len(headers[i])] + [len(row[i]) for row in rows])
+        for i in range(len(headers))
+    ]
+
+    def line(cells, bar):
+        parts = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ]
+        return f"{bar} " + f" {bar} ".join(parts) + f" {bar}"
+
+    def rule(left, mid, right, fill):
+        return left + mid.join(fill * (w + 2) for w in widths) + right
+
+    stale = sum(r["stale"] for r in report.values())
+    out = [
+        "BatchNormalization statistics vs precise (stale above: mean shift "
+        f"{mean_threshold:g}, variance log ratio {variance_threshold:g})",
+        rule("┏", "┳", "┓", "━"),
+        line(headers, "┃"),
+        rule("┡", "╇", "┩", "━"),
+    ]
+    out += [line(row, "│") for row in rows]
+    out += [
+        rule("└", "┴", "┘", "─"),
+        f" Stale layers: {stale} of {len(report)}",
+    ]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------
+# Callback
+# ----------------------------------------------------------------------
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Recompute precise BatchNormalization statistics during `fit`.
+
+    Every `every_n_epochs` epochs, once the epoch's training steps are done
+    and BEFORE its validation runs, the moving statistics of every
+    BatchNormalization-like layer are replaced by precise ones on `x`
+    (`recompute_batch_norm_statistics`), so the epoch's `val_*` metrics,
+    and any later callback (`ModelCheckpoint`, `EarlyStopping`), see the
+    model with precise statistics. At the end of training they are
+    recomputed once more if training steps ran since the last time.
+
+    How: Keras' `fit` runs validation (`evaluate` with fit's callbacks)
+    before `on_epoch_end`, on every backend, so the callback recomputes in
+    `on_test_begin` when that comes from fit's validation, and in
+    `on_epoch_end` for epochs without validation. Training then goes on
+    from the precise statistics (the moving averages continue from them).
+
+    Args:
+        x: Data to compute the statistics on, as `model.predict` takes it;
+            it is iterated once per recomputation, so it must be
+            re-iterable (array, `tf.data.Dataset`, `PyDataset`, torch
+            `DataLoader`; not a generator). Usually a part of the training
+            data, in training-size batches.
+        batch_size: Batch size for array inputs (default 32).
+        steps: Largest number of batches per recomputation (200, as in
+            Wu & Johnson; `None`: all of `x`).
+        every_n_epochs: Recompute every this many epochs (the last epoch of
+            a period, counted from epoch 1).
+        include_frozen: Also recompute frozen layers (see
+            `recompute_batch_norm_statistics`).
+        verbose: Progress bar of each recomputation (`0`: none).
+
+    Reference:
+        - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576).
+    """
+
+    def __init__(
+        self,
+        x,
+        *,
+        batch_size=None,
+        steps=200,
+        every_n_epochs=1,
+        include_frozen=False,
+        verbose=0,
+    ):
+        super().__init__()
+        if isinstance(x, types.GeneratorType):
+            raise TypeError(
+                "PreciseBatchNorm iterates `x` at every recomputation, so it "
+                "must be re-iterable (an array, tf.data.Dataset, PyDataset or "
+                "torch DataLoader), not a generator. Received: "
+                f"x={_describe(x)}"
+            )
+        if (
+            isinstance(every_n_epochs, bool)
+            or not isinstance(every_n_epochs, (int, np.integer))
+            or every_n_epochs <= 0
+        ):
+            raise ValueError(
+                "`every_n_epochs` must be a positive integer. Received: "
+                f"every_n_epochs={every_n_epochs!r}"
+            )
+        self.x = x
+        self.batch_size = _check_batch_size(batch_size)
+        self.steps = _check_steps(steps)
+        self.every_n_epochs = int(every_n_epochs)
+        self.include_frozen = bool(include_frozen)
+        self.verbose = _verbosity(verbose)
+        self.history = []  # (epoch or "end", result) of each recomputation
+        self._pending = False
+        self._fresh = True
+        self._epoch = None
+
+    def _recompute(self, when):
+        with warnings.catch_warnings():
+            if when != "end":
+                warnings.simplefilter("ignore", UserWarning)
+            result = recompute_batch_norm_statistics(
+                self.model,
+                self.x,
+                batch_size=self.batch_size,
+                steps=self.steps,
+                verbose=self.verbose,
+                include_frozen=self.include_frozen,
+            )
+        self.history.append((when, result))
+        self._pending = False
+        self._fresh = True
+
+    def on_train_begin(self, logs=None):
+        self._pending = False
+        self._fresh = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._pending = (epoch + 1) % self.every_n_epochs == 0
+        self._fresh = False
+
+    def on_test_begin(self, logs=None):
+        # Called by fit's validation (after the epoch's training steps);
+        # `_pending` is False for an `evaluate` outside `fit`.
+        if self._pending:
+            self._recompute(self._epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._pending:  # no validation this epoch
+            self._recompute(epoch)
+
+    def on_train_end(self, logs=None):
+        if not self._fresh:
+            self._recompute("end")

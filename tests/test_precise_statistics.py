@@ -1,0 +1,477 @@
+"""Precise BatchNorm statistics: recompute, callback, report.
+
+The reference is NumPy: the forward pass of a Dense -> BN -> ReLU -> Dense
+-> BN model written from the weights, each BN normalizing with its batch
+statistics (or its moving ones when frozen), the batch means and biased
+variances averaged with weights equal to the batch sizes.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_norms import precise
+from keras_norms.layers.batch_normalization import BatchNormalization
+from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization
+from tests import helpers
+
+BACKEND = keras.backend.backend()
+BN_CLASSES = {
+    "keras": keras.layers.BatchNormalization,
+    "ours": BatchNormalization,
+    "sync": SyncBatchNormalization,
+}
+
+
+def _model(bn="ours", frozen=None, use_global_stats=False, seed=0):
+    """Dense(5) -> BN -> ReLU -> Dense(4) -> BN, random weights."""
+    cls = BN_CLASSES[bn]
+    inp = keras.Input((3,))
+    h = keras.layers.Dense(5, name="dense1")(inp)
+    kwargs = {"use_global_stats": True} if use_global_stats else {}
+    h = cls(momentum=0.9, epsilon=1e-3, name="bn1", **kwargs)(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Dense(4, name="dense2")(h)
+    out = cls(momentum=0.9, epsilon=1e-3, name="bn2")(h)
+    model = keras.Model(inp, out)
+    rng = np.random.RandomState(seed)
+    for layer in model.layers:
+        for w in layer.weights:
+            if "variance" in w.path:
+                value = rng.uniform(0.5, 2.0, size=w.shape)
+            else:
+                value = rng.randn(*w.shape)
+            w.assign(value.astype("float32"))
+    if frozen:
+        model.get_layer(frozen).trainable = False
+    return model
+
+
+def _weights(model):
+    return {w.path: helpers.to_numpy(w) for w in model.weights}
+
+
+def _data(n=10, seed=1):
+    rng = np.random.RandomState(seed)
+    x = (rng.randn(n, 3) * 2.0 + 1.0).astype("float32")
+    y = rng.randn(n, 4).astype("float32")
+    return x, y
+
+
+def _reference(weights, x, batch_size, frozen=()):
+    """NumPy precise statistics of bn1, bn2 for the model of `_model`."""
+    w = {k.split("/")[0] + "/" + k.split("/")[-1]: v for k, v in weights.items()}
+
+    def bn(name, h):
+        if name in frozen:
+            m, v = w[f"{name}/moving_mean"], w[f"{name}/moving_variance"]
+        else:
+            m, v = h.mean(0), h.var(0)
+        y = (h - m) / np.sqrt(v + 1e-3) * w[f"{name}/gamma"] + w[f"{name}/beta"]
+        return y, m, v
+
+    sums = {k: 0.0 for k in ("bn1_m", "bn1_v", "bn2_m", "bn2_v")}
+    total = 0
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size].astype(np.float64)
+        n = len(xb)
+        h = xb @ w["dense1/kernel"] + w["dense1/bias"]
+        h, m1, v1 = bn("bn1", h)
+        h = np.maximum(h, 0) @ w["dense2/kernel"] + w["dense2/bias"]
+        _, m2, v2 = bn("bn2", h)
+        for k, v in (("bn1_m", m1), ("bn1_v", v1), ("bn2_m", m2), ("bn2_v", v2)):
+            sums[k] = sums[k] + n * v
+        total += n
+    return {k: v / total for k, v in sums.items()}
+
+
+def _assert_stats(model, ref, layers=("bn1", "bn2"), rtol=1e-5, atol=1e-5):
+    for name in layers:
+        layer = model.get_layer(name)
+        np.testing.assert_allclose(
+            helpers.to_numpy(layer.moving_mean), ref[f"{name}_m"], rtol, atol
+        )
+        np.testing.assert_allclose(
+            helpers.to_numpy(layer.moving_variance),
+            ref[f"{name}_v"],
+            rtol,
+            atol,
+        )
+
+
+# ----------------------------------------------------------------------
+# recompute_batch_norm_statistics
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("bn", ["keras", "ours", "sync"])
+def test_recompute_matches_numpy(bn):
+    model = _model(bn)
+    x, _ = _data(10)
+    before = _weights(model)
+    ref = _reference(before, x, batch_size=4)  # batches of 4, 4, 2
+    result = precise.recompute_batch_norm_statistics(
+        model, x, batch_size=4, verbose=0
+    )
+    _assert_stats(model, ref)
+    assert result["num_batches"] == 3 and result["num_samples"] == 10
+    assert set(result["layers"]) == {"bn1", "bn2"}
+    np.testing.assert_allclose(
+        result["layers"]["bn2"]["moving_variance"], ref["bn2_v"], 1e-5, 1e-5
+    )
+    # Every other weight bit-identical; momentum untouched.
+    after = _weights(model)
+    for path, value in before.items():
+        if "moving" not in path:
+            np.testing.assert_array_equal(after[path], value, err_msg=path)
+    assert model.get_layer("bn1").momentum == 0.9
+    # Unequal batches matter: the unweighted mean of batch means differs.
+    assert not np.allclose(
+        ref["bn1_m"], _reference(before, x[:8], batch_size=4)["bn1_m"]
+    )
+
+
+def test_recompute_replaces_non_finite_statistics_and_keeps_seed_state():
+    inp = keras.Input((3,))
+    h = keras.layers.Dense(6)(inp)
+    h = keras.layers.Dropout(0.5, seed=3)(h)
+    out = BatchNormalization(name="bn")(h)
+    model = keras.Model(inp, out)
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.full((6,), np.nan, "float32"))
+    bn.moving_variance.assign(np.full((6,), np.inf, "float32"))
+    all_vars = [helpers.to_numpy(v) for v in model.variables]
+    x, _ = _data(12)
+    precise.recompute_batch_norm_statistics(model, x, batch_size=4, verbose=0)
+    assert np.all(np.isfinite(helpers.to_numpy(bn.moving_mean)))
+    assert np.all(np.isfinite(helpers.to_numpy(bn.moving_variance)))
+    for v, old in zip(model.variables, all_vars):
+        if "moving" not in v.path:  # seed generator state included
+            np.testing.assert_array_equal(helpers.to_numpy(v), old, v.path)
+
+
+def _as_generator(x, y, batch_size):
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y, batch_size):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, i):
+        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        return self.x[s], self.y[s]
+
+
+@pytest.mark.parametrize(
+    "kind", ["tuple_generator", "x_generator", "tf_data", "torch", "pydataset"]
+)
+def test_input_types(kind):
+    model = _model("ours")
+    x, y = _data(10)
+    ref = _reference(_weights(model), x, batch_size=4)
+    if kind == "tuple_generator":
+        data = _as_generator(x, y, 4)
+    elif kind == "x_generator":
+        data = (b for b, _ in _as_generator(x, y, 4))
+    elif kind == "tf_data":
+        import tensorflow as tf
+
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    elif kind == "torch":
+        import torch
+
+        data = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y)),
+            batch_size=4,
+        )
+    else:
+        data = _Batches(x, y, 4)
+    result = precise.recompute_batch_norm_statistics(model, data, verbose=0)
+    assert result["num_samples"] == 10
+    _assert_stats(model, ref)
+
+
+def test_steps_limits_batches():
+    model = _model("ours")
+    x, _ = _data(10)
+    ref = _reference(_weights(model), x[:8], batch_size=4)
+    result = precise.recompute_batch_norm_statistics(
+        model, x, batch_size=4, steps=2, verbose=0
+    )
+    assert result["num_batches"] == 2
+    _assert_stats(model, ref)
+
+
+def test_progress_bar(capsys):
+    model = _model("ours")
+    x, _ = _data(10)
+    precise.recompute_batch_norm_statistics(model, x, batch_size=4)
+    assert "3/3" in capsys.readouterr().out
+    precise.recompute_batch_norm_statistics(model, x, batch_size=4, verbose=0)
+    assert capsys.readouterr().out == ""
+
+
+def test_nested_model_and_moving_statistics_duck_type():
+    class Moving(keras.layers.Layer):
+        """A minimal BN-like layer: moving_mean, moving_variance, momentum."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.momentum = 0.9
+
+        def build(self, shape):
+            self.moving_mean = self.add_weight(
+                shape=shape[-1:], initializer="zeros", trainable=False
+            )
+            self.moving_variance = self.add_weight(
+                shape=shape[-1:], initializer="ones", trainable=False
+            )
+
+        def call(self, x, training=None):
+            if training:
+                m = keras.ops.mean(x, axis=0)
+                v = keras.ops.var(x, axis=0)
+                for w, b in ((self.moving_mean, m), (self.moving_variance, v)):
+                    w.assign(w * self.momentum + b * (1 - self.momentum))
+            return x
+
+    inner = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(5), BatchNormalization()],
+        name="inner",
+    )
+    inp = keras.Input((3,))
+    h = inner(inp)
+    out = Moving(name="moving")(h)
+    model = keras.Model(inp, out)
+    found = precise.batch_norm_layers(model)
+    assert [type(layer).__name__ for layer in found] == [
+        "BatchNormalization",
+        "Moving",
+    ]
+    x, _ = _data(10)
+    precise.recompute_batch_norm_statistics(model, x, batch_size=5, verbose=0)
+    dense, bn = inner.layers
+    k, b = (helpers.to_numpy(w).astype(np.float64) for w in dense.weights)
+    h = x.astype(np.float64) @ k + b
+    means = [h[:5].mean(0), h[5:].mean(0)]
+    np.testing.assert_allclose(
+        helpers.to_numpy(bn.moving_mean), np.mean(means, 0), 1e-5, 1e-5
+    )
+    # The duck-typed layer sees the BN's training-mode outputs: mean beta.
+    np.testing.assert_allclose(
+        helpers.to_numpy(model.get_layer("moving").moving_mean),
+        helpers.to_numpy(bn.beta),
+        atol=1e-5,
+    )
+    assert model.get_layer("moving").momentum == 0.9
+
+
+# ----------------------------------------------------------------------
+# Frozen layers
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["trainable", "use_global_stats"])
+def test_frozen_layers_are_skipped_by_default(how):
+    if how == "trainable":
+        model = _model("ours", frozen="bn1")
+    else:
+        model = _model("ours", use_global_stats=True)
+    before = _weights(model)
+    x, _ = _data(10)
+    ref = _reference(before, x, batch_size=4, frozen=("bn1",))
+    with pytest.warns(UserWarning, match="frozen .*bn1.*include_frozen"):
+        result = precise.recompute_batch_norm_statistics(
+            model, x, batch_size=4, verbose=0
+        )
+    assert result["skipped"] == ["bn1"]
+    assert list(result["layers"]) == ["bn2"]
+    bn1 = model.get_layer("bn1")
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_array_equal(
+            helpers.to_numpy(getattr(bn1, name)), before[f"{bn1.path}/{name}"]
+        )
+    _assert_stats(model, ref, layers=("bn2",))
+
+
+@pytest.mark.parametrize("bn", ["keras", "ours"])
+def test_include_frozen_recomputes_and_restores_flags(bn):
+    model = _model(bn, frozen="bn1")
+    bn1 = model.get_layer("bn1")
+    trainable_paths = [w.path for w in model.trainable_weights]
+    x, _ = _data(10)
+    ref = _reference(_weights(model), x, batch_size=4)
+    result = precise.recompute_batch_norm_statistics(
+        model, x, batch_size=4, verbose=0, include_frozen=True
+    )
+    assert result["skipped"] == []
+    _assert_stats(model, ref)
+    assert bn1.trainable is False
+    assert [w.path for w in model.trainable_weights] == trainable_paths
+    assert all(not w.trainable for w in bn1.weights)
+
+
+# ----------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------
+def test_model_without_batch_norm_warns_and_changes_nothing():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    before = _weights(model)
+    x, _ = _data(10)
+    with pytest.warns(UserWarning, match="no BatchNormalization"):
+        result = precise.recompute_batch_norm_statistics(model, x, verbose=0)
+    assert result["layers"] == {}
+    for path, value in _weights(model).items():
+        np.testing.assert_array_equal(value, before[path])
+
+
+def test_empty_input():
+    model = _model("ours")
+    with pytest.raises(ValueError, match="no samples"):
+        precise.recompute_batch_norm_statistics(
+            model, np.zeros((0, 3), "float32"), verbose=0
+        )
+    with pytest.raises(ValueError, match="no samples"):
+        precise.recompute_batch_norm_statistics(
+            model, (b for b in []), verbose=0
+        )
+
+
+@pytest.mark.parametrize("steps", [0, -1])
+def test_bad_steps(steps):
+    with pytest.raises(ValueError, match="steps"):
+        precise.recompute_batch_norm_statistics(
+            _model("ours"), _data(10)[0], steps=steps, verbose=0
+        )
+
+
+def test_single_sample_batch_raises_like_training_and_restores():
+    model = _model("ours")
+    before = _weights(model)
+    x, y = _data(9)  # batches of 4, 4, 1
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model.train_on_batch(x[:1], y[:1])
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        precise.recompute_batch_norm_statistics(
+            model, x, batch_size=4, verbose=0
+        )
+    for path, value in _weights(model).items():
+        np.testing.assert_array_equal(value, before[path], err_msg=path)
+    assert model.get_layer("bn1").momentum == 0.9
+
+
+def test_callback_rejects_generators_and_bad_period():
+    x, y = _data(10)
+    with pytest.raises(TypeError, match="re-iterable"):
+        precise.PreciseBatchNorm(_as_generator(x, y, 4))
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        precise.PreciseBatchNorm(x, every_n_epochs=0)
+    with pytest.raises(ValueError, match="steps"):
+        precise.PreciseBatchNorm(x, steps=0)
+
+
+# ----------------------------------------------------------------------
+# Callback
+# ----------------------------------------------------------------------
+class _RecordStatistics(keras.callbacks.Callback):
+    """Keeps the moving statistics as they are when validation starts."""
+
+    def on_test_begin(self, logs=None):
+        self.at_validation = _weights(self.model)
+
+
+@pytest.mark.parametrize("bn", ["keras", "ours"])
+def test_callback_validation_uses_precise_statistics(bn):
+    model = _model(bn)
+    x, y = _data(16)
+    xv, yv = _data(8, seed=7)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    recorder = _RecordStatistics()  # runs before PreciseBatchNorm
+    callback = precise.PreciseBatchNorm(x, batch_size=4, steps=None)
+    history = model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=1,
+        shuffle=False,
+        validation_data=(xv, yv),
+        callbacks=[recorder, callback],
+        verbose=0,
+    )
+    assert [when for when, _ in callback.history] == [0]  # none at the end
+    # The model now has precise statistics of its final weights ...
+    ref = _reference(_weights(model), x, batch_size=4)
+    _assert_stats(model, ref, rtol=1e-4, atol=1e-5)
+    # ... and the logged val_loss is computed with them.
+    val_precise = model.evaluate(xv, yv, batch_size=4, verbose=0)
+    np.testing.assert_allclose(history.history["val_loss"][0], val_precise, 1e-5)
+    # It differs from what the moving statistics would have given.
+    for w in model.weights:
+        if "moving" in w.path:
+            w.assign(recorder.at_validation[w.path])
+    val_moving = model.evaluate(xv, yv, batch_size=4, verbose=0)
+    assert abs(val_moving - val_precise) > 1e-2 * abs(val_precise)
+
+
+def test_callback_period_without_validation_and_at_train_end():
+    model = _model("ours")
+    x, y = _data(16)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    callback = precise.PreciseBatchNorm(x, batch_size=8, every_n_epochs=2)
+    model.fit(
+        x, y, batch_size=8, epochs=3, shuffle=False, callbacks=[callback],
+        verbose=0,
+    )
+    assert [when for when, _ in callback.history] == [1, "end"]
+    ref = _reference(_weights(model), x, batch_size=8)
+    _assert_stats(model, ref, rtol=1e-4, atol=1e-5)
+    # A later `evaluate` with the callback does not recompute.
+    model.evaluate(x, y, callbacks=[callback], verbose=0)
+    assert len(callback.history) == 2
+
+
+# ----------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("bn", ["keras", "ours"])
+def test_report_flags_only_the_wrong_layer_and_changes_nothing(bn):
+    model = _model(bn)
+    x, _ = _data(10)
+    precise.recompute_batch_norm_statistics(model, x, batch_size=4, verbose=0)
+    bn2 = model.get_layer("bn2")
+    mean = helpers.to_numpy(bn2.moving_mean)
+    var = helpers.to_numpy(bn2.moving_variance)
+    shifted = mean.copy()
+    shifted[2] += 0.5 * np.sqrt(var[2] + 1e-3)
+    bn2.moving_mean.assign(shifted)
+    before = _weights(model)
+    printed = []
+    report = precise.batch_norm_statistics_report(
+        model, x, batch_size=4, print_fn=printed.append
+    )
+    assert list(report) == ["bn1", "bn2"]
+    assert report["bn1"]["stale"] is False
+    assert report["bn1"]["mean_shift"] < 1e-4
+    assert report["bn2"]["stale"] is True
+    np.testing.assert_allclose(report["bn2"]["mean_shift"], 0.5, rtol=1e-4)
+    assert report["bn2"]["variance_log_ratio"] < 1e-4
+    for path, value in _weights(model).items():
+        np.testing.assert_array_equal(value, before[path], err_msg=path)
+    assert "bn2" in printed[0] and "Stale layers: 1 of 2" in printed[0]
+
+    # A wrong variance, and the thresholds.
+    bn2.moving_mean.assign(mean)
+    bn2.moving_variance.assign(var * 2.0)
+    report = precise.batch_norm_statistics_report(
+        model, x, batch_size=4, print_fn=False
+    )
+    assert [k for k, r in report.items() if r["stale"]] == ["bn2"]
+    ratio = np.max(np.abs(np.log((2 * var + 1e-3) / (var + 1e-3))))
+    np.testing.assert_allclose(report["bn2"]["variance_log_ratio"], ratio, 1e-4)
+    report = precise.batch_norm_statistics_report(
+        model, x, batch_size=4, variance_threshold=1.0, print_fn=False
+    )
+    assert not any(r["stale"] for r in report.values())
