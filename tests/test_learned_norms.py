@@ -6,6 +6,8 @@ and `torch.nn.functional` peers (batch_norm, instance_norm, layer_norm) for
 the equivalences (BIN rho=1/0, SN one-hot).
 """
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -22,6 +24,27 @@ from tests.helpers import to_numpy
 
 EPS = 1e-3
 AXES = [-1, 1]
+
+
+def over_axes(test):
+    """Run `test` channels-last (axis=-1) then channels-first (axis=1).
+
+    A loop rather than a parametrization: every test pays a Keras
+    `clear_session` in teardown, which is slow on JAX.
+    """
+
+    def run(**kwargs):
+        for axis in AXES:
+            test(axis=axis, **kwargs)
+
+    signature = inspect.signature(test)
+    run.__signature__ = signature.replace(
+        parameters=[p for p in signature.parameters.values() if p.name != "axis"]
+    )
+    run.__name__ = test.__name__
+    run.__doc__ = test.__doc__
+    run.__dict__.update(test.__dict__)  # pytest marks (parametrize)
+    return run
 
 
 def _input(axis, seed=0, shape=(4, 5, 6, 3)):
@@ -161,7 +184,7 @@ def _check_against_peer(layer, kind, x, axis):
         np.testing.assert_allclose(grads[name], rgrads[name], rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("axis", AXES)
+@over_axes
 @pytest.mark.parametrize("rho,kind", [(1.0, "batch"), (0.0, "instance")])
 def test_bin_endpoints_equal_bn_and_in(axis, rho, kind):
     x = _input(axis)
@@ -171,7 +194,7 @@ def test_bin_endpoints_equal_bn_and_in(axis, rho, kind):
     _check_against_peer(layer, kind, x, axis)
 
 
-@pytest.mark.parametrize("axis", AXES)
+@over_axes
 def test_bin_matches_numpy_training(axis):
     x = _input(axis, shape=(3, 4, 3, 2))
     layer = BatchInstanceNormalization(axis=axis, epsilon=EPS)
@@ -183,7 +206,7 @@ def test_bin_matches_numpy_training(axis):
     )
 
 
-@pytest.mark.parametrize("axis", AXES)
+@over_axes
 def test_bin_inference_uses_moving_statistics(axis):
     x = _input(axis)
     layer = BatchInstanceNormalization(axis=axis, epsilon=EPS)
@@ -203,7 +226,7 @@ def test_bin_inference_uses_moving_statistics(axis):
 # ----------------------------------------------------------------------
 # SwitchableNormalization
 # ----------------------------------------------------------------------
-@pytest.mark.parametrize("axis", AXES)
+@over_axes
 @pytest.mark.parametrize("hot,kind", [(0, "instance"), (1, "layer"), (2, "batch")])
 def test_sn_one_hot_equals_in_ln_bn(axis, hot, kind):
     x = _input(axis)
@@ -215,7 +238,7 @@ def test_sn_one_hot_equals_in_ln_bn(axis, hot, kind):
     _check_against_peer(layer, kind, x, axis)
 
 
-@pytest.mark.parametrize("axis", AXES)
+@over_axes
 def test_sn_matches_numpy_training(axis):
     x = _input(axis, shape=(3, 4, 3, 2))
     layer = SwitchableNormalization(axis=axis, epsilon=EPS)
@@ -229,7 +252,7 @@ def test_sn_matches_numpy_training(axis):
     )
 
 
-@pytest.mark.parametrize("axis", AXES)
+@over_axes
 def test_sn_inference_uses_moving_statistics(axis):
     x = _input(axis)
     layer = SwitchableNormalization(axis=axis, epsilon=EPS)
@@ -247,7 +270,7 @@ def test_sn_inference_uses_moving_statistics(axis):
 
 @pytest.mark.parametrize("cls", [BatchInstanceNormalization,
                                  SwitchableNormalization])
-@pytest.mark.parametrize("axis", AXES)
+@over_axes
 def test_moving_statistics_update_like_bn(cls, axis):
     x = _input(axis)
     layer = cls(axis=axis, momentum=0.6)

@@ -181,9 +181,10 @@ class BatchInstanceNormalization(InstanceBatchNormalization):
     moving statistics while the instance part still uses each sample's own
     statistics.
 
-    Weights, in order: `gamma`, `beta` (if `scale`/`center`),
-    `moving_mean`, `moving_variance` (non-trainable), `rho`; all of shape
-    `(C,)` and float32 under mixed precision.
+    Weights, in the order `layer.weights` lists them (trainable first):
+    `gamma`, `beta` (if `scale`/`center`), `rho`, then the non-trainable
+    `moving_mean`, `moving_variance`; all of shape `(C,)` and float32 under
+    mixed precision.
 
     Args:
         axis: Integer, the channel axis: `-1` for channels-last (NHWC), `1`

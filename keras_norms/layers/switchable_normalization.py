@@ -44,10 +44,11 @@ class SwitchableNormalization(_bin.InstanceBatchNormalization):
     `keras_norms.inspection.switchable_importances(model)` reads the
     learned mixture of every layer in a model.
 
-    Weights, in order: `gamma`, `beta` (if `scale`/`center`, shape `(C,)`),
-    `moving_mean`, `moving_variance` (non-trainable, `(C,)`),
-    `mean_weights`, `variance_weights` (shape `(3,)`); all float32 under
-    mixed precision.
+    Weights, in the order `layer.weights` lists them (trainable first):
+    `gamma`, `beta` (if `scale`/`center`, shape `(C,)`), `mean_weights`,
+    `variance_weights` (shape `(3,)`, initialized to ones), then the
+    non-trainable `moving_mean`, `moving_variance` (shape `(C,)`); all
+    float32 under mixed precision.
 
     Args:
         axis: Integer, the channel axis: `-1` for channels-last (NHWC), `1`

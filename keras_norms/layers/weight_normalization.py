@@ -54,6 +54,8 @@ class WeightNormalization(keras.layers.Wrapper):
     JAX trainer drops assignments to trainable variables made in the
     forward pass, so the data-dependent values are kept in non-trainable
     offsets, which every backend updates inside a compiled train step.
+    `layer.weights` lists `g`, (`data_initialized`, `g_offset`,
+    `bias_offset`,) then the wrapped layer's `kernel` (`v`) and `bias`.
     Because the offsets are constants for the optimizer, the gradients
     and steps of `g` and `bias` are those of the paper's parametrization.
 
