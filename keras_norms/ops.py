@@ -13,12 +13,17 @@ The functions are written in `keras.ops`, so one implementation serves the
 TensorFlow, JAX and PyTorch backends.
 """
 
+import math
+
 from keras import backend
 from keras import ops
+
+from keras_norms import backend as kn_backend
 
 __all__ = [
     "statistics_dtype",
     "moments",
+    "cross_replica_moments",
     "scale_and_shift",
     "normalize",
 ]
@@ -33,7 +38,7 @@ def statistics_dtype(dtype):
     return backend.result_type(dtype, "float32")
 
 
-def moments(x, axes, keepdims=True):
+def moments(x, axes, keepdims=True, mask=None, synchronized=False):
     """Biased mean and variance of `x` over `axes`, in float32 or wider.
 
     The variance is computed in two passes, `mean((x - mean(x))**2)`, so rows
@@ -46,18 +51,110 @@ def moments(x, axes, keepdims=True):
         axes: Axes to reduce over (a list or tuple of ints).
         keepdims: Whether to keep the reduced axes with length 1, so the
             results broadcast against `x`.
+        mask: Optional boolean or 0/1 tensor broadcastable to `x`: the
+            statistics cover the positions where it is true only (a position
+            set nowhere gives mean 0 and variance 0, as Keras does).
+        synchronized: If `True` and the backend's distribution machinery
+            runs several replicas that each hold a shard of the batch, the
+            moments cover every replica's shard (see
+            `cross_replica_moments`); otherwise ignored.
 
     Returns:
         A `(mean, variance)` tuple in `statistics_dtype(x.dtype)`.
     """
     axes = tuple(axes)
     x = ops.cast(x, statistics_dtype(x.dtype))
-    mean = ops.mean(x, axis=axes, keepdims=True)
-    variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
+    if synchronized and kn_backend.num_replicas() > 1:
+        mean, variance = cross_replica_moments(x, axes, mask)
+    elif mask is None:
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
+    else:
+        weights = ops.broadcast_to(ops.cast(mask, x.dtype), ops.shape(x))
+        count = ops.sum(weights, axis=axes, keepdims=True)
+        count = ops.maximum(count, ops.cast(1, x.dtype))
+        mean = ops.sum(weights * x, axis=axes, keepdims=True) / count
+        variance = (
+            ops.sum(weights * ops.square(x - mean), axis=axes, keepdims=True)
+            / count
+        )
     if not keepdims:
         mean = ops.squeeze(mean, axis=axes)
         variance = ops.squeeze(variance, axis=axes)
     return mean, variance
+
+
+def cross_replica_moments(x, axes, mask=None):
+    """Moments over every replica's shard of the batch, with ONE collective.
+
+    Each replica computes, in two passes, its count `n_i`, mean `m_i` and
+    sum of squared deviations `M2_i` per channel, and packs them into one
+    row; one collective (`keras_norms.backend.all_gather_rows`, the
+    backend's own machinery) gives every replica every row, combined with
+    Chan's parallel formula `mean = sum(n_i * m_i) / n`,
+    `M2 = sum(M2_i + n_i * (m_i - mean)**2)`, `variance = M2 / n`.
+    Numerically stable (no `E[x^2] - E[x]^2` on raw sums) and weighted by
+    the counts, so unequal shards are fine and an empty shard contributes
+    nothing (and gets no NaN). Without a mask, fewer than 2 values per
+    channel over all replicas is refused, as torch does.
+
+    Returns keepdims `(mean, variance)`.
+    """
+    dtype = x.dtype
+    if mask is None:
+        static = [x.shape[a] for a in axes]
+        if all(s is not None for s in static):
+            local_count = math.prod(static)
+        else:
+            runtime = ops.shape(x)
+            local_count = 1
+            for a in axes:
+                local_count = local_count * runtime[a]
+        count = ops.cast(ops.convert_to_tensor(local_count), dtype)
+        weights = None
+    else:
+        weights = ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
+        count = ops.sum(weights, axis=axes, keepdims=True)
+    safe = ops.maximum(count, ops.cast(1, dtype))  # empty shard: no NaN
+    weighted = x if weights is None else weights * x
+    mean = ops.sum(weighted, axis=axes, keepdims=True) / safe
+    deviations = ops.square(x - mean)
+    if weights is not None:
+        deviations = weights * deviations
+    m2 = ops.sum(deviations, axis=axes, keepdims=True)
+
+    # One collective: every replica's packed [n..., mean..., M2...] row.
+    keep_shape = mean.shape
+    channels = math.prod(keep_shape)
+    counts_per_row = 1 if weights is None else channels
+    row = ops.concatenate(
+        [ops.reshape(v, (-1,)) for v in (count, mean, m2)], axis=0
+    )
+    rows = kn_backend.all_gather_rows(row)
+    counts = rows[:, :counts_per_row]
+    means = rows[:, counts_per_row : counts_per_row + channels]
+    m2s = rows[:, counts_per_row + channels :]
+
+    total = ops.sum(counts, axis=0)
+    if weights is None and not (
+        isinstance(local_count, int) and local_count >= 2
+    ):
+        total = kn_backend.check_at_least(
+            ops.sum(counts),
+            2,
+            "Expected more than 1 value per channel when training, across "
+            f"all {kn_backend.num_replicas()} replicas. Received: "
+            f"input_shape={tuple(x.shape)} on this replica",
+        )
+    total = ops.maximum(total, ops.cast(1, dtype))  # masked everywhere
+    global_mean = ops.sum(counts * means, axis=0) / total
+    global_m2 = ops.sum(
+        m2s + counts * ops.square(means - global_mean[None]), axis=0
+    )
+    variance = ops.maximum(global_m2 / total, ops.cast(0, dtype))
+    return ops.reshape(global_mean, keep_shape), ops.reshape(
+        variance, keep_shape
+    )
 
 
 def scale_and_shift(mean, variance, gamma=None, beta=None, epsilon=1e-3):

@@ -494,3 +494,40 @@ def test_functional_model_with_unknown_spatial_size_in_compiled_predict():
         y = model.predict(x, verbose=0)
         assert y.shape == x.shape
         np.testing.assert_allclose(y, helpers.to_numpy(model(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_FACTORIES))
+def test_channels_first_with_width_equal_to_channels(name):
+    # Keras 3.15's TF `ops.add` turns `x + b` with b of shape (1, C, 1, 1)
+    # into an NHWC bias_add when the last axis also has size C; our scale
+    # and shift must stay on the channel axis.
+    shape = (2, 4, 3, 4)
+    x = helpers.random_input(shape, loc=1.0, scale=2.0)
+    factories = {
+        "batch": lambda: kn.BatchNormalization(axis=1),
+        "layer": lambda: kn.LayerNormalization(axis=[1, 2, 3]),
+        "instance": lambda: kn.InstanceNormalization(axis=1),
+        "group": lambda: kn.GroupNormalization(groups=2, axis=1),
+    }
+    layer = factories[name]()
+    layer.build(shape)
+    gamma, beta = _params(layer, 4) if name != "layer" else (None, None)
+    for training in (True, False):
+        if name == "batch":
+            layer.moving_mean.assign(np.arange(4, dtype="float32"))
+            layer.moving_variance.assign(np.ones(4, dtype="float32"))
+        y = helpers.to_numpy(layer(x, training=training))
+        if name == "layer":
+            continue
+        if name == "batch" and not training:
+            mm = np.arange(4).reshape(1, 4, 1, 1)
+            expected = (x - mm) / np.sqrt(1 + EPS)
+        elif name == "batch":
+            expected = helpers.numpy_normalize(x, (0, 2, 3), EPS)
+        elif name == "instance":
+            expected = helpers.numpy_normalize(x, (2, 3), EPS)
+        else:
+            grouped = x.reshape(2, 2, 2, 3, 4)
+            expected = helpers.numpy_normalize(grouped, (2, 3, 4), EPS).reshape(shape)
+        b = lambda v: helpers.broadcast_param(v, 4, 1)  # noqa: E731
+        np.testing.assert_allclose(y, expected * b(gamma) + b(beta), **TOL)

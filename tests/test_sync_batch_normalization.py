@@ -89,17 +89,18 @@ def test_equals_batch_normalization_outside_distribution(axis, shape):
 
 def test_same_arguments_and_weights_as_batch_normalization():
     assert issubclass(SyncBatchNormalization, BatchNormalization)
-    # It adds no argument and no `__init__` of its own.
-    assert "__init__" not in vars(SyncBatchNormalization)
+    # It adds no argument: BatchNormalization's, with synchronized forced.
     assert inspect.signature(SyncBatchNormalization) == inspect.signature(
         BatchNormalization
     )
+    assert SyncBatchNormalization(synchronized=False).synchronized
     sync, plain = _pair(axis=1, momentum=0.9, epsilon=1e-5, center=False)
     sync.build((2, 3, 4))
     plain.build((2, 3, 4))
     assert [w.name for w in sync.weights] == [w.name for w in plain.weights]
     clone = helpers.assert_config_round_trip(sync)
     assert isinstance(clone, SyncBatchNormalization)
+    assert clone.get_config()["synchronized"] is True
     assert clone.get_config()["momentum"] == 0.9
 
 

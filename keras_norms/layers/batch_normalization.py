@@ -1,10 +1,13 @@
 """BatchNormalization with moving statistics and a frozen-statistics mode."""
 
 import keras
+from keras import ops
 
+from keras_norms import backend as kn_backend
 from keras_norms import ops as kn_ops
 from keras_norms.layers import _base
 from keras_norms.layers import _moving
+from keras_norms.layers import _validation
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")
@@ -40,6 +43,20 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             of the moving statistics.
         beta_regularizer, gamma_regularizer: Optional regularizers.
         beta_constraint, gamma_constraint: Optional constraints.
+        renorm: If `True`, use batch renormalization (Ioffe, 2017): in
+            training the batch-normalized values are corrected by
+            `r = clip(sigma_batch / sigma_renorm)` and
+            `d = clip((mean_batch - mean_renorm) / sigma_renorm)` (both
+            stop-gradiented), which keeps training and inference consistent
+            with small or non-i.i.d. batches. Adds the weights
+            `moving_stddev`, `renorm_mean` and `renorm_stddev`, as Keras.
+        renorm_clipping: Dictionary with optional keys `"rmax"`, `"rmin"`,
+            `"dmax"` bounding `r` and `d` (none by default).
+        renorm_momentum: Momentum of the `renorm_mean` / `renorm_stddev`
+            moving averages.
+        synchronized: If `True`, combine the batch statistics across
+            replicas, exactly as `SyncBatchNormalization` does, on every
+            backend (Keras allows it on TensorFlow only).
         use_global_stats: If `True` (MXNet's name), normalize with the moving
             statistics even when training and never update them, while
             `gamma` and `beta` still learn: fine-tuning a pretrained
@@ -51,9 +68,15 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         training: Python boolean, whether to use batch statistics. As in
             Keras, a layer with `trainable=False` always runs in inference
             mode.
+        mask: Optional boolean tensor of the input's shape without the
+            channel axis (e.g. from `Masking` or `Embedding(mask_zero=True)`):
+            in training the batch statistics cover the unmasked positions
+            only, as in Keras.
 
     Reference:
         - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167).
+        - [Ioffe, 2017, Batch Renormalization](
+          https://arxiv.org/abs/1702.03275).
     """
 
     def __init__(
@@ -71,6 +94,10 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         gamma_regularizer=None,
         beta_constraint=None,
         gamma_constraint=None,
+        renorm=False,
+        renorm_clipping=None,
+        renorm_momentum=0.99,
+        synchronized=False,
         use_global_stats=False,
         **kwargs,
     ):
@@ -93,6 +120,12 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             moving_variance_initializer,
             use_global_stats,
         )
+        self.renorm = _validation.check_bool("renorm", renorm)
+        self.renorm_clipping = _check_renorm_clipping(renorm_clipping)
+        self.renorm_momentum = _validation.check_unit_interval(
+            "renorm_momentum", renorm_momentum
+        )
+        self.synchronized = _validation.check_bool("synchronized", synchronized)
 
     def _reduction_axes_for(self, input_shape):
         return tuple(
@@ -101,22 +134,177 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
 
     def _build_state(self, param_shape):
         self._add_moving_statistics(param_shape)
+        if self.renorm:
+            self._add_renorm_statistics(param_shape)
+
+    def call(self, inputs, training=None, mask=None):
+        scale, shift = self._scale_and_shift(inputs, training, mask)
+        return kn_ops.normalize(inputs, scale, shift, self.compute_dtype)
+
+    def _scale_and_shift(self, x, training, mask=None):
+        dtype = kn_ops.statistics_dtype(x.dtype)
+        gamma = self._param_in_view(self.gamma, dtype)
+        beta = self._param_in_view(self.beta, dtype)
+        if not self._uses_batch_statistics(training):
+            mean, variance = self._moving_statistics(
+                self._param_shape_in_view, dtype
+            )
+            return kn_ops.scale_and_shift(
+                mean, variance, gamma, beta, self.epsilon
+            )
+        if mask is None and not self._combines_replicas():
+            # With several replicas a shard may hold one value (or none)
+            # legitimately; the global count is checked after the collective.
+            self._check_reduction_size(
+                x.shape, self._reduction_axes, "channel"
+            )
+        mean, variance = self._batch_moments(x, self._channel_mask(x, mask))
+        if self.renorm:
+            gamma, beta = self._renorm_affine(mean, variance, gamma, beta)
+        else:
+            self._update_moving_statistics(mean, variance)
+        return kn_ops.scale_and_shift(mean, variance, gamma, beta, self.epsilon)
 
     def _statistics(self, x, training):
+        """Batch or moving statistics (without renorm corrections)."""
         if self._uses_batch_statistics(training):
-            self._check_reduction_size(x.shape, self._reduction_axes, "channel")
-            mean, variance = self._batch_moments(x)
-            self._update_moving_statistics(mean, variance)
-            return mean, variance
+            return self._batch_moments(x)
         return self._moving_statistics(
             self._param_shape_in_view, kn_ops.statistics_dtype(x.dtype)
         )
 
-    def _batch_moments(self, x):
-        """Moments over the batch; SyncBatchNormalization sums replicas."""
-        return kn_ops.moments(x, self._reduction_axes)
+    def _channel_mask(self, x, mask):
+        """A mask without the channel axis, expanded to broadcast against x."""
+        if mask is None:
+            return None
+        if len(mask.shape) != len(x.shape) - 1:
+            raise ValueError(
+                "The mask must have the input's shape without the channel "
+                f"axis (rank {len(x.shape) - 1}). Received: "
+                f"mask.shape={tuple(mask.shape)}, inputs.shape="
+                f"{tuple(x.shape)}"
+            )
+        (channel_axis,) = self._param_axes
+        return ops.expand_dims(mask, axis=channel_axis)
+
+    def _batch_moments(self, x, mask=None):
+        """Moments over the batch (of every replica when synchronized)."""
+        return kn_ops.moments(
+            x, self._reduction_axes, mask=mask, synchronized=self.synchronized
+        )
+
+    def _combines_replicas(self):
+        return self.synchronized and kn_backend.num_replicas() > 1
+
+    # ------------------------------------------------------------------
+    # Batch renormalization (Ioffe, 2017), numerically as Keras does it.
+    # ------------------------------------------------------------------
+    def _add_renorm_statistics(self, param_shape):
+        moving_variance_initializer = self.moving_variance_initializer
+
+        def moving_stddev_initializer(shape, dtype=None):
+            return ops.sqrt(moving_variance_initializer(shape, dtype=dtype))
+
+        for name, initializer in (
+            ("moving_stddev", moving_stddev_initializer),
+            ("renorm_mean", self.moving_mean_initializer),
+            ("renorm_stddev", moving_stddev_initializer),
+        ):
+            setattr(
+                self,
+                name,
+                self.add_weight(
+                    shape=param_shape,
+                    name=name,
+                    initializer=initializer,
+                    trainable=False,
+                    autocast=False,
+                ),
+            )
+
+    def _renorm_affine(self, mean, variance, gamma, beta):
+        """Fold the stop-gradiented r and d into gamma and beta; update.
+
+        `(x_hat * r + d) * gamma + beta = x_hat * (r * gamma) + (d * gamma
+        + beta)`, where `x_hat` is normalized with the batch statistics.
+        """
+        shape = self._param_shape_in_view
+        dtype = mean.dtype
+        stddev = ops.sqrt(variance + self.epsilon)
+        renorm_mean = ops.reshape(ops.cast(self.renorm_mean, dtype), shape)
+        renorm_stddev = ops.maximum(
+            ops.reshape(ops.cast(self.renorm_stddev, dtype), shape),
+            ops.sqrt(ops.cast(self.epsilon, dtype)),
+        )
+        r = stddev / renorm_stddev
+        d = (mean - renorm_mean) / renorm_stddev
+        clipping = self.renorm_clipping or {}
+        if clipping.get("rmin") is not None:
+            r = ops.maximum(r, clipping["rmin"])
+        if clipping.get("rmax") is not None:
+            r = ops.minimum(r, clipping["rmax"])
+        if clipping.get("dmax") is not None:
+            d = ops.clip(d, -clipping["dmax"], clipping["dmax"])
+        r = ops.stop_gradient(r)
+        d = ops.stop_gradient(d)
+        new_gamma = r if gamma is None else r * gamma
+        new_beta = d if gamma is None else d * gamma
+        if beta is not None:
+            new_beta = new_beta + beta
+        self._update_renorm_statistics(mean, stddev)
+        return new_gamma, new_beta
+
+    def _update_renorm_statistics(self, mean, stddev):
+        def blend(variable, value, momentum):
+            value = ops.reshape(ops.cast(value, variable.dtype), self._moving_shape)
+            new = variable * momentum + value * (1.0 - momentum)
+            variable.assign(new)
+            return new
+
+        blend(self.renorm_mean, mean, self.renorm_momentum)
+        blend(self.renorm_stddev, stddev, self.renorm_momentum)
+        blend(self.moving_mean, mean, self.momentum)
+        moving_stddev = blend(self.moving_stddev, stddev, self.momentum)
+        # The moving variance follows the moving stddev, as in Keras.
+        self.moving_variance.assign(
+            ops.relu(ops.square(moving_stddev) - self.epsilon)
+        )
 
     def get_config(self):
         config = super().get_config()
         config.update(self._moving_statistics_config())
+        config.update(
+            {
+                "renorm": self.renorm,
+                "renorm_clipping": self.renorm_clipping,
+                "renorm_momentum": self.renorm_momentum,
+                "synchronized": self.synchronized,
+            }
+        )
         return config
+
+
+def _check_renorm_clipping(renorm_clipping):
+    """`None` or a dict with keys among rmax, rmin, dmax, as Keras checks."""
+    if renorm_clipping is None:
+        return None
+    keys = ("rmax", "rmin", "dmax")
+    if not isinstance(renorm_clipping, dict) or set(renorm_clipping) - set(keys):
+        raise ValueError(
+            "Argument `renorm_clipping` must be a dict with keys among "
+            f"{list(keys)}. Received: renorm_clipping={renorm_clipping!r}"
+        )
+    rmax = renorm_clipping.get("rmax")
+    rmin = renorm_clipping.get("rmin")
+    dmax = renorm_clipping.get("dmax")
+    if rmax is not None and rmin is not None and rmax < rmin:
+        raise ValueError(
+            "Argument `renorm_clipping` needs rmax >= rmin. "
+            f"Received: renorm_clipping={renorm_clipping!r}"
+        )
+    if dmax is not None and dmax < 0:
+        raise ValueError(
+            "Argument `renorm_clipping` needs dmax >= 0. "
+            f"Received: renorm_clipping={renorm_clipping!r}"
+        )
+    return dict(renorm_clipping)

@@ -1,12 +1,9 @@
 """SyncBatchNormalization: batch statistics over every replica's shard."""
 
-import math
+import inspect
 
 import keras
-from keras import ops
 
-from keras_norms import backend as kn_backend
-from keras_norms import ops as kn_ops
 from keras_norms.layers import batch_normalization
 
 
@@ -29,7 +26,9 @@ class SyncBatchNormalization(batch_normalization.BatchNormalization):
     behaves exactly like BatchNormalization (same arguments, defaults,
     weights, outputs); at inference it uses the moving statistics, which
     are updated with the global statistics and so are identical on every
-    replica.
+    replica. It is `BatchNormalization(synchronized=True)`, a class of its
+    own so that `convert_sync_batchnorm`-style code and readers can tell
+    it apart; the reduction is `keras_norms.ops.cross_replica_moments`.
 
     How the statistics are combined, backend by backend:
 
@@ -96,65 +95,12 @@ class SyncBatchNormalization(batch_normalization.BatchNormalization):
           https://doi.org/10.1007/978-3-642-51461-6_3) (pairwise variance).
     """
 
-    def _check_reduction_size(self, input_shape, axes, what):
-        # With several replicas one shard may hold a single value (or none)
-        # legitimately; the count that matters is the global one, checked
-        # in `_batch_moments` after the collective.
-        if kn_backend.num_replicas() > 1:
-            return
-        super()._check_reduction_size(input_shape, axes, what)
+    def __init__(self, *args, **kwargs):
+        # Always synchronized; a config carrying the key is accepted.
+        kwargs["synchronized"] = True
+        super().__init__(*args, **kwargs)
 
-    def _batch_moments(self, x):
-        if kn_backend.num_replicas() <= 1:
-            return super()._batch_moments(x)
-        axes = self._reduction_axes
-        dtype = kn_ops.statistics_dtype(x.dtype)
-        x = ops.cast(x, dtype)
-
-        # Local count, mean and sum of squared deviations, in two passes.
-        static = [x.shape[a] for a in axes]
-        if all(s is not None for s in static):
-            local_count = math.prod(static)
-        else:
-            shape = ops.shape(x)
-            local_count = 1
-            for a in axes:
-                local_count = local_count * shape[a]
-        count = ops.cast(ops.convert_to_tensor(local_count), dtype)
-        safe = ops.maximum(count, ops.cast(1, dtype))  # empty shard: no NaN
-        mean = ops.sum(x, axis=axes, keepdims=True) / safe
-        m2 = ops.sum(ops.square(x - mean), axis=axes, keepdims=True)
-
-        # One collective: every replica's packed [n, mean..., M2...] row.
-        row = ops.concatenate(
-            [
-                ops.reshape(count, (1,)),
-                ops.reshape(mean, (-1,)),
-                ops.reshape(m2, (-1,)),
-            ],
-            axis=0,
-        )
-        rows = kn_backend.all_gather_rows(row)
-        channels = math.prod(self._param_shape_in_view)
-        counts = rows[:, :1]
-        means = rows[:, 1 : 1 + channels]
-        m2s = rows[:, 1 + channels :]
-
-        # Chan's parallel combination, weighted by the counts.
-        total = ops.sum(counts)
-        if not (isinstance(local_count, int) and local_count >= 2):
-            total = kn_backend.check_at_least(
-                total,
-                2,
-                f"{type(self).__name__}: Expected more than 1 value per "
-                "channel when training, across all "
-                f"{kn_backend.num_replicas()} replicas. Received: "
-                f"input_shape={tuple(x.shape)} on this replica",
-            )
-        global_mean = ops.sum(counts * means, axis=0) / total
-        global_m2 = ops.sum(
-            m2s + counts * ops.square(means - global_mean[None]), axis=0
-        )
-        variance = ops.maximum(global_m2 / total, ops.cast(0, dtype))
-        shape = self._param_shape_in_view
-        return ops.reshape(global_mean, shape), ops.reshape(variance, shape)
+    # Same arguments as BatchNormalization, for introspection and docs.
+    __init__.__signature__ = inspect.signature(
+        batch_normalization.BatchNormalization.__init__
+    )

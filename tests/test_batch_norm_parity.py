@@ -1,0 +1,180 @@
+"""kn.BatchNormalization as a drop-in for keras.layers.BatchNormalization:
+every argument and default, weights, batch renormalization, masks,
+`synchronized`."""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+
+import keras_norms as kn
+from tests import helpers
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _parameters(cls):
+    return {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name not in ("self", "kwargs")
+    }
+
+
+def test_takes_every_keras_argument_with_the_same_default():
+    ours = _parameters(kn.BatchNormalization)
+    theirs = _parameters(keras.layers.BatchNormalization)
+    for name, default in theirs.items():
+        assert name in ours, name
+        assert ours[name] == default, name
+    # Ours adds, never renames; the Keras arguments keep their order.
+    assert list(ours)[: len(theirs)] == list(theirs)
+
+
+def test_keras_config_builds_ours_and_weights_move_across():
+    shape = (4, 3, 3, 5)
+    theirs = keras.layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-4, renorm=True, renorm_clipping={"rmax": 2.0}
+    )
+    theirs.build(shape)
+    ours = kn.BatchNormalization.from_config(theirs.get_config())
+    ours.build(shape)
+    assert [w.name for w in ours.weights] == [w.name for w in theirs.weights]
+    values = [np.random.uniform(0.5, 2.0, w.shape) for w in theirs.weights]
+    theirs.set_weights(values)
+    ours.set_weights(theirs.get_weights())
+    x = helpers.random_input(shape, loc=1.0)
+    np.testing.assert_allclose(
+        helpers.to_numpy(ours(x, training=False)),
+        helpers.to_numpy(theirs(x, training=False)),
+        **TOL,
+    )
+
+
+@pytest.mark.parametrize(
+    "clipping",
+    [None, {"rmax": 1.5, "rmin": 0.7, "dmax": 0.3}, {"dmax": 0.0}],
+)
+def test_renorm_equals_keras_over_several_steps(clipping):
+    shape = (6, 4, 4, 3)
+    kwargs = dict(
+        momentum=0.8, renorm=True, renorm_clipping=clipping, renorm_momentum=0.7
+    )
+    ours = kn.BatchNormalization(**kwargs)
+    theirs = keras.layers.BatchNormalization(**kwargs)
+    ours.build(shape)
+    theirs.build(shape)
+    names = [w.name for w in ours.weights]
+    assert names == [w.name for w in theirs.weights]
+    assert names[-3:] == ["moving_stddev", "renorm_mean", "renorm_stddev"]
+    for step in range(4):
+        x = helpers.random_input(shape, seed=step, loc=step, scale=1.0 + step)
+        np.testing.assert_allclose(
+            helpers.to_numpy(ours(x, training=True)),
+            helpers.to_numpy(theirs(x, training=True)),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+        for a, b in zip(ours.weights, theirs.weights):
+            np.testing.assert_allclose(
+                helpers.to_numpy(a), helpers.to_numpy(b), err_msg=a.name, **TOL
+            )
+    # r and d are stop-gradiented in both: the same input gradients.
+    x = helpers.random_input(shape, seed=9, loc=2.0)
+    up = helpers.random_input(shape, seed=10)
+    _, dx, grads = helpers.forward_and_grads(ours, x, up)
+    _, rdx, rgrads = helpers.forward_and_grads(theirs, x, up)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grads["gamma"], rgrads["gamma"], rtol=1e-4, atol=1e-4)
+
+
+def test_renorm_corrections_reach_the_output():
+    # With renorm statistics far from the batch's, r and d change the output
+    # away from plain batch normalization (and clipping bounds them).
+    shape = (8, 3)
+    x = helpers.random_input(shape, loc=3.0, scale=2.0)
+    layer = kn.BatchNormalization(
+        renorm=True, renorm_clipping={"rmax": 1.0, "rmin": 1.0, "dmax": 0.5}
+    )
+    layer.build(shape)
+    layer.renorm_mean.assign(np.zeros(3, "float32"))
+    layer.renorm_stddev.assign(np.ones(3, "float32"))
+    y = helpers.to_numpy(layer(x, training=True))
+    x_hat = helpers.numpy_normalize(x, (0,), 1e-3)
+    # r is clipped to exactly 1 and d to 0.5 (mean 3 is far above 0).
+    np.testing.assert_allclose(y, x_hat + 0.5, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "clipping,match",
+    [
+        ({"rmax": 1.0, "bogus": 2.0}, "keys"),
+        ({"rmax": 0.5, "rmin": 2.0}, "rmax >= rmin"),
+        ({"dmax": -1.0}, "dmax >= 0"),
+        ("rmax", "dict"),
+    ],
+)
+def test_bad_renorm_clipping_refused(clipping, match):
+    with pytest.raises(ValueError, match=match):
+        kn.BatchNormalization(renorm=True, renorm_clipping=clipping)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mask_equals_keras(training):
+    shape = (4, 6, 3)
+    x = helpers.random_input(shape, loc=2.0, scale=3.0)
+    mask = np.random.RandomState(4).rand(4, 6) > 0.4
+    ours = kn.BatchNormalization(momentum=0.5)
+    theirs = keras.layers.BatchNormalization(momentum=0.5)
+    y = ours(x, training=training, mask=mask)
+    ry = theirs(x, training=training, mask=mask)
+    np.testing.assert_allclose(helpers.to_numpy(y), helpers.to_numpy(ry), rtol=1e-4, atol=1e-4)
+    for a, b in zip(ours.weights, theirs.weights):
+        np.testing.assert_allclose(helpers.to_numpy(a), helpers.to_numpy(b), **TOL)
+    if training:
+        # The statistics cover the unmasked positions only.
+        kept = x[mask]
+        expected = 0.5 * kept.mean(axis=0)
+        np.testing.assert_allclose(helpers.to_numpy(ours.moving_mean), expected, **TOL)
+
+
+def test_mask_after_embedding_in_a_model():
+    tokens = np.array([[3, 5, 0, 0], [7, 1, 2, 0], [4, 0, 0, 0]])
+
+    def build(norm):
+        inputs = keras.Input((4,), dtype="int32")
+        h = keras.layers.Embedding(10, 3, mask_zero=True)(inputs)
+        return keras.Model(inputs, norm(momentum=0.0)(h, training=True))
+
+    keras.utils.set_random_seed(1)
+    ours = build(kn.BatchNormalization)
+    keras.utils.set_random_seed(1)
+    theirs = build(keras.layers.BatchNormalization)
+    np.testing.assert_allclose(
+        helpers.to_numpy(ours(tokens)), helpers.to_numpy(theirs(tokens)), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        helpers.to_numpy(ours.layers[-1].moving_mean),
+        helpers.to_numpy(theirs.layers[-1].moving_mean),
+        **TOL,
+    )
+
+
+def test_bad_mask_rank_refused():
+    layer = kn.BatchNormalization()
+    with pytest.raises(ValueError, match="mask"):
+        layer(np.ones((2, 3, 4), "float32"), training=True, mask=np.ones((2, 3, 4)))
+
+
+def test_synchronized_works_on_every_backend_and_is_plain_bn_alone():
+    # Keras allows synchronized=True on TensorFlow only; ours everywhere.
+    shape = (6, 4, 3)
+    x = helpers.random_input(shape, loc=1.0)
+    synced = kn.BatchNormalization(synchronized=True)
+    plain = kn.BatchNormalization()
+    np.testing.assert_array_equal(
+        helpers.to_numpy(synced(x, training=True)),
+        helpers.to_numpy(plain(x, training=True)),
+    )
+    assert synced.get_config()["synchronized"] is True
