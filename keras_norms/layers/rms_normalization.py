@@ -1,0 +1,152 @@
+"""RMSNormalization: divide by the root mean square, no centering."""
+
+import keras
+from keras import constraints
+from keras import initializers
+from keras import ops
+from keras import regularizers
+
+from keras_norms import ops as kn_ops
+from keras_norms.layers import _validation
+
+
+def mean_square(x, axes, keepdims=True):
+    """`mean(x**2)` over `axes`, accumulated in float32 or wider.
+
+    The second moment about zero: the statistic of RMSNormalization and of
+    FilterResponseNormalization (`nu^2`). Half-precision inputs are
+    accumulated in `keras_norms.ops.statistics_dtype(x.dtype)`.
+
+    Args:
+        x: Input tensor.
+        axes: Axes to reduce over (a list or tuple of ints).
+        keepdims: Whether to keep the reduced axes with length 1.
+    """
+    x = ops.cast(x, kn_ops.statistics_dtype(x.dtype))
+    return ops.mean(ops.square(x), axis=tuple(axes), keepdims=keepdims)
+
+
+@keras.saving.register_keras_serializable(package="keras_norms")
+class RMSNormalization(keras.layers.Layer):
+    """Root mean square layer normalization (Zhang & Sennrich, 2019).
+
+    Rescales each position by the root mean square of its features, without
+    subtracting the mean and without an offset:
+
+    `y = x * rsqrt(mean(x**2 over axis) + epsilon) * scale`
+
+    It is LayerNormalization without re-centering (`mean = 0`, no `beta`):
+    cheaper, and as good in Transformers (T5, LLaMA, Gemma use it). The
+    statistic is per sample, so, like LayerNormalization, it behaves the
+    same in training and at inference.
+
+    A drop-in replacement of `keras.layers.RMSNormalization`: same
+    arguments and defaults (`axis=-1`, `epsilon=1e-6`), and the same one
+    weight, `scale`, with the same shape (the sizes of the input along
+    `axis`), so `RMSNormalization.from_config(keras_layer.get_config())`
+    builds it and `set_weights(keras_layer.get_weights())` moves the weights
+    across. It adds the `scale_initializer`, `scale_regularizer` and
+    `scale_constraint` arguments. The statistic and the scale stay float32
+    under mixed precision.
+
+    Args:
+        axis: Integer or list of integers, the axis or axes to normalize
+            over (the features); `scale` has one value per position along
+            them. Cannot include the batch axis 0.
+        epsilon: Small float added to the mean square, `> 0`.
+        scale_initializer: Initializer of `scale` (default ones).
+        scale_regularizer: Optional regularizer of `scale`.
+        scale_constraint: Optional constraint on `scale`.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: Input tensor of any rank `>= 2`.
+        training: Ignored: the layer behaves the same in both modes.
+
+    Reference:
+        - [Zhang & Sennrich, 2019](https://arxiv.org/abs/1910.07467).
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        epsilon=1e-6,
+        scale_initializer="ones",
+        scale_regularizer=None,
+        scale_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.axis = _validation.check_axis_argument(axis, allow_list=True)
+        self.epsilon = _validation.check_positive_float("epsilon", epsilon)
+        self.scale_initializer = initializers.get(scale_initializer)
+        self.scale_regularizer = regularizers.get(scale_regularizer)
+        self.scale_constraint = constraints.get(scale_constraint)
+        self.supports_masking = True
+        # The scale and the statistic stay float32 under mixed precision.
+        self.autocast = False
+        self.scale = None
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        ndim = len(input_shape)
+        self._axes = _validation.canonical_axes(self.axis, ndim)
+        for axis in self._axes:
+            if input_shape[axis] is None:
+                raise ValueError(
+                    "RMSNormalization needs a known size along its `axis`, "
+                    f"but axis {axis} of the input is unknown. Received: "
+                    f"axis={self.axis}, input_shape={input_shape}"
+                )
+        param_shape_in_view = [1] * ndim
+        for axis in self._axes:
+            param_shape_in_view[axis] = input_shape[axis]
+        self._param_shape_in_view = tuple(param_shape_in_view)
+        self.scale = self.add_weight(
+            shape=tuple(input_shape[axis] for axis in self._axes),
+            name="scale",
+            initializer=self.scale_initializer,
+            regularizer=self.scale_regularizer,
+            constraint=self.scale_constraint,
+            trainable=True,
+            autocast=False,
+        )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=ndim, axes={a: input_shape[a] for a in self._axes}
+        )
+
+    def call(self, inputs, training=None):
+        mean_sq = mean_square(inputs, self._axes)
+        scale = ops.reshape(
+            ops.cast(self.scale, mean_sq.dtype), self._param_shape_in_view
+        )
+        # The package's one scale-and-shift with mean 0; the shift is then
+        # 0 and is not applied.
+        factor, _ = kn_ops.scale_and_shift(
+            0.0, mean_sq, gamma=scale, epsilon=self.epsilon
+        )
+        outputs = ops.cast(inputs, factor.dtype) * factor
+        return ops.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        _validation.canonical_axes(self.axis, len(input_shape))
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "axis": self.axis,
+                "epsilon": self.epsilon,
+                "scale_initializer": initializers.serialize(
+                    self.scale_initializer
+                ),
+                "scale_regularizer": regularizers.serialize(
+                    self.scale_regularizer
+                ),
+                "scale_constraint": constraints.serialize(
+                    self.scale_constraint
+                ),
+            }
+        )
+        return config
