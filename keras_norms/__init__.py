@@ -1,17 +1,48 @@
-"""keras_norms: normalization layers for Keras 3 on TensorFlow, JAX and torch."""
+"""keras_norms: normalization layers for Keras 3 on TensorFlow, JAX and torch.
+
+Layers (one statistics kernel, `keras_norms.ops`, serves them all):
+BatchNormalization, SyncBatchNormalization, LayerNormalization,
+InstanceNormalization, GroupNormalization, BatchInstanceNormalization,
+SwitchableNormalization, WeightNormalization. Folding and export:
+`fold_batch_norms`, `export_saved_model`, `FoldAndExport`.
+"""
 
 from keras_norms import ops
+from keras_norms.callbacks import FoldAndExport
+from keras_norms.export import export_saved_model
+from keras_norms.folding import FoldReport
+from keras_norms.folding import fold_batch_norms
+from keras_norms.inspection import print_importances
+from keras_norms.inspection import switchable_importances
+from keras_norms.layers import Affine
+from keras_norms.layers import BatchInstanceNormalization
 from keras_norms.layers import BatchNormalization
+from keras_norms.layers import ClipToUnitInterval
 from keras_norms.layers import GroupNormalization
 from keras_norms.layers import InstanceNormalization
 from keras_norms.layers import LayerNormalization
+from keras_norms.layers import SwitchableNormalization
+from keras_norms.layers import SyncBatchNormalization
+from keras_norms.layers import WeightNormalization
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Affine",
+    "BatchInstanceNormalization",
     "BatchNormalization",
+    "ClipToUnitInterval",
+    "FoldAndExport",
+    "FoldReport",
     "GroupNormalization",
     "InstanceNormalization",
     "LayerNormalization",
+    "SwitchableNormalization",
+    "SyncBatchNormalization",
+    "WeightNormalization",
+    "export_saved_model",
+    "fold_batch_norms",
     "ops",
+    "print_importances",
+    "switchable_importances",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "statistics_dtype",
     "moments",
     "cross_replica_moments",
+    "pooled_moments",
     "scale_and_shift",
     "normalize",
 ]
@@ -155,6 +156,32 @@ def cross_replica_moments(x, axes, mask=None):
     return ops.reshape(global_mean, keep_shape), ops.reshape(
         variance, keep_shape
     )
+
+
+def pooled_moments(mean, variance, axes):
+    """Moments of the union of equal-size groups from the groups' moments.
+
+    With `mean` and `variance` the biased moments of groups holding the same
+    number of values, the moments of all of them together are
+    `mean(mean_i)` and `mean(variance_i + (mean_i - mean)**2)` over `axes`
+    (the law of total variance). The second form, not
+    `mean(variance_i + mean_i**2) - mean**2`, keeps its precision when the
+    means are large against the spread.
+
+    Args:
+        mean: Per-group means, e.g. of shape `(N, 1, 1, C)`.
+        variance: Per-group biased variances, same shape.
+        axes: Axes of `mean` to pool over (kept with length 1).
+
+    Returns:
+        A `(mean, variance)` tuple that broadcasts against the inputs.
+    """
+    axes = tuple(axes)
+    pooled_mean = ops.mean(mean, axis=axes, keepdims=True)
+    pooled_variance = ops.mean(
+        variance + ops.square(mean - pooled_mean), axis=axes, keepdims=True
+    )
+    return pooled_mean, pooled_variance
 
 
 def scale_and_shift(mean, variance, gamma=None, beta=None, epsilon=1e-3):

@@ -1,13 +1,27 @@
 """The keras_norms layers, one public layer per module."""
 
+from keras_norms.layers.affine import Affine
+from keras_norms.layers.batch_instance_normalization import (
+    BatchInstanceNormalization,
+)
+from keras_norms.layers.batch_instance_normalization import ClipToUnitInterval
 from keras_norms.layers.batch_normalization import BatchNormalization
 from keras_norms.layers.group_normalization import GroupNormalization
 from keras_norms.layers.instance_normalization import InstanceNormalization
 from keras_norms.layers.layer_normalization import LayerNormalization
+from keras_norms.layers.switchable_normalization import SwitchableNormalization
+from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization
+from keras_norms.layers.weight_normalization import WeightNormalization
 
 __all__ = [
+    "Affine",
+    "BatchInstanceNormalization",
     "BatchNormalization",
+    "ClipToUnitInterval",
     "GroupNormalization",
     "InstanceNormalization",
     "LayerNormalization",
+    "SwitchableNormalization",
+    "SyncBatchNormalization",
+    "WeightNormalization",
 ]

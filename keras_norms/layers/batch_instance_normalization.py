@@ -14,32 +14,6 @@ from keras_norms.layers import _base
 from keras_norms.layers import _moving
 
 
-def pooled_moments(mean, variance, axes):
-    """Moments of the union of equal-size groups from the groups' moments.
-
-    With `mean` and `variance` the biased moments of groups holding the same
-    number of values, the moments of all of them together are
-    `mean(mean_i)` and `mean(variance_i + (mean_i - mean)**2)` over `axes`
-    (the law of total variance). The second form, not
-    `mean(variance_i + mean_i**2) - mean**2`, keeps its precision when the
-    means are large against the spread.
-
-    Args:
-        mean: Per-group means, e.g. of shape `(N, 1, 1, C)`.
-        variance: Per-group biased variances, same shape.
-        axes: Axes of `mean` to pool over (kept with length 1).
-
-    Returns:
-        A `(mean, variance)` tuple that broadcasts against the inputs.
-    """
-    axes = tuple(axes)
-    pooled_mean = ops.mean(mean, axis=axes, keepdims=True)
-    pooled_variance = ops.mean(
-        variance + ops.square(mean - pooled_mean), axis=axes, keepdims=True
-    )
-    return pooled_mean, pooled_variance
-
-
 @keras.saving.register_keras_serializable(package="keras_norms")
 class ClipToUnitInterval(keras.constraints.Constraint):
     """Constrains weights to [0, 1] by clipping; keeps BIN's `rho` a blend.
@@ -135,7 +109,7 @@ class InstanceBatchNormalization(
         """
         mean_in, var_in = kn_ops.moments(x, self._reduction_axes)
         if self._uses_batch_statistics(training):
-            mean_bn, var_bn = pooled_moments(mean_in, var_in, (0,))
+            mean_bn, var_bn = kn_ops.pooled_moments(mean_in, var_in, (0,))
             self._update_moving_statistics(mean_bn, var_bn)
         else:
             mean_bn, var_bn = self._moving_statistics(

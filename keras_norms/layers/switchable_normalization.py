@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_norms import ops as kn_ops
 from keras_norms.layers import batch_instance_normalization as _bin
 
 # The order of the three entries of `mean_weights` and `variance_weights`.
@@ -109,7 +110,7 @@ class SwitchableNormalization(_bin.InstanceBatchNormalization):
         mean_in, var_in, mean_bn, var_bn = self._instance_and_batch_moments(
             x, training
         )
-        mean_ln, var_ln = _bin.pooled_moments(
+        mean_ln, var_ln = kn_ops.pooled_moments(
             mean_in, var_in, self._param_axes
         )
         dtype = mean_in.dtype
