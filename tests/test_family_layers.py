@@ -140,7 +140,11 @@ def test_rms_config_save_and_fit(tmp_path):
     helpers.assert_config_round_trip(layer)
     x = helpers.random_input((8, 3, 4))
     model = keras.Sequential(
-        [keras.Input((3, 4)), RMSNormalization(axis=[1, 2]), keras.layers.Flatten()]
+        [
+            keras.Input((3, 4)),
+            RMSNormalization(axis=[1, 2]),
+            keras.layers.Flatten(),
+        ]
     )
     losses = _tiny_fit(model, x, np.zeros((8, 12), "float32"))
     assert losses[-1] < losses[0]
@@ -189,7 +193,9 @@ def _frn_numpy(x, axis, eps, gamma, beta, tau):
     axis %= ndim
     spatial = tuple(a for a in range(1, ndim) if a != axis)
     nu2 = (x**2).mean(axis=spatial, keepdims=True)
-    g, b, t = (helpers.broadcast_param(p, ndim, axis) for p in (gamma, beta, tau))
+    g, b, t = (
+        helpers.broadcast_param(p, ndim, axis) for p in (gamma, beta, tau)
+    )
     return np.maximum(g * x / np.sqrt(nu2 + eps) + b, t)
 
 
@@ -221,8 +227,8 @@ def test_frn_matches_numpy_and_torch_grads(shape, axis):
     w = _frn_weights(layer)
     expected = _frn_numpy(x, axis, eps, w["gamma"], w["beta"], w["tau"])
     # The TLU clips a real share of the outputs with these weights.
-    assert 0.1 < np.mean(expected == helpers.broadcast_param(
-        w["tau"], len(shape), axis)) < 0.9
+    tau = helpers.broadcast_param(w["tau"], len(shape), axis)
+    assert 0.1 < np.mean(expected == tau) < 0.9
     up = helpers.random_input(shape, seed=7)
     y, dx, grads = helpers.forward_and_grads(layer, x, up)
     np.testing.assert_allclose(y, expected, **TOL)
@@ -257,7 +263,9 @@ def test_frn_learned_epsilon_gradient(axis):
     np.testing.assert_allclose(y, ry, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(dx, rdx, rtol=1e-3, atol=1e-2)
     for name in w:
-        np.testing.assert_allclose(grads[name], rgrads[name], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(
+            grads[name], rgrads[name], rtol=1e-3, atol=1e-3
+        )
     assert abs(grads["epsilon_l"][0]) > 1.0
 
 
@@ -288,8 +296,11 @@ def test_frn_learned_epsilon_learns_in_fit():
 
 def test_frn_one_by_one_without_learned_epsilon_is_allowed():
     x = helpers.random_input((3, 1, 1, 2))
-    y = helpers.to_numpy(FilterResponseNormalization(tau_initializer=
-                         keras.initializers.Constant(-5.0))(x))
+    layer = FilterResponseNormalization(
+        tau_initializer=keras.initializers.Constant(-5.0)
+    )
+    # nu2 = x**2: the output is sign(x) (up to epsilon).
+    y = helpers.to_numpy(layer(x))
     np.testing.assert_allclose(y, np.sign(x), atol=1e-3)
 
 
@@ -444,7 +455,8 @@ def test_ws_dense_grads_match_torch():
     ws = WeightStandardization(keras.layers.Dense(3), epsilon=eps)
     ws.build((6, 5))
     helpers.set_random_weights(ws)
-    kernel, bias = (helpers.to_numpy(w) for w in (ws.layer.kernel, ws.layer.bias))
+    kernel = helpers.to_numpy(ws.layer.kernel)
+    bias = helpers.to_numpy(ws.layer.bias)
     x = helpers.random_input((6, 5), loc=1.0)
     up = helpers.random_input((6, 3), seed=9)
     y, dx, grads = helpers.forward_and_grads(ws, x, up)
@@ -541,7 +553,9 @@ def test_ws_mixed_precision():
 
 
 def test_ws_config_round_trip():
-    ws = WeightStandardization(keras.layers.Conv2D(3, 2, name="c"), epsilon=1e-10)
+    ws = WeightStandardization(
+        keras.layers.Conv2D(3, 2, name="c"), epsilon=1e-10
+    )
     config = ws.get_config()
     clone = WeightStandardization.from_config(config)
     assert clone.get_config() == config  # the config dict was not consumed
@@ -568,3 +582,16 @@ def test_ws_refuses_bad_epsilon_and_fan_in_of_one():
         WeightStandardization(keras.layers.Dense(2), epsilon=0.0)
     with pytest.raises(ValueError, match="fan-in"):
         WeightStandardization(keras.layers.Dense(2)).build((3, 1))
+
+
+def test_ws_refuses_quantized_and_lora_layers():
+    quantized = keras.layers.Dense(3, name="q")
+    quantized.build((2, 4))
+    quantized.quantize("int8")
+    with pytest.raises(ValueError, match="floating-point `kernel`.*'q'"):
+        WeightStandardization(quantized).build((2, 4))
+    lora = keras.layers.Dense(3, name="l")
+    lora.build((2, 4))
+    lora.enable_lora(2)
+    with pytest.raises(ValueError, match="'l' with LoRA"):
+        WeightStandardization(lora).build((2, 4))

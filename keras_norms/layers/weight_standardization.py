@@ -63,7 +63,8 @@ class WeightStandardization(keras.layers.Wrapper):
 
     Call arguments:
         inputs: The wrapped layer's input.
-        training: Passed on to the wrapped layer's call where it takes it.
+        training: Passed on to the wrapped layer (through Keras' call
+            context).
 
     Reference:
         - [Qiao et al., 2019](https://arxiv.org/abs/1903.10520).
@@ -81,18 +82,21 @@ class WeightStandardization(keras.layers.Wrapper):
 
     def build(self, input_shape=None):
         super().build(input_shape)
-        kernel = getattr(self.layer, "kernel", None)
-        if not isinstance(kernel, keras.Variable):
-            raise ValueError(
-                "WeightStandardization needs the wrapped layer to own a "
-                f"`kernel` variable once built; layer {self.layer.name!r} has "
-                f"none (is it quantized?). Received: layer={self.layer!r}"
-            )
         if getattr(self.layer, "lora_enabled", False):
             raise ValueError(
                 "WeightStandardization cannot wrap layer "
                 f"{self.layer.name!r} with LoRA enabled. "
                 "Received: layer.lora_enabled=True"
+            )
+        kernel = getattr(self.layer, "kernel", None)
+        if not isinstance(kernel, keras.Variable) or not (
+            keras.backend.is_float_dtype(kernel.dtype)
+        ):
+            raise ValueError(
+                "WeightStandardization needs the wrapped layer to own a "
+                f"floating-point `kernel` variable once built; layer "
+                f"{self.layer.name!r} has none (is it quantized?). "
+                f"Received: layer={self.layer!r}"
             )
         self._fan_in_axes = tuple(range(len(kernel.shape) - 1))
         fan_in = 1
