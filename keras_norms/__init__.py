@@ -3,7 +3,8 @@
 Layers (one statistics kernel, `keras_norms.ops`, serves them all):
 BatchNormalization, SyncBatchNormalization, LayerNormalization,
 InstanceNormalization, GroupNormalization, BatchInstanceNormalization,
-SwitchableNormalization, WeightNormalization. Folding and export:
+SwitchableNormalization, WeightNormalization, RMSNormalization,
+FilterResponseNormalization, WeightStandardization. Folding and export:
 `fold_batch_norms`, `export_saved_model`, `FoldAndExport`.
 """
 
@@ -18,12 +19,15 @@ from keras_norms.layers import Affine
 from keras_norms.layers import BatchInstanceNormalization
 from keras_norms.layers import BatchNormalization
 from keras_norms.layers import ClipToUnitInterval
+from keras_norms.layers import FilterResponseNormalization
 from keras_norms.layers import GroupNormalization
 from keras_norms.layers import InstanceNormalization
 from keras_norms.layers import LayerNormalization
+from keras_norms.layers import RMSNormalization
 from keras_norms.layers import SwitchableNormalization
 from keras_norms.layers import SyncBatchNormalization
 from keras_norms.layers import WeightNormalization
+from keras_norms.layers import WeightStandardization
 
 __version__ = "0.1.0"
 
@@ -32,14 +36,17 @@ __all__ = [
     "BatchInstanceNormalization",
     "BatchNormalization",
     "ClipToUnitInterval",
+    "FilterResponseNormalization",
     "FoldAndExport",
     "FoldReport",
     "GroupNormalization",
     "InstanceNormalization",
     "LayerNormalization",
+    "RMSNormalization",
     "SwitchableNormalization",
     "SyncBatchNormalization",
     "WeightNormalization",
+    "WeightStandardization",
     "export_saved_model",
     "fold_batch_norms",
     "ops",

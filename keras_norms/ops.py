@@ -23,6 +23,7 @@ from keras_norms import backend as kn_backend
 __all__ = [
     "statistics_dtype",
     "moments",
+    "mean_square",
     "cross_replica_moments",
     "pooled_moments",
     "scale_and_shift",
@@ -83,6 +84,22 @@ def moments(x, axes, keepdims=True, mask=None, synchronized=False):
         mean = ops.squeeze(mean, axis=axes)
         variance = ops.squeeze(variance, axis=axes)
     return mean, variance
+
+
+def mean_square(x, axes, keepdims=True):
+    """`mean(x**2)` over `axes`, accumulated in float32 or wider.
+
+    The second moment about zero: the statistic of RMSNormalization and of
+    FilterResponseNormalization (`nu^2`). Half-precision inputs are
+    accumulated in `statistics_dtype(x.dtype)`.
+
+    Args:
+        x: Input tensor.
+        axes: Axes to reduce over (a list or tuple of ints).
+        keepdims: Whether to keep the reduced axes with length 1.
+    """
+    x = ops.cast(x, statistics_dtype(x.dtype))
+    return ops.mean(ops.square(x), axis=tuple(axes), keepdims=keepdims)
 
 
 def cross_replica_moments(x, axes, mask=None):

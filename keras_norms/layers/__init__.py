@@ -6,22 +6,30 @@ from keras_norms.layers.batch_instance_normalization import (
 )
 from keras_norms.layers.batch_instance_normalization import ClipToUnitInterval
 from keras_norms.layers.batch_normalization import BatchNormalization
+from keras_norms.layers.filter_response_normalization import (
+    FilterResponseNormalization,
+)
 from keras_norms.layers.group_normalization import GroupNormalization
 from keras_norms.layers.instance_normalization import InstanceNormalization
 from keras_norms.layers.layer_normalization import LayerNormalization
+from keras_norms.layers.rms_normalization import RMSNormalization
 from keras_norms.layers.switchable_normalization import SwitchableNormalization
 from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization
 from keras_norms.layers.weight_normalization import WeightNormalization
+from keras_norms.layers.weight_standardization import WeightStandardization
 
 __all__ = [
     "Affine",
     "BatchInstanceNormalization",
     "BatchNormalization",
     "ClipToUnitInterval",
+    "FilterResponseNormalization",
     "GroupNormalization",
     "InstanceNormalization",
     "LayerNormalization",
+    "RMSNormalization",
     "SwitchableNormalization",
     "SyncBatchNormalization",
     "WeightNormalization",
+    "WeightStandardization",
 ]

@@ -9,7 +9,6 @@ from keras import regularizers
 from keras_norms import ops as kn_ops
 from keras_norms.layers import _base
 from keras_norms.layers import _validation
-from keras_norms.layers.rms_normalization import mean_square
 
 # The learned epsilon starts here, as in TensorFlow Addons.
 _LEARNED_EPSILON_INIT = 1e-4
@@ -155,7 +154,7 @@ class FilterResponseNormalization(_base.Normalization):
             )
 
     def _scale_and_shift(self, x, training):
-        nu2 = mean_square(x, self._reduction_axes)
+        nu2 = kn_ops.mean_square(x, self._reduction_axes)
         epsilon = self.epsilon
         if self.learned_epsilon:
             epsilon = epsilon + ops.abs(ops.cast(self.epsilon_l, nu2.dtype))

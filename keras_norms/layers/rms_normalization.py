@@ -10,22 +10,6 @@ from keras_norms import ops as kn_ops
 from keras_norms.layers import _validation
 
 
-def mean_square(x, axes, keepdims=True):
-    """`mean(x**2)` over `axes`, accumulated in float32 or wider.
-
-    The second moment about zero: the statistic of RMSNormalization and of
-    FilterResponseNormalization (`nu^2`). Half-precision inputs are
-    accumulated in `keras_norms.ops.statistics_dtype(x.dtype)`.
-
-    Args:
-        x: Input tensor.
-        axes: Axes to reduce over (a list or tuple of ints).
-        keepdims: Whether to keep the reduced axes with length 1.
-    """
-    x = ops.cast(x, kn_ops.statistics_dtype(x.dtype))
-    return ops.mean(ops.square(x), axis=tuple(axes), keepdims=keepdims)
-
-
 @keras.saving.register_keras_serializable(package="keras_norms")
 class RMSNormalization(keras.layers.Layer):
     """Root mean square layer normalization (Zhang & Sennrich, 2019).
@@ -116,7 +100,7 @@ class RMSNormalization(keras.layers.Layer):
         )
 
     def call(self, inputs, training=None):
-        mean_sq = mean_square(inputs, self._axes)
+        mean_sq = kn_ops.mean_square(inputs, self._axes)
         scale = ops.reshape(
             ops.cast(self.scale, mean_sq.dtype), self._param_shape_in_view
         )
