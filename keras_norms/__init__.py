@@ -5,7 +5,9 @@ BatchNormalization, SyncBatchNormalization, LayerNormalization,
 InstanceNormalization, GroupNormalization, BatchInstanceNormalization,
 SwitchableNormalization, WeightNormalization, RMSNormalization,
 FilterResponseNormalization, WeightStandardization. Folding and export:
-`fold_batch_norms`, `export_saved_model`, `FoldAndExport`.
+`fold_batch_norms`, `export_saved_model`, `FoldAndExport`. Precise
+statistics: `recompute_batch_norm_statistics`, `PreciseBatchNorm`,
+`batch_norm_statistics_report`.
 """
 
 from keras_norms import ops
@@ -28,6 +30,9 @@ from keras_norms.layers import SwitchableNormalization
 from keras_norms.layers import SyncBatchNormalization
 from keras_norms.layers import WeightNormalization
 from keras_norms.layers import WeightStandardization
+from keras_norms.precise import PreciseBatchNorm
+from keras_norms.precise import batch_norm_statistics_report
+from keras_norms.precise import recompute_batch_norm_statistics
 
 __version__ = "0.1.0"
 
@@ -42,14 +47,17 @@ __all__ = [
     "GroupNormalization",
     "InstanceNormalization",
     "LayerNormalization",
+    "PreciseBatchNorm",
     "RMSNormalization",
     "SwitchableNormalization",
     "SyncBatchNormalization",
     "WeightNormalization",
     "WeightStandardization",
+    "batch_norm_statistics_report",
     "export_saved_model",
     "fold_batch_norms",
     "ops",
     "print_importances",
+    "recompute_batch_norm_statistics",
     "switchable_importances",
 ]
