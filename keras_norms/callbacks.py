@@ -11,14 +11,17 @@ __all__ = ["FoldAndExport"]
 
 
 class FoldAndExport(keras.callbacks.Callback):
-    """Fold BatchNormalization and export an XLA SavedModel during `fit`.
+    """Optimize for inference and export an XLA SavedModel during `fit`.
 
-    At the end of training, the model is folded
-    (`keras_norms.folding.fold_batch_norms`: every BatchNormalization goes
-    into the Conv/Dense layer before it, or becomes a fixed `Affine`) and
-    written as a TensorFlow SavedModel whose `serving_default` signature is
-    XLA-compiled (`keras_norms.export.export_saved_model`). The live model
-    keeps training untouched: folding makes a new model.
+    At the end of training, the model is put in its inference form
+    (`keras_norms.inference.optimize_for_inference`: every
+    BatchNormalization goes into the Conv/Dense layer before it, or becomes
+    a fixed `Affine`; WeightNormalization / WeightStandardization become
+    plain layers; a leading `keras.layers.Normalization` goes into the
+    first layer) and written as a TensorFlow SavedModel whose
+    `serving_default` signature is XLA-compiled
+    (`keras_norms.export.export_saved_model`). The live model keeps
+    training untouched: the inference form is a new model.
 
     With `monitor`, it exports instead whenever the monitored metric
     improves (as `keras.callbacks.ModelCheckpoint(save_best_only=True)`),
@@ -43,7 +46,7 @@ class FoldAndExport(keras.callbacks.Callback):
             names, else min).
         sample: Input batch for the check (array, or list of arrays).
         atol: Largest accepted absolute difference in the check.
-        fold: Fold the BatchNormalization layers before exporting.
+        fold: Apply `optimize_for_inference` before exporting.
         jit_compile: XLA-compile the serving function.
         verbose: `"auto"` or `1` prints what it does, `0` is silent.
     """

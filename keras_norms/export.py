@@ -30,7 +30,7 @@ import tempfile
 import keras
 import numpy as np
 
-from keras_norms import folding
+from keras_norms import inference
 
 __all__ = ["export_saved_model", "run_saved_model"]
 
@@ -50,9 +50,12 @@ def export_saved_model(
 
     The `serving_default` signature computes `model(x, training=False)`
     (float32 outputs within about 1e-5 of the Keras model; with `fold=True`
-    the BatchNormalization layers are folded first, see
-    `keras_norms.folding.fold_batch_norms`). The batch size stays dynamic
-    (it is whatever the model's inputs declare, `None` for `keras.Input`).
+    the model is first put in its inference form by
+    `keras_norms.inference.optimize_for_inference`: BatchNormalization
+    folded, WeightNormalization / WeightStandardization unwrapped, a
+    leading `keras.layers.Normalization` folded into the first layer).
+    The batch size stays dynamic (it is whatever the model's inputs
+    declare, `None` for `keras.Input`).
     Reload it anywhere with TensorFlow alone:
 
     ```python
@@ -68,13 +71,13 @@ def export_saved_model(
             Sequential or functional model; subclassed models need
             `fold=False`.
         filepath: Directory to write the SavedModel to.
-        fold: Fold BatchNormalization layers first (the model itself is not
-            modified).
+        fold: Apply `optimize_for_inference` first (the model itself is
+            not modified).
         jit_compile: Compile the serving function with XLA.
         overwrite: Replace an existing `filepath`; otherwise an existing
             path is refused.
-        verbose: `"auto"` or `1` prints the fold report and the exported
-            endpoints, `0` is silent.
+        verbose: `"auto"` or `1` prints the inference report and the
+            exported endpoints, `0` is silent.
 
     Returns:
         `filepath`.
@@ -102,7 +105,9 @@ def export_saved_model(
             f"create it with an Input). Received: model={model!r}"
         )
     if fold:
-        model = folding.fold_batch_norms(model, verbose=int(verbose))
+        model = inference.optimize_for_inference(
+            model, verbose=int(verbose)
+        )
     if os.path.exists(filepath):
         shutil.rmtree(filepath) if os.path.isdir(filepath) else os.remove(
             filepath

@@ -180,6 +180,15 @@ def fold_batch_norms(model, verbose="auto", return_report=False):
 # Model walking
 # ----------------------------------------------------------------------
 def _check_foldable_model(model):
+    check_graph_model(model, "fold BatchNormalization layers of")
+
+
+def check_graph_model(model, action):
+    """Raise unless `model` is a built Sequential or functional model.
+
+    `action` completes the messages, as in "Cannot {action} the subclassed
+    model ...". Shared by folding, conversion and `optimize_for_inference`.
+    """
     if not isinstance(model, keras.Model):
         raise TypeError(
             "Argument `model` must be a keras.Model. Received: "
@@ -187,15 +196,15 @@ def _check_foldable_model(model):
         )
     if not model.built:
         raise ValueError(
-            f"Model '{model.name}' is not built: build it (call it on data, or "
-            "create it with an Input) before folding its BatchNormalization "
-            f"layers. Received: model={model.name}"
+            f"Model '{model.name}' is not built: build it (call it on data, "
+            f"or create it with an Input) before you {action} it. "
+            f"Received: model={model.name}"
         )
     if not _is_graph_model(model):
         raise ValueError(
-            f"Cannot fold BatchNormalization layers of the subclassed model "
-            f"'{model.name}' ({type(model).__name__}): its layer graph cannot "
-            "be read. Rebuild it as a functional or Sequential model. "
+            f"Cannot {action} the subclassed model '{model.name}' "
+            f"({type(model).__name__}): its layer graph cannot be read. "
+            "Rebuild it as a functional or Sequential model. "
             f"Received: model={model.name}"
         )
 
@@ -219,9 +228,7 @@ def _clone_layer(layer, report, assignments):
         new = _fold_model(layer, inner)
         report._merge(inner, layer.name + "/")
         return new
-    new = layer.__class__.from_config(layer.get_config())
-    assignments.append((new, layer.get_weights()))
-    return new
+    return copy_layer(layer, assignments)
 
 
 def _fold_sequential(model, report):
@@ -303,10 +310,9 @@ def _fold_functional(model, report):
         else:
             affine_bns[id(bn)] = why
 
-    assignments = []
     shifts = {}  # id(folded bn) -> Affine carrying the shift, or None
 
-    def clone_function(layer):
+    def clone_function(layer, assignments):
         if id(layer) in folded_bns:
             return layer  # never called: `call_function` skips it
         if id(layer) in affine_bns:
@@ -330,12 +336,81 @@ def _fold_functional(model, report):
             return layer(args[0])
         return layer(*args, **kwargs)
 
-    new_model = keras.models.clone_model(
-        model,
-        clone_function=clone_function,
-        call_function=call_function,
-        recursive=False,
-    )
+    return rebuild_model(model, clone_function, call_function=call_function)
+
+
+# ----------------------------------------------------------------------
+# Graph rebuilding, shared with keras_norms.conversion and .inference
+# ----------------------------------------------------------------------
+def copy_layer(layer, assignments):
+    """A fresh copy of `layer` (from its config); weights copied once built.
+
+    A nested Sequential/functional model is copied with `rebuild_model`.
+    """
+    if isinstance(layer, keras.Model) and _is_graph_model(layer):
+        return rebuild_model(layer, copy_layer)
+    new = layer.__class__.from_config(layer.get_config())
+    assignments.append((new, layer.get_weights()))
+    return new
+
+
+def rebuild_model(model, clone_function, *, skip=(), call_function=None):
+    """A new model with the graph of `model` and the layers it is given.
+
+    `keras.models.clone_model(recursive=False)` for functional models, a
+    new `keras.Sequential` over the same inputs for Sequential ones.
+
+    Args:
+        model: A built Sequential or functional model.
+        clone_function: `clone_function(layer, assignments)` returns the
+            layer that takes `layer`'s place (called once per layer, so
+            shared layers stay shared). It may append `(new_layer,
+            weights)` to `assignments` (a list for `set_weights`, or a
+            `_WeightsByName`): they are set once the new model is built.
+            Nested models are its business (see `copy_layer`).
+        skip: Ids of single-input layers to remove: their consumers take
+            their input instead.
+        call_function: Functional models only, as in `clone_model`:
+            `call_function(new_layer, *args, **kwargs)` builds the node of
+            each layer that is not skipped.
+
+    Returns:
+        The new model, with the assigned weights set.
+    """
+    skip = frozenset(skip)
+    assignments = []
+    if isinstance(model, keras.Sequential):
+        if call_function is not None:
+            raise ValueError("`call_function` needs a functional model.")
+        new_layers = [
+            clone_function(layer, assignments)
+            for layer in model.layers
+            if id(layer) not in skip
+        ]
+        inputs = [
+            keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name)
+            for x in model.inputs
+        ]
+        new_model = keras.Sequential(
+            inputs + new_layers, name=model.name, trainable=model.trainable
+        )
+    else:
+
+        def clone(layer):
+            if id(layer) in skip:
+                return layer  # never called: `call` passes its input on
+            return clone_function(layer, assignments)
+
+        def call(layer, *args, **kwargs):
+            if id(layer) in skip:
+                return args[0]
+            if call_function is not None:
+                return call_function(layer, *args, **kwargs)
+            return layer(*args, **kwargs)
+
+        new_model = keras.models.clone_model(
+            model, clone_function=clone, call_function=call, recursive=False
+        )
     _apply(assignments)
     return new_model
 
@@ -470,6 +545,14 @@ def _set_weights(new, weights):
             variable.assign(value.astype(variable.dtype))
     else:
         new.set_weights(weights)
+        # Adapted preprocessing layers (keras.layers.Normalization,
+        # Discretization, ...) compute from their state variables only in
+        # `finalize_state()`, which Keras' loader calls after loading them
+        # but `set_weights` does not: without it a copied Normalization
+        # would normalize with mean 0 and variance 1.
+        finalize = getattr(new, "finalize_state", None)
+        if callable(finalize):
+            finalize()
 
 
 def _apply(assignments):

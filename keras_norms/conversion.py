@@ -1,0 +1,159 @@
+"""Swap the normalization layers of a model for keras_norms ones.
+
+`convert(model)` turns a model built with `keras.layers` norms into one
+built with keras_norms' drop-in layers (same arguments, same weights, same
+outputs); `convert_sync_batchnorm(model)` turns every BatchNormalization
+into a `SyncBatchNormalization`, as `torch.nn.SyncBatchNorm.
+convert_sync_batchnorm` does for PyTorch modules. Both rebuild the graph
+with the machinery of `keras_norms.folding` (`clone_model` with a
+`clone_function`) and leave the original model untouched.
+"""
+
+import warnings
+
+import keras
+
+from keras_norms import folding
+from keras_norms.layers import batch_normalization as _bn
+from keras_norms.layers import group_normalization as _gn
+from keras_norms.layers import layer_normalization as _ln
+from keras_norms.layers import rms_normalization as _rms
+from keras_norms.layers import sync_batch_normalization as _sync
+
+__all__ = ["convert", "convert_sync_batchnorm"]
+
+
+def _keras_to_keras_norms():
+    """Exact Keras class -> keras_norms drop-in class."""
+    pairs = {
+        keras.layers.BatchNormalization: _bn.BatchNormalization,
+        keras.layers.LayerNormalization: _ln.LayerNormalization,
+        keras.layers.GroupNormalization: _gn.GroupNormalization,
+    }
+    keras_rms = getattr(keras.layers, "RMSNormalization", None)
+    if keras_rms is not None:
+        pairs[keras_rms] = _rms.RMSNormalization
+    return pairs
+
+
+def convert(model):
+    """A copy of `model` whose Keras norms are keras_norms layers.
+
+    Every `keras.layers.BatchNormalization`, `LayerNormalization`,
+    `GroupNormalization` and `RMSNormalization` (exactly those classes, not
+    user subclasses, whose behaviour may differ) becomes the keras_norms
+    layer of the same name and kind, made from the Keras layer's
+    `get_config()` (every argument carries over: the keras_norms layers are
+    drop-in replacements, with the same weights in the same order), with
+    the weights copied by `set_weights`. Every other layer is a fresh copy
+    with copied weights. The new model computes the same outputs, with
+    `training=False` and with `training=True`, and trains the same way; the
+    original model is not modified and shares no weights with it.
+
+    Sequential and functional models are supported, and so are
+    Sequential/functional models nested in them (converted recursively).
+    Norms inside other wrappers (`TimeDistributed`, `Bidirectional`) are
+    copied unchanged.
+
+    A `keras.layers.LayerNormalization(rms_scaling=True)` (deprecated in
+    Keras, which scales by the variance, not the mean square) has no
+    keras_norms equivalent: it is copied unchanged, with a warning; use
+    `keras.layers.RMSNormalization` (which converts) instead.
+
+    Args:
+        model: A built `keras.Sequential` or functional `keras.Model`.
+
+    Returns:
+        The new model.
+
+    Raises:
+        ValueError: If the model is not built, or is a subclassed model
+            whose layer graph cannot be read.
+    """
+    folding.check_graph_model(model, "convert the normalization layers of")
+    pairs = _keras_to_keras_norms()
+
+    def target(layer):
+        cls = pairs.get(type(layer))
+        if cls is _ln.LayerNormalization and layer.rms_scaling:
+            warnings.warn(
+                f"Layer '{layer.name}' is a keras.layers.LayerNormalization "
+                "with rms_scaling=True (deprecated in Keras), which has no "
+                "keras_norms equivalent; it is kept as it is.",
+                stacklevel=4,
+            )
+            return None
+        return cls
+
+    return _replace(model, target)
+
+
+def convert_sync_batchnorm(model):
+    """A copy of `model` whose BatchNormalization layers are synchronized.
+
+    Every `keras.layers.BatchNormalization` and
+    `keras_norms.layers.BatchNormalization` (exactly those classes; a
+    `SyncBatchNormalization` is copied as it is) becomes a
+    `keras_norms.layers.SyncBatchNormalization` of the same name, made from
+    its `get_config()` (so `synchronized=True` whatever it was), with its
+    weights (`gamma`, `beta`, moving statistics) copied: under a
+    distribution strategy the batch statistics are then computed over the
+    global batch, across replicas. On a single device it computes exactly
+    what the original model does, with `training=False` and `training=True`.
+    The PyTorch counterpart is `torch.nn.SyncBatchNorm.
+    convert_sync_batchnorm`. Other layers are fresh copies with copied
+    weights; the original model is not modified. Nested Sequential and
+    functional models are converted recursively.
+
+    Args:
+        model: A built `keras.Sequential` or functional `keras.Model`.
+
+    Returns:
+        The new model.
+
+    Raises:
+        ValueError: If the model is not built, or is a subclassed model
+            whose layer graph cannot be read.
+    """
+    folding.check_graph_model(
+        model, "convert the BatchNormalization layers of"
+    )
+    sources = (keras.layers.BatchNormalization, _bn.BatchNormalization)
+
+    def target(layer):
+        if type(layer) in sources:
+            return _sync.SyncBatchNormalization
+        return None
+
+    return _replace(model, target)
+
+
+def _replace(model, target):
+    """Rebuild `model`, `target(layer)`'s class replacing each layer."""
+
+    def clone_function(layer, assignments):
+        if isinstance(layer, keras.Model):
+            # A nested subclassed model: its norms cannot be reached.
+            folding.check_graph_model(
+                layer,
+                f"convert the norms inside model '{model.name}', as it nests",
+            )
+            return _replace(layer, target)
+        cls = target(layer)
+        if cls is None:
+            return folding.copy_layer(layer, assignments)
+        config = layer.get_config()
+        if cls is _ln.LayerNormalization:
+            config.pop("rms_scaling", None)
+        try:
+            new = cls.from_config(config)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"Cannot convert layer '{layer.name}' "
+                f"({type(layer).__name__}) to {cls.__name__}: {error} "
+                f"Received: layer={layer.name}"
+            ) from error
+        assignments.append((new, layer.get_weights()))
+        return new
+
+    return folding.rebuild_model(model, clone_function)

@@ -1,0 +1,389 @@
+"""`optimize_for_inference`: the inference form of a model.
+
+Named after TensorFlow's `optimize_for_inference` tool and PyTorch's
+`torch.jit.optimize_for_inference`: every normalization whose inference
+map is a fixed per-channel `y = x * a + b` is moved into the weights of a
+neighbouring linear layer, and weight reparametrizations are replaced by
+the plain layer holding the kernel they compute. The result is a plain
+Keras model (Dense/Conv layers, a few fixed `Affine` layers, and the norms
+that compute statistics of their input at inference), which
+`keras.Model.quantize`, `export_saved_model` and any other Keras tool take
+like any model.
+"""
+
+import keras
+import numpy as np
+
+from keras_norms import folding
+from keras_norms.layers import weight_normalization as _wn
+from keras_norms.layers import weight_standardization as _ws
+from keras_norms.layers.affine import Affine
+
+__all__ = ["InferenceReport", "optimize_for_inference"]
+
+# Layers a scale-and-shift of their input folds into: a kernel of layout
+# (..., input channels, output channels) and no padding to break the shift.
+_FORWARD = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+)
+
+
+class InferenceReport(folding.FoldReport):
+    """What `optimize_for_inference` did.
+
+    Attributes:
+        unwrapped: List of `(wrapper_name, wrapper_class_name)`: each
+            `WeightNormalization` / `WeightStandardization` replaced by the
+            plain layer it wraps (named as the wrapper), holding the
+            effective kernel.
+        folded: List of `(batch_norm_name, layer_name)`: each
+            BatchNormalization folded into the Conv/Dense layer before it
+            (as `keras_norms.folding.fold_batch_norms` does).
+        folded_forward: List of `(name, layer_name)`: each
+            `keras.layers.Normalization`, or BatchNormalization that could
+            not fold backward, folded as a fixed scale and shift into the
+            Dense / `padding="valid"` Conv layer after it.
+        affine: List of `(name, reason)`: each of those left as a fixed
+            `Affine` layer of the same name, and why.
+        kept: List of `(name, reason)`: each `keras.layers.Normalization`
+            kept as it is (not a per-channel map).
+    Names of layers inside nested models are prefixed with
+    `"outer_model_name/"`.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.unwrapped = []
+        self.folded_forward = []
+        self.kept = []
+
+    def __str__(self):
+        lines = [
+            f"Unwrapped {len(self.unwrapped)} weight-reparametrized "
+            f"layer(s); folded {len(self.folded)} BatchNormalization "
+            f"layer(s) into the layer before and {len(self.folded_forward)} "
+            f"fixed scale-and-shift layer(s) into the layer after; "
+            f"{len(self.affine)} fixed Affine layer(s) remain."
+        ]
+        lines += [f"  unwrapped {w} ({kind})" for w, kind in self.unwrapped]
+        lines += [f"  folded {b} -> {c}" for b, c in self.folded]
+        lines += [
+            f"  folded {a} -> {c} (forward)" for a, c in self.folded_forward
+        ]
+        lines += [f"  affine {a} ({why})" for a, why in self.affine]
+        lines += [f"  kept {n} ({why})" for n, why in self.kept]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (
+            f"InferenceReport(unwrapped={self.unwrapped!r}, "
+            f"folded={self.folded!r}, folded_forward={self.folded_forward!r}, "
+            f"affine={self.affine!r}, kept={self.kept!r})"
+        )
+
+
+def optimize_for_inference(model, verbose="auto", return_report=False):
+    """A new, plain Keras model computing `model(x, training=False)`.
+
+    In order:
+
+    1. Every `keras_norms.layers.WeightNormalization` and
+       `WeightStandardization` becomes the plain layer it wraps (named as
+       the wrapper) holding the effective kernel (`g * v / ||v||`, or the
+       standardized kernel) and bias. Every `keras.layers.Normalization`
+       over one axis (the per-channel data normalization set with `adapt`)
+       becomes a fixed `Affine`, `x * (1 / std) - mean / std` (with
+       Keras' `max(std, keras.backend.epsilon())`; the inverse map for
+       `invert=True`); over several axes it is kept as it is.
+    2. Every BatchNormalization is folded into the Conv/Dense layer before
+       it, or becomes a fixed `Affine`, exactly as
+       `keras_norms.folding.fold_batch_norms` does (so a BatchNormalization
+       after an unwrapped WN/WS layer folds into it).
+    3. Every `Affine` whose output feeds only a `Dense`, or a
+       `Conv1D/2D/3D` with `padding="valid"` and `groups=1`, over its
+       input-channel axis, is folded into that layer:
+
+           W' = W * scale        (along the kernel's input-channel axis)
+           b' = b + sum(W * offset)
+
+       which, for a Normalization, is `W' = W / std` and
+       `b' = b - sum(W * mean / std)`. This takes the data normalization
+       of the model's input into its first layer. A "same" or "causal"
+       padding would pad the *normalized* input with zeros, which the
+       folded layer cannot reproduce at the border, so there the `Affine`
+       stays (as it does when the output has other consumers, is a model
+       output, or the layer is called more than once).
+
+    The folds are computed in float64 and rounded once to the kernel dtype.
+    Other norms (Layer, Group, Instance, RMS, ...) are kept: at inference
+    they compute statistics of their own input, already in one pass.
+    The result holds only Keras layers and fixed `Affine` layers, so
+    `result.quantize("int8")`, `export_saved_model` and `.keras` saving
+    work on it as on any model. The original model is not modified and
+    shares no weights with the result. Sequential and functional models
+    are supported, and so are Sequential/functional models nested in them.
+
+    Args:
+        model: A built `keras.Sequential` or functional `keras.Model`.
+        verbose: `"auto"` or `1` prints the report, `0` is silent.
+        return_report: If `True`, return `(new_model, report)`, `report` an
+            `InferenceReport`.
+
+    Returns:
+        The new model, or `(new_model, InferenceReport)`.
+
+    Raises:
+        ValueError: If the model is not built, is a subclassed model whose
+            layer graph cannot be read, or holds a `Normalization` that
+            was never built.
+    """
+    if verbose not in ("auto", 0, 1, True, False):
+        raise ValueError(
+            "Argument `verbose` must be 'auto', 0 or 1. Received: "
+            f"verbose={verbose!r}"
+        )
+    folding.check_graph_model(model, "optimize for inference")
+    report = InferenceReport()
+    normalizations = set()  # names of the Normalizations now Affine
+    model = _unwrap(model, report, normalizations, "")
+    model, fold_report = folding.fold_batch_norms(
+        model, verbose=0, return_report=True
+    )
+    report.folded = list(fold_report.folded)
+    reasons = dict(fold_report.affine)
+    model = _fold_forward(model, report, normalizations, reasons, "")
+    if verbose == "auto" or verbose:
+        print(report)
+    if return_report:
+        return model, report
+    return model
+
+
+# ----------------------------------------------------------------------
+# Step 1: unwrap WN / WS, Normalization -> Affine
+# ----------------------------------------------------------------------
+def _numpy64(w):
+    return np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float64)
+
+
+def _unwrap(model, report, normalizations, prefix):
+    def clone_function(layer, assignments):
+        if isinstance(layer, keras.Model) and folding._is_graph_model(layer):
+            return _unwrap(
+                layer, report, normalizations, prefix + layer.name + "/"
+            )
+        if isinstance(layer, _wn.WeightNormalization):
+            kernel, bias = layer.effective_kernel_and_bias()
+        elif isinstance(layer, _ws.WeightStandardization):
+            kernel = layer.standardized_kernel()
+            bias = layer.layer.bias if layer.layer.use_bias else None
+        elif isinstance(layer, keras.layers.Normalization):
+            affine, why = _normalization_affine(layer)
+            if affine is None:
+                report.kept.append((prefix + layer.name, why))
+                return folding.copy_layer(layer, assignments)
+            normalizations.add(prefix + layer.name)
+            return affine
+        else:
+            return folding.copy_layer(layer, assignments)
+        report.unwrapped.append((prefix + layer.name, type(layer).__name__))
+        config = layer.layer.get_config()
+        config["name"] = layer.name
+        new = layer.layer.__class__.from_config(config)
+        weights = {"kernel": _numpy64(kernel)}
+        if bias is not None:
+            weights["bias"] = _numpy64(bias)
+        assignments.append((new, folding._WeightsByName(weights)))
+        return new
+
+    return folding.rebuild_model(model, clone_function)
+
+
+def _normalization_affine(layer):
+    """`(Affine equal to the Normalization layer, None)` or `(None, why)`."""
+    if not layer.built or getattr(layer, "mean", None) is None:
+        raise ValueError(
+            f"The keras.layers.Normalization layer '{layer.name}' has no mean "
+            "and variance yet: call its `adapt(data)` (or pass `mean` and "
+            f"`variance`) before optimizing the model. Received: "
+            f"layer={layer.name}"
+        )
+    ndim = len(layer._build_input_shape)
+    if len(layer._keep_axis) != 1:
+        return None, (
+            f"it normalizes with statistics of shape "
+            f"{tuple(layer._mean_and_var_shape)} over axis={layer.axis}, "
+            "not one per channel"
+        )
+    (axis,) = layer._keep_axis
+    mean = _numpy64(layer.mean).reshape(-1)
+    variance = _numpy64(layer.variance).reshape(-1)
+    std = np.maximum(np.sqrt(variance), keras.backend.epsilon())
+    if layer.invert:
+        scale, offset = std, mean
+    else:
+        scale, offset = 1.0 / std, -mean / std
+    affine = Affine(
+        axis=axis - ndim, name=layer.name, dtype=layer.dtype_policy
+    )
+    affine.build(
+        tuple(mean.shape[0] if a == axis else None for a in range(ndim))
+    )
+    affine.scale.assign(scale.astype(affine.scale.dtype))
+    affine.offset.assign(offset.astype(affine.offset.dtype))
+    return affine, None
+
+
+# ----------------------------------------------------------------------
+# Step 3: fold a fixed scale-and-shift into the layer after it
+# ----------------------------------------------------------------------
+def _forward_refusal(affine, consumer):
+    """Why `affine` cannot fold into `consumer` (the layer after it)."""
+    if not isinstance(consumer, _FORWARD):
+        return (
+            f"it feeds '{consumer.name}' ({type(consumer).__name__}), not a "
+            "Dense or Conv1D/2D/3D layer"
+        )
+    if getattr(consumer, "lora_enabled", False) or getattr(
+        consumer, "quantization_mode", None
+    ):
+        return f"'{consumer.name}' is LoRA-enabled or quantized"
+    ndim = affine.input_spec.ndim
+    (axis,) = folding._validation.canonical_axes(affine.axis, ndim)
+    if isinstance(consumer, keras.layers.Dense):
+        channel_axis = ndim - 1
+    else:
+        if consumer.padding != "valid":
+            return (
+                f"'{consumer.name}' has padding='{consumer.padding}': it pads "
+                "the scaled and shifted input with zeros, which a fold "
+                "cannot reproduce at the border"
+            )
+        if getattr(consumer, "groups", 1) != 1:
+            return f"'{consumer.name}' is a grouped convolution"
+        channel_axis = 1 if consumer.data_format == "channels_first" else (
+            ndim - 1
+        )
+        if folding._keras_bias_add_is_wrong(
+            consumer, folding._output_shape(consumer)
+        ):
+            return (
+                f"the bias add of the channels-first '{consumer.name}' is "
+                "wrong in Keras on TensorFlow for its output shape"
+            )
+    if axis != channel_axis:
+        return (
+            f"its axis {affine.axis} is not the input-channel axis of "
+            f"'{consumer.name}'"
+        )
+    return None
+
+
+def _forward_folded_copy(affine, consumer, assignments):
+    """A copy of `consumer` computing `consumer(affine(x))`."""
+    scale = _numpy64(affine.scale)
+    offset = _numpy64(affine.offset)
+    kernel = _numpy64(consumer.kernel)  # (..., in, out)
+    bias = (
+        _numpy64(consumer.bias)
+        if consumer.use_bias
+        else np.zeros(kernel.shape[-1])
+    )
+    new_kernel = kernel * scale[:, None]
+    new_bias = bias + np.sum(
+        kernel * offset[:, None], axis=tuple(range(kernel.ndim - 1))
+    )
+    config = consumer.get_config()
+    config["use_bias"] = True
+    new = consumer.__class__.from_config(config)
+    assignments.append(
+        (new, folding._WeightsByName({"kernel": new_kernel, "bias": new_bias}))
+    )
+    return new
+
+
+def _fold_forward(model, report, normalizations, reasons, prefix):
+    into = {}  # id(consumer) -> affine
+    skip = set()  # id(affine) folded away
+    outcome = []  # (affine, consumer or None, why)
+    if isinstance(model, keras.Sequential):
+        layers = list(model.layers)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Affine):
+                continue
+            if i + 1 == len(layers):
+                outcome.append((layer, None, "it is the model output"))
+                continue
+            consumer = layers[i + 1]
+            why = _forward_refusal(layer, consumer)
+            outcome.append((layer, consumer, why))
+            if why is None:
+                into[id(consumer)] = layer
+                skip.add(id(layer))
+    else:
+        nodes = [n for depth in model._nodes_by_depth.values() for n in depth]
+        node_count = {}
+        consumers = {}  # id(keras tensor) -> consumer nodes
+        for node in nodes:
+            node_count[id(node.operation)] = (
+                node_count.get(id(node.operation), 0) + 1
+            )
+            for kt in node.arguments.keras_tensors:
+                consumers.setdefault(id(kt), []).append(node)
+        outputs = {id(kt) for kt in keras.tree.flatten(model.outputs)}
+        for node in nodes:
+            layer = node.operation
+            if not isinstance(layer, Affine):
+                continue
+            consumer = None
+            (kt,) = node.outputs
+            users = consumers.get(id(kt), [])
+            if node_count[id(layer)] > 1:
+                why = "it is called more than once"
+            elif id(kt) in outputs:
+                why = "its output is a model output"
+            elif len(users) != 1:
+                why = "its output has several consumers"
+            else:
+                consumer = users[0].operation
+                if node_count[id(consumer)] > 1:
+                    why = f"'{consumer.name}' is called more than once"
+                elif len(users[0].arguments.keras_tensors) != 1:
+                    why = f"'{consumer.name}' takes several inputs"
+                elif id(consumer) in into:
+                    why = f"'{consumer.name}' already takes another fold"
+                else:
+                    why = _forward_refusal(layer, consumer)
+            outcome.append((layer, consumer, why))
+            if why is None:
+                into[id(consumer)] = layer
+                skip.add(id(layer))
+
+    for layer, consumer, why in outcome:
+        name = prefix + layer.name
+        if why is None:
+            report.folded_forward.append((name, prefix + consumer.name))
+        elif name in normalizations:
+            report.affine.append(
+                (name, f"a keras.layers.Normalization; {why}")
+            )
+        elif name in reasons:
+            report.affine.append((name, f"{reasons[name]}; {why}"))
+
+    def clone_function(layer, assignments):
+        if isinstance(layer, keras.Model) and folding._is_graph_model(layer):
+            return _fold_forward(
+                layer,
+                report,
+                normalizations,
+                reasons,
+                prefix + layer.name + "/",
+            )
+        if id(layer) in into:
+            return _forward_folded_copy(into[id(layer)], layer, assignments)
+        return folding.copy_layer(layer, assignments)
+
+    return folding.rebuild_model(model, clone_function, skip=skip)

@@ -1,0 +1,371 @@
+"""optimize_for_inference: the plain-Keras inference form of a model.
+
+References: the original model in inference mode (`model(x,
+training=False)`), and for the data Normalization fold a NumPy computation
+from the data itself (`np.mean` / `np.var`), independent of Keras.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_norms import export as kn_export
+from keras_norms.inference import InferenceReport
+from keras_norms.inference import optimize_for_inference
+from keras_norms.layers.affine import Affine
+from keras_norms.layers.batch_normalization import (
+    BatchNormalization as KnBatchNormalization,
+)
+from keras_norms.layers.group_normalization import (
+    GroupNormalization as KnGroupNormalization,
+)
+from keras_norms.layers.weight_normalization import WeightNormalization
+from keras_norms.layers.weight_standardization import WeightStandardization
+
+from tests.helpers import to_numpy
+
+L = keras.layers
+BNS = (L.BatchNormalization, KnBatchNormalization)
+# Per-channel means and spreads far from 0 and 1, so a wrong fold shows.
+MEAN = np.array([3.0, -1.0, 10.0])
+STD = np.array([1.0, 5.0, 0.2])
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def _count(model, cls):
+    return sum(isinstance(layer, cls) for layer in _all_layers(model))
+
+
+def _data(shape, seed=0):
+    """Channels-last data with per-channel mean MEAN and std STD."""
+    rng = np.random.RandomState(seed)
+    return (rng.randn(*shape) * STD + MEAN).astype("float32")
+
+
+def _adapted(data, **kwargs):
+    norm = L.Normalization(**kwargs)
+    norm.adapt(data)
+    return norm
+
+
+def _randomize_bns(model, seed=0):
+    rng = np.random.RandomState(seed)
+    for layer in _all_layers(model):
+        if isinstance(layer, BNS):
+            c = layer.moving_mean.shape
+            layer.moving_mean.assign(rng.randn(*c).astype("float32"))
+            layer.moving_variance.assign(
+                rng.uniform(0.2, 3.0, size=c).astype("float32")
+            )
+            layer.gamma.assign(rng.randn(*c).astype("float32"))
+            layer.beta.assign(rng.randn(*c).astype("float32"))
+
+
+def _snapshot(model):
+    return [to_numpy(w).copy() for w in model.weights]
+
+
+def _optimize(model, x, rtol=1e-4):
+    """Optimize; check outputs, untouched original, no shared weights."""
+    before = _snapshot(model)
+    expected = to_numpy(model(x, training=False))
+    optimized, report = optimize_for_inference(
+        model, verbose=0, return_report=True
+    )
+    got = to_numpy(optimized(x, training=False))
+    scale = float(np.max(np.abs(expected)))
+    np.testing.assert_allclose(got, expected, atol=rtol * scale, rtol=rtol)
+    for a, b in zip(_snapshot(model), before):
+        np.testing.assert_array_equal(a, b)
+    assert not {id(w) for w in model.weights} & {
+        id(w) for w in optimized.weights
+    }
+    assert _count(optimized, BNS) == 0
+    assert _count(optimized, (WeightNormalization, WeightStandardization)) == 0
+    assert isinstance(report, InferenceReport)
+    return optimized, report
+
+
+# ----------------------------------------------------------------------
+# keras.layers.Normalization
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_normalization_folds_into_dense_exactly(kind):
+    data = _data((64, 3))
+    norm = _adapted(data)
+    dense = L.Dense(4, name="d")
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((3,)), norm, dense])
+    else:
+        x = keras.Input((3,))
+        model = keras.Model(x, dense(norm(x)))
+    optimized, report = _optimize(model, data[:8])
+    assert _count(optimized, (Affine, L.Normalization)) == 0
+    assert report.folded_forward == [(norm.name, "d")]
+    # The folded weights, from NumPy statistics of the data.
+    mean, std = data.astype("float64").mean(0), data.astype("float64").std(0)
+    w, b = (to_numpy(v).astype("float64") for v in (dense.kernel, dense.bias))
+    new = optimized.get_layer("d")
+    np.testing.assert_allclose(
+        to_numpy(new.kernel), w / std[:, None], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        to_numpy(new.bias),
+        b - np.sum(w * (mean / std)[:, None], axis=0),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_normalization_folds_into_valid_conv2d(use_bias):
+    data = _data((6, 7, 7, 3))
+    norm = _adapted(data)
+    conv = L.Conv2D(
+        4, 3, strides=2, padding="valid", use_bias=use_bias, name="c"
+    )
+    x = keras.Input((7, 7, 3))
+    model = keras.Model(x, conv(norm(x)))
+    optimized, report = _optimize(model, data[:4])
+    assert _count(optimized, (Affine, L.Normalization)) == 0
+    assert report.folded_forward == [(norm.name, "c")]
+    assert optimized.get_layer("c").use_bias
+    mean, std = data.astype("float64").reshape(-1, 3).mean(0), data.astype(
+        "float64"
+    ).reshape(-1, 3).std(0)
+    w = to_numpy(conv.kernel).astype("float64")
+    np.testing.assert_allclose(
+        to_numpy(optimized.get_layer("c").kernel),
+        w / std[:, None],
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("padding", ["same", "causal"])
+def test_normalization_before_padded_conv_stays_affine(padding):
+    if padding == "causal":
+        data, conv = _data((4, 9, 3)), L.Conv1D(2, 3, padding="causal")
+    else:
+        data, conv = _data((4, 6, 6, 3)), L.Conv2D(2, 3, padding="same")
+    norm = _adapted(data)
+    model = keras.Sequential(
+        [keras.Input(data.shape[1:]), norm, conv, L.Flatten()]
+    )
+    optimized, report = _optimize(model, data)
+    assert _count(optimized, L.Normalization) == 0
+    assert _count(optimized, Affine) == 1
+    affine = optimized.layers[0]
+    assert isinstance(affine, Affine) and affine.name == norm.name
+    np.testing.assert_allclose(
+        to_numpy(affine.scale), 1 / to_numpy(norm.variance).ravel() ** 0.5,
+        rtol=1e-5,
+    )
+    ((name, why),) = report.affine
+    assert name == norm.name and f"padding='{padding}'" in why
+    assert report.folded_forward == []
+    # Why: zero padding does not commute with the shift, so the fold that
+    # is exact for "valid" padding is wrong at the border here.
+    scale = to_numpy(affine.scale).astype("float64")
+    offset = to_numpy(affine.offset).astype("float64")
+    w = to_numpy(conv.kernel).astype("float64")
+    naive = conv.__class__.from_config(conv.get_config())
+    naive.build(data.shape)
+    naive.kernel.assign((w * scale[:, None]).astype("float32"))
+    naive.bias.assign(
+        (
+            to_numpy(conv.bias)
+            + np.sum(w * offset[:, None], axis=tuple(range(w.ndim - 1)))
+        ).astype("float32")
+    )
+    wrong = to_numpy(naive(data))
+    right = to_numpy(conv(norm(data)))
+    assert np.max(np.abs(wrong - right)) > 1e-2
+
+
+def test_normalization_other_forms():
+    data = _data((32, 4, 3))
+    # invert=True: x * std + mean, folded into the Dense after it.
+    inverse = _adapted(data, invert=True)
+    model = keras.Sequential([keras.Input((4, 3)), inverse, L.Dense(2)])
+    optimized, report = _optimize(model, data[:4])
+    assert len(report.folded_forward) == 1 and _count(optimized, Affine) == 0
+    # Statistics over two axes (per position and channel): kept as it is.
+    per_position = _adapted(data, axis=(1, 2))
+    model = keras.Sequential([keras.Input((4, 3)), per_position, L.Dense(2)])
+    optimized, report = _optimize(model, data[:4])
+    assert _count(optimized, L.Normalization) == 1
+    assert [n for n, _ in report.kept] == [per_position.name]
+    # The kept copy computes with the adapted statistics (Keras'
+    # `set_weights` alone would leave it at mean 0, variance 1).
+    copy = optimized.layers[0]
+    np.testing.assert_allclose(
+        to_numpy(copy(data[:2])), to_numpy(per_position(data[:2])), rtol=1e-6
+    )
+
+
+# ----------------------------------------------------------------------
+# WeightNormalization / WeightStandardization, with BatchNormalization
+# ----------------------------------------------------------------------
+def test_wn_and_ws_unwrapped_and_bn_folds_into_them():
+    data = _data((4, 8, 8, 3))
+    x = keras.Input((8, 8, 3))
+    h = _adapted(data)(x)
+    h = WeightNormalization(L.Conv2D(4, 3), name="wn")(h)
+    h = L.BatchNormalization(name="bn1")(h)
+    h = L.ReLU()(h)
+    h = WeightStandardization(L.Conv2D(5, 3, padding="same"), name="ws")(h)
+    h = KnBatchNormalization(name="bn2")(h)
+    h = KnGroupNormalization(groups=5)(h)
+    h = L.Flatten()(h)
+    h = WeightNormalization(L.Dense(3, activation="tanh"), name="wn_dense")(h)
+    model = keras.Model(x, h)
+    _randomize_bns(model)
+    for layer in model.layers:  # a gain away from its initial ||v||
+        if isinstance(layer, WeightNormalization):
+            layer.g.assign(to_numpy(layer.g) * 1.7)
+    optimized, report = _optimize(model, data)
+    types = [type(layer) for layer in optimized.layers]
+    assert types.count(L.Conv2D) == 2 and types.count(L.Dense) == 1
+    assert KnGroupNormalization in types  # kept: a single-pass norm
+    assert _count(optimized, (Affine, L.Normalization)) == 0
+    assert sorted(report.unwrapped) == [
+        ("wn", "WeightNormalization"),
+        ("wn_dense", "WeightNormalization"),
+        ("ws", "WeightStandardization"),
+    ]
+    assert sorted(report.folded) == [("bn1", "wn"), ("bn2", "ws")]
+    assert optimized.get_layer("wn_dense").activation is not None
+    # The unwrapped layer holds the wrapper's effective kernel.
+    wn = model.get_layer("wn_dense")
+    kernel, _ = wn.effective_kernel_and_bias()
+    np.testing.assert_allclose(
+        to_numpy(optimized.get_layer("wn_dense").kernel),
+        to_numpy(kernel),
+        rtol=1e-6,
+    )
+
+
+def test_bn_after_activation_folds_forward_into_valid_conv():
+    x = keras.Input((6, 6, 2))
+    h = L.Conv2D(3, 3, activation="relu")(x)
+    h = L.BatchNormalization(name="bn")(h)  # cannot fold backward
+    h = L.Conv2D(4, 2, name="next")(h)  # valid: it folds forward
+    model = keras.Model(x, h)
+    _randomize_bns(model)
+    data = np.random.RandomState(0).randn(3, 6, 6, 2).astype("float32")
+    optimized, report = _optimize(model, data)
+    assert _count(optimized, Affine) == 0
+    assert report.folded_forward == [("bn", "next")]
+    assert report.affine == []
+
+
+def test_nested_and_sequential_models():
+    data = _data((8, 3))
+    inner = keras.Sequential(
+        [
+            keras.Input((3,)),
+            _adapted(data),
+            WeightNormalization(L.Dense(4), name="inner_wn"),
+            L.BatchNormalization(name="inner_bn"),
+        ],
+        name="inner",
+    )
+    x = keras.Input((3,))
+    h = inner(x)
+    h = L.LayerNormalization()(h)
+    h = L.Dense(2)(h)
+    model = keras.Model(x, h)
+    _randomize_bns(model)
+    optimized, report = _optimize(model, data)
+    new_inner = optimized.get_layer("inner")
+    assert isinstance(new_inner, keras.Sequential)
+    assert [type(layer) for layer in new_inner.layers] == [L.Dense]
+    assert ("inner/inner_bn", "inner/inner_wn") in report.folded
+    assert ("inner/inner_wn", "WeightNormalization") in report.unwrapped
+    assert len(report.folded_forward) == 1
+    assert report.folded_forward[0][1] == "inner/inner_wn"
+
+
+def test_report_printing_and_verbose(capsys):
+    data = _data((8, 3))
+    model = keras.Sequential([keras.Input((3,)), _adapted(data), L.Dense(2)])
+    optimize_for_inference(model)
+    assert "folded" in capsys.readouterr().out
+    result = optimize_for_inference(model, verbose=0)
+    assert capsys.readouterr().out == "" and isinstance(result, keras.Model)
+    with pytest.raises(ValueError, match="Received: verbose="):
+        optimize_for_inference(model, verbose=3)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__(name="my_subclassed")
+        self.dense = L.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_refuses_subclassed_and_unbuilt_models():
+    sub = _Subclassed()
+    sub(np.zeros((1, 3), "float32"))
+    with pytest.raises(ValueError, match="subclassed model 'my_subclassed'"):
+        optimize_for_inference(sub, verbose=0)
+    unbuilt = keras.Sequential([L.Dense(2)])
+    with pytest.raises(ValueError, match="not built"):
+        optimize_for_inference(unbuilt, verbose=0)
+
+
+# ----------------------------------------------------------------------
+# The result is a plain Keras model
+# ----------------------------------------------------------------------
+def test_quantize_int8_after_optimize():
+    data = _data((16, 3))
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            _adapted(data),
+            WeightNormalization(L.Dense(32)),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.Dense(4),
+        ]
+    )
+    _randomize_bns(model)
+    optimized = optimize_for_inference(model, verbose=0)
+    expected = to_numpy(optimized(data))
+    with pytest.warns(UserWarning, match="ReLU"):  # nothing to quantize
+        optimized.quantize("int8")
+    dense = [l for l in optimized.layers if isinstance(l, L.Dense)]
+    assert len(dense) == 2
+    assert all(l.quantization_mode == "int8" for l in dense)
+    got = to_numpy(optimized(data))
+    # int8 weights and activations: close, not equal.
+    err = np.max(np.abs(got - expected)) / np.max(np.abs(expected))
+    assert 0 < err < 0.05
+
+
+def test_export_uses_optimize_for_inference(monkeypatch, tmp_path):
+    """`export_saved_model(fold=True)` exports the optimized model."""
+    exported = []
+
+    def capture(model, filepath, jit_compile, verbose):
+        exported.append(model)
+
+    monkeypatch.setattr(kn_export, "_export_here", capture)
+    monkeypatch.setattr(kn_export, "_export_in_child", capture)
+    data = _data((8, 3))
+    model = keras.Sequential(
+        [keras.Input((3,)), _adapted(data), WeightNormalization(L.Dense(2))]
+    )
+    kn_export.export_saved_model(model, tmp_path / "m", fold=True, verbose=0)
+    kn_export.export_saved_model(model, tmp_path / "m", fold=False, verbose=0)
+    folded, unfolded = exported
+    assert [type(layer) for layer in folded.layers] == [L.Dense]
+    assert unfolded is model
