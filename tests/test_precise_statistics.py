@@ -13,9 +13,9 @@ import pytest
 from keras_norms import precise
 from keras_norms.layers.batch_normalization import BatchNormalization
 from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization
-from tests import helpers
 
 BACKEND = keras.backend.backend()
+_np = precise._numpy  # variable -> NumPy, without NumPy 2's copy warning
 BN_CLASSES = {
     "keras": keras.layers.BatchNormalization,
     "ours": BatchNormalization,
@@ -48,7 +48,7 @@ def _model(bn="ours", frozen=None, use_global_stats=False, seed=0):
 
 
 def _weights(model):
-    return {w.path: helpers.to_numpy(w) for w in model.weights}
+    return {w.path: _np(w) for w in model.weights}
 
 
 def _data(n=10, seed=1):
@@ -89,10 +89,10 @@ def _assert_stats(model, ref, layers=("bn1", "bn2"), rtol=1e-5, atol=1e-5):
     for name in layers:
         layer = model.get_layer(name)
         np.testing.assert_allclose(
-            helpers.to_numpy(layer.moving_mean), ref[f"{name}_m"], rtol, atol
+            _np(layer.moving_mean), ref[f"{name}_m"], rtol, atol
         )
         np.testing.assert_allclose(
-            helpers.to_numpy(layer.moving_variance),
+            _np(layer.moving_variance),
             ref[f"{name}_v"],
             rtol,
             atol,
@@ -138,14 +138,14 @@ def test_recompute_replaces_non_finite_statistics_and_keeps_seed_state():
     bn = model.get_layer("bn")
     bn.moving_mean.assign(np.full((6,), np.nan, "float32"))
     bn.moving_variance.assign(np.full((6,), np.inf, "float32"))
-    all_vars = [helpers.to_numpy(v) for v in model.variables]
+    all_vars = [_np(v) for v in model.variables]
     x, _ = _data(12)
     precise.recompute_batch_norm_statistics(model, x, batch_size=4, verbose=0)
-    assert np.all(np.isfinite(helpers.to_numpy(bn.moving_mean)))
-    assert np.all(np.isfinite(helpers.to_numpy(bn.moving_variance)))
+    assert np.all(np.isfinite(_np(bn.moving_mean)))
+    assert np.all(np.isfinite(_np(bn.moving_variance)))
     for v, old in zip(model.variables, all_vars):
         if "moving" not in v.path:  # seed generator state included
-            np.testing.assert_array_equal(helpers.to_numpy(v), old, v.path)
+            np.testing.assert_array_equal(_np(v), old, v.path)
 
 
 def _as_generator(x, y, batch_size):
@@ -255,16 +255,16 @@ def test_nested_model_and_moving_statistics_duck_type():
     x, _ = _data(10)
     precise.recompute_batch_norm_statistics(model, x, batch_size=5, verbose=0)
     dense, bn = inner.layers
-    k, b = (helpers.to_numpy(w).astype(np.float64) for w in dense.weights)
+    k, b = (_np(w).astype(np.float64) for w in dense.weights)
     h = x.astype(np.float64) @ k + b
     means = [h[:5].mean(0), h[5:].mean(0)]
     np.testing.assert_allclose(
-        helpers.to_numpy(bn.moving_mean), np.mean(means, 0), 1e-5, 1e-5
+        _np(bn.moving_mean), np.mean(means, 0), 1e-5, 1e-5
     )
     # The duck-typed layer sees the BN's training-mode outputs: mean beta.
     np.testing.assert_allclose(
-        helpers.to_numpy(model.get_layer("moving").moving_mean),
-        helpers.to_numpy(bn.beta),
+        _np(model.get_layer("moving").moving_mean),
+        _np(bn.beta),
         atol=1e-5,
     )
     assert model.get_layer("moving").momentum == 0.9
@@ -291,7 +291,7 @@ def test_frozen_layers_are_skipped_by_default(how):
     bn1 = model.get_layer("bn1")
     for name in ("moving_mean", "moving_variance"):
         np.testing.assert_array_equal(
-            helpers.to_numpy(getattr(bn1, name)), before[f"{bn1.path}/{name}"]
+            _np(getattr(bn1, name)), before[f"{bn1.path}/{name}"]
         )
     _assert_stats(model, ref, layers=("bn2",))
 
@@ -442,8 +442,8 @@ def test_report_flags_only_the_wrong_layer_and_changes_nothing(bn):
     x, _ = _data(10)
     precise.recompute_batch_norm_statistics(model, x, batch_size=4, verbose=0)
     bn2 = model.get_layer("bn2")
-    mean = helpers.to_numpy(bn2.moving_mean)
-    var = helpers.to_numpy(bn2.moving_variance)
+    mean = _np(bn2.moving_mean)
+    var = _np(bn2.moving_variance)
     shifted = mean.copy()
     shifted[2] += 0.5 * np.sqrt(var[2] + 1e-3)
     bn2.moving_mean.assign(shifted)
@@ -475,3 +475,106 @@ def test_report_flags_only_the_wrong_layer_and_changes_nothing(bn):
         model, x, batch_size=4, variance_threshold=1.0, print_fn=False
     )
     assert not any(r["stale"] for r in report.values())
+
+
+# ----------------------------------------------------------------------
+# Under a TensorFlow MirroredStrategy (subprocess: 2 logical CPUs)
+# ----------------------------------------------------------------------
+_MIRRORED_SCRIPT = r"""
+import os, sys
+os.environ["KERAS_BACKEND"] = "tensorflow"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+import keras
+import numpy as np
+sys.path.insert(0, os.getcwd())
+from keras_norms import precise
+from tests import test_precise_statistics as t
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert strategy.num_replicas_in_sync == 2
+with strategy.scope():
+    model = t._model("sync")
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+x, y = t._data(16)
+xv, yv = t._data(8, seed=7)
+
+def check(batch_size):
+    ref = t._reference(t._weights(model), x, batch_size=batch_size)
+    for name in ("bn1", "bn2"):
+        layer = model.get_layer(name)
+        for stat, key in (("moving_mean", "_m"), ("moving_variance", "_v")):
+            values = strategy.experimental_local_results(
+                getattr(layer, stat).value
+            )
+            assert len(values) == 2
+            for v in values:  # every replica holds the global statistics
+                np.testing.assert_allclose(np.asarray(v), ref[name + key],
+                                           1e-4, 1e-5)
+
+precise.recompute_batch_norm_statistics(model, x, batch_size=4, verbose=0)
+check(4)
+callback = precise.PreciseBatchNorm(x, batch_size=8, steps=None)
+history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False,
+                    validation_data=(xv, yv), callbacks=[callback], verbose=0)
+check(8)
+np.testing.assert_allclose(
+    history.history["val_loss"][0],
+    model.evaluate(xv, yv, batch_size=8, verbose=0), 1e-5)
+print("MIRRORED_OK")
+"""
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="tf.distribute.MirroredStrategy: runs in the TensorFlow session",
+)
+def test_sync_batch_norm_under_mirrored_strategy():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_SCRIPT],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "MIRRORED_OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+@pytest.mark.parametrize("name", ["BatchInstanceNormalization", "SwitchableNormalization"])
+def test_batch_part_of_learned_norms(name):
+    if name == "BatchInstanceNormalization":
+        from keras_norms.layers.batch_instance_normalization import (
+            BatchInstanceNormalization as cls,
+        )
+    else:
+        from keras_norms.layers.switchable_normalization import (
+            SwitchableNormalization as cls,
+        )
+    inp = keras.Input((4, 3))
+    h = cls(momentum=0.9, name="norm")(inp)
+    out = keras.layers.Dense(2)(keras.layers.Flatten()(h))
+    model = keras.Model(inp, out)
+    rng = np.random.RandomState(3)
+    x = (rng.randn(10, 4, 3) * 3.0 + 2.0).astype("float32")
+    result = precise.recompute_batch_norm_statistics(
+        model, x, batch_size=4, verbose=0
+    )
+    assert list(result["layers"]) == ["norm"]
+    batches = [x[i : i + 4].astype(np.float64) for i in (0, 4, 8)]
+    n = np.array([len(b) for b in batches], np.float64)[:, None]
+    mean = np.sum(n * [b.mean((0, 1)) for b in batches], 0) / 10
+    var = np.sum(n * [b.var((0, 1)) for b in batches], 0) / 10
+    layer = model.get_layer("norm")
+    np.testing.assert_allclose(_np(layer.moving_mean), mean, 1e-5, 1e-5)
+    np.testing.assert_allclose(_np(layer.moving_variance), var, 1e-5, 1e-5)
+    assert layer.momentum == 0.9
