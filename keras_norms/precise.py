@@ -186,7 +186,9 @@ def _batches(x, batch_size, steps):
         try:
             adapter = data_adapters.get_data_adapter(
                 x,
-                batch_size=batch_size,
+                # Keras' array adapter would otherwise spread the samples
+                # over `steps` batches: keep `predict`'s default of 32.
+                batch_size=batch_size or 32,
                 steps_per_epoch=steps,
                 shuffle=False,
             )

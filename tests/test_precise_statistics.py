@@ -204,6 +204,14 @@ def test_steps_limits_batches():
     )
     assert result["num_batches"] == 2
     _assert_stats(model, ref)
+    # Without batch_size, arrays come in batches of 32 whatever `steps`.
+    x = np.concatenate([x] * 7)
+    ref = _reference(_weights(model), x[:64], batch_size=32)
+    result = precise.recompute_batch_norm_statistics(
+        model, x, steps=2, verbose=0
+    )
+    assert result["num_batches"] == 2 and result["num_samples"] == 64
+    _assert_stats(model, ref)
 
 
 def test_progress_bar(capsys):
