@@ -144,7 +144,8 @@ def _sequential_model():
 
 @pytest.mark.parametrize("kind", ["functional", "sequential"])
 def test_convert_replaces_every_keras_norm_and_keeps_outputs(kind):
-    model = _functional_model() if kind == "functional" else _sequential_model()
+    make = _functional_model if kind == "functional" else _sequential_model
+    model = make()
     _randomize(model)
     x = _x((3,) + tuple(model.inputs[0].shape[1:]))
     before = _snapshot(model)
@@ -193,7 +194,9 @@ def test_convert_shared_layer_stays_shared():
     model = keras.Model([a, b], [bn(a), bn(b)])
     _randomize(model)
     converted = convert(model)
-    norms = [l for l in converted.layers if isinstance(l, KnBatchNormalization)]
+    norms = [
+        l for l in converted.layers if isinstance(l, KnBatchNormalization)
+    ]
     assert len(norms) == 1
     xa, xb = _x((4, 3), 1), _x((4, 3), 2)
     for got, want in zip(
@@ -219,7 +222,9 @@ def test_convert_sync_batchnorm():
     for a, b in zip(_snapshot(model), before):
         np.testing.assert_array_equal(a, b)
     syncs = [
-        l for l in _all_layers(converted) if isinstance(l, KnBatchNormalization)
+        l
+        for l in _all_layers(converted)
+        if isinstance(l, KnBatchNormalization)
     ]
     assert len(syncs) == 3
     for layer in syncs:
@@ -244,6 +249,7 @@ def test_convert_sync_batchnorm_sequential():
     _assert_same_model(model, converted, _x((4, 3, 3, 2)))
 
 
+@pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`")
 def test_layer_norm_with_rms_scaling_is_kept_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Keras' own deprecation warning

@@ -5,6 +5,8 @@ training=False)`), and for the data Normalization fold a NumPy computation
 from the data itself (`np.mean` / `np.var`), independent of Keras.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from keras_norms.layers.group_normalization import (
 from keras_norms.layers.weight_normalization import WeightNormalization
 from keras_norms.layers.weight_standardization import WeightStandardization
 
+from tests.helpers import assert_saves_and_loads
 from tests.helpers import to_numpy
 
 L = keras.layers
@@ -123,32 +126,66 @@ def test_normalization_folds_into_dense_exactly(kind):
     )
 
 
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_normalization_folds_into_valid_conv2d(use_bias):
+@pytest.mark.parametrize(
+    "use_bias, data_format",
+    [(True, "channels_last"), (False, "channels_first")],
+)
+def test_normalization_folds_into_valid_conv2d(use_bias, data_format):
     data = _data((6, 7, 7, 3))
-    norm = _adapted(data)
+    axis, shape = -1, (7, 7, 3)
+    if data_format == "channels_first":
+        data, axis, shape = data.transpose(0, 3, 1, 2).copy(), 1, (3, 7, 7)
+    norm = _adapted(data, axis=axis)
     conv = L.Conv2D(
-        4, 3, strides=2, padding="valid", use_bias=use_bias, name="c"
+        5,
+        3,
+        strides=2,
+        padding="valid",
+        use_bias=use_bias,
+        data_format=data_format,
+        name="c",
     )
-    x = keras.Input((7, 7, 3))
+    x = keras.Input(shape)
     model = keras.Model(x, conv(norm(x)))
     optimized, report = _optimize(model, data[:4])
     assert _count(optimized, (Affine, L.Normalization)) == 0
     assert report.folded_forward == [(norm.name, "c")]
     assert optimized.get_layer("c").use_bias
-    mean, std = data.astype("float64").reshape(-1, 3).mean(0), data.astype(
-        "float64"
-    ).reshape(-1, 3).std(0)
-    w = to_numpy(conv.kernel).astype("float64")
+    per_channel = np.moveaxis(data.astype("float64"), axis, -1).reshape(-1, 3)
+    mean, std = per_channel.mean(0), per_channel.std(0)
+    w = to_numpy(conv.kernel).astype("float64")  # (3, 3, in, out)
     np.testing.assert_allclose(
         to_numpy(optimized.get_layer("c").kernel),
         w / std[:, None],
         rtol=1e-5,
     )
+    b = to_numpy(conv.bias).astype("float64") if use_bias else 0.0
+    np.testing.assert_allclose(
+        to_numpy(optimized.get_layer("c").bias),
+        b - np.sum(w * (mean / std)[:, None], axis=(0, 1, 2)),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_no_forward_fold_where_keras_bias_add_is_wrong():
+    """Channels-first conv with as many output columns as channels.
+
+    Keras (3.15) on TensorFlow adds such a layer's bias along the last
+    axis (see `keras_norms.folding._keras_bias_add_is_wrong`): the fold
+    would give it a bias, so the Normalization stays an Affine.
+    """
+    data = _data((4, 7, 6, 3)).transpose(0, 3, 1, 2).copy()  # (4, 3, 7, 6)
+    norm = _adapted(data, axis=1)
+    conv = L.Conv2D(4, 3, data_format="channels_first", use_bias=False)
+    model = keras.Sequential([keras.Input((3, 7, 6)), norm, conv])
+    optimized, report = _optimize(model, data)  # output (4, 4, 5, 4)
+    assert _count(optimized, Affine) == 1 and report.folded_forward == []
+    assert "bias add" in report.affine[0][1]
 
 
 @pytest.mark.parametrize("padding", ["same", "causal"])
-def test_normalization_before_padded_conv_stays_affine(padding):
+def test_normalization_before_padded_conv_stays_affine(padding, tmp_path):
     if padding == "causal":
         data, conv = _data((4, 9, 3)), L.Conv1D(2, 3, padding="causal")
     else:
@@ -169,6 +206,8 @@ def test_normalization_before_padded_conv_stays_affine(padding):
     ((name, why),) = report.affine
     assert name == norm.name and f"padding='{padding}'" in why
     assert report.folded_forward == []
+    if padding == "same":  # a plain model: saves and loads as .keras
+        assert_saves_and_loads(optimized, data, tmp_path)
     # Why: zero padding does not commute with the shift, so the fold that
     # is exact for "valid" padding is wrong at the border here.
     scale = to_numpy(affine.scale).astype("float64")
@@ -271,7 +310,7 @@ def test_nested_and_sequential_models():
         [
             keras.Input((3,)),
             _adapted(data),
-            WeightNormalization(L.Dense(4), name="inner_wn"),
+            WeightNormalization(L.Dense(4), data_init=True, name="inner_wn"),
             L.BatchNormalization(name="inner_bn"),
         ],
         name="inner",
@@ -281,7 +320,11 @@ def test_nested_and_sequential_models():
     h = L.LayerNormalization()(h)
     h = L.Dense(2)(h)
     model = keras.Model(x, h)
+    model(data, training=True)  # the data-dependent init of inner_wn
     _randomize_bns(model)
+    wn = inner.get_layer("inner_wn")
+    assert float(to_numpy(wn.data_initialized)) == 1.0
+    assert np.max(np.abs(to_numpy(wn.g_offset))) > 0.1
     optimized, report = _optimize(model, data)
     new_inner = optimized.get_layer("inner")
     assert isinstance(new_inner, keras.Sequential)
@@ -340,7 +383,8 @@ def test_quantize_int8_after_optimize():
     _randomize_bns(model)
     optimized = optimize_for_inference(model, verbose=0)
     expected = to_numpy(optimized(data))
-    with pytest.warns(UserWarning, match="ReLU"):  # nothing to quantize
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "ReLU has no `quantize` method"
         optimized.quantize("int8")
     dense = [l for l in optimized.layers if isinstance(l, L.Dense)]
     assert len(dense) == 2
