@@ -1,0 +1,332 @@
+"""Speed of keras_norms' normalizations against Keras' and the native kernels.
+
+One command runs every backend, each in its own process, and prints one
+table:
+
+    python benchmarks/bench_norms.py            # the standard grid (~10 min)
+    python benchmarks/bench_norms.py --quick    # a smoke run, seconds each
+    python benchmarks/bench_norms.py --full     # every shape x layout
+    python benchmarks/bench_norms.py --backends torch --layers GN BN
+
+For each layer (BN, LN, IN, GN, BIN, SN), shape, layout (channels-last
+`cl`, channels-first `cf`), execution (eager; compiled: `jax.jit`,
+`tf.function(jit_compile=True)`; torch runs eager only) and mode (`infer`,
+`train` forward, `grad` = forward + backward), on identical inputs in one
+process, the contenders run interleaved over repeated rounds and the
+medians are reported (see `_harness.py`):
+
+- `ours/keras`: keras_norms over the `keras.layers` built-in (GN with
+  groups=C stands in for IN; BIN and SN have none);
+- `ours/native`: over the backend's own kernel (`torch.nn.functional.*`;
+  `tf.nn.fused_batch_norm` for 4-D BN and TF ops otherwise; flax-style
+  jnp), run in the same execution mode;
+- `floor`: the fraction of the memory-bandwidth floor reached, (bytes that
+  must move / time) / (bandwidth of a negation of the same tensor measured
+  in the same rounds); 100% = as fast as moving the bytes can be;
+- `ops/keras` (torch): keras_norms with its native fast paths disabled,
+  i.e. the one `keras.ops` implementation, over the built-in: the
+  "before" of the fast paths;
+- `mem`: memory the training step keeps or needs, ours over native: on
+  torch the bytes autograd saves for backward, on JAX the compiled
+  function's temporary bytes (`memory_analysis()`); TF reports none.
+
+`--json FILE` saves the rows; `--plot FILE` draws ours/keras and
+ours/native per layer and backend (docs/figures/norm_ratios.png);
+`--from-json FILE` re-prints and re-plots saved rows without running.
+Never run as a test.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BACKENDS = ("torch", "jax", "tensorflow")
+LAYERS = ("BN", "LN", "IN", "GN", "BIN", "SN")
+MODES = ("infer", "train", "grad")
+SHAPES = {  # channels-last shapes
+    "small": (8, 16, 16, 32),
+    "medium": (32, 32, 32, 64),
+    "large": (32, 56, 56, 64),
+}
+SEQUENCE = ("seq", (32, 128, 1024))  # LayerNormalization over features
+WIDE_GN = ("gn256", (8, 32, 32, 256))  # GroupNormalization(32)
+
+
+def cases(preset, layers):
+    """(kind, shape name, channels-last shape, layout, groups) tuples."""
+    out = []
+    if preset == "quick":
+        for kind in ("BN", "LN", "GN"):
+            out.append((kind, "small", SHAPES["small"], "cl", 8))
+    else:
+        for kind in LAYERS:
+            for name, shape in SHAPES.items():
+                layouts = ("cl", "cf") if preset == "full" or name == "medium" else ("cl",)
+                for layout in layouts:
+                    out.append((kind, name, shape, layout, 8))
+        out.append(("LN", SEQUENCE[0], SEQUENCE[1], "cl", 1))
+        for layout in ("cl", "cf"):
+            out.append(("GN", WIDE_GN[0], WIDE_GN[1], layout, 32))
+    return [c for c in out if c[0] in layers]
+
+
+# ---------------------------------------------------------------------------
+# One backend, in this process
+# ---------------------------------------------------------------------------
+def run_backend(args):
+    import numpy as np
+
+    import _harness as H
+
+    if H.BACKEND == "torch":
+        executions = ("eager",)
+        contenders = ("ours", "keras", "native", "ours_ops", "copy")
+    else:
+        executions = ("compiled",) if args.quick else ("eager", "compiled")
+        contenders = ("ours", "keras", "native", "copy")
+    rows = []
+    for kind, shape_name, shape, layout, groups in cases(
+        "quick" if args.quick else ("full" if args.full else "standard"),
+        args.layers,
+    ):
+        rng = np.random.RandomState(0)
+        x = (2.0 + 3.0 * rng.randn(*shape)).astype("float32")
+        up = rng.randn(*shape).astype("float32")
+        axis = -1
+        if layout == "cf":
+            x, up = np.moveaxis(x, -1, 1).copy(), np.moveaxis(up, -1, 1).copy()
+            axis = 1
+        meta = {"kind": kind, "axis": axis, "groups": groups}
+        for execution in executions:
+            for mode in args.modes:
+                if kind in ("LN", "IN", "GN") and mode == "train":
+                    continue  # same computation as infer for these layers
+                runners, memory = {}, {}
+                for name in contenders:
+                    run = H.runner(name, mode, execution, x, up, meta)
+                    if run is None:
+                        continue
+                    runners[name] = run
+                times = H.time_interleaved(
+                    runners, args.rounds, budget_s=args.cell_budget
+                )
+                if mode == "grad" and not args.quick:
+                    for name in ("ours", "native", "keras"):
+                        run = runners.get(name)
+                        if run is not None and hasattr(run, "memory"):
+                            memory[name] = run.memory()
+                row = {
+                    "backend": H.BACKEND, "layer": kind, "shape": shape_name,
+                    "dims": list(x.shape), "layout": layout,
+                    "exec": execution, "mode": mode,
+                    "ms": {k: 1e3 * v for k, v in times.items()},
+                    "mem": memory, "nbytes": int(x.nbytes),
+                }
+                rows.append(row)
+                print(format_row(row), flush=True, file=sys.stderr)
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Table and plot
+# ---------------------------------------------------------------------------
+def ratios(row):
+    ms = row["ms"]
+    ours = ms["ours"]
+    r = {
+        "keras": ours / ms["keras"] if "keras" in ms else None,
+        "native": ours / ms["native"] if "native" in ms else None,
+        "ops": ms["ours_ops"] / ms["keras"]
+        if "ours_ops" in ms and "keras" in ms else None,
+        "ops_native": ms["ours_ops"] / ms["native"]
+        if "ours_ops" in ms and "native" in ms else None,
+    }
+    # floor bytes / time over the copy bandwidth (2 tensor sizes / copy time)
+    r["floor"] = (ms["copy"] * H_FLOOR[row["mode"]] / 2.0) / ours
+    mem = row.get("mem") or {}
+    r["mem"] = (
+        mem["ours"] / mem["native"]
+        if mem.get("ours") is not None and mem.get("native") else None
+    )
+    return r
+
+
+H_FLOOR = {"infer": 2, "train": 3, "grad": 8}
+HEADER = (
+    f"{'backend':<10} {'layer':<4} {'shape':<7} {'lay':<3} {'exec':<8} "
+    f"{'mode':<5} {'ours ms':>8} {'/keras':>7} {'/native':>8} {'floor':>6} "
+    f"{'ops/keras':>9} {'mem':>5}"
+)
+
+
+def _fmt(v, spec="7.2f"):
+    return format(v, spec) if v is not None else "-".rjust(int(spec.split(".")[0]))
+
+
+def format_row(row):
+    r = ratios(row)
+    return (
+        f"{row['backend']:<10} {row['layer']:<4} {row['shape']:<7} "
+        f"{row['layout']:<3} {row['exec']:<8} {row['mode']:<5} "
+        f"{row['ms']['ours']:8.2f} {_fmt(r['keras'])} {_fmt(r['native'], '8.2f')} "
+        f"{100 * r['floor']:5.0f}% {_fmt(r['ops'], '9.2f')} {_fmt(r['mem'], '5.1f')}"
+    )
+
+
+def summary(rows, keras_target=1.0, native_target=1.25):
+    lines = []
+    for backend in sorted({r["backend"] for r in rows}):
+        sub = [r for r in rows if r["backend"] == backend]
+        rk = [ratios(r)["keras"] for r in sub if ratios(r)["keras"] is not None]
+        rn = [ratios(r)["native"] for r in sub if ratios(r)["native"] is not None]
+        miss_k = sum(v > keras_target for v in rk)
+        miss_n = sum(v > native_target for v in rn)
+        lines.append(
+            f"{backend}: ours/keras median {statistics.median(rk):.2f} "
+            f"(max {max(rk):.2f}, {miss_k}/{len(rk)} above {keras_target}); "
+            f"ours/native median {statistics.median(rn):.2f} "
+            f"(max {max(rn):.2f}, {miss_n}/{len(rn)} above {native_target})"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=False)
+    width = 0.8 / max(1, len(backends))
+    for ax, key, target, title in (
+        (axes[0], "keras", 1.0, "ours / keras.layers built-in"),
+        (axes[1], "native", 1.25, "ours / native kernel"),
+    ):
+        for i, backend in enumerate(backends):
+            values = []
+            for layer in LAYERS:
+                vals = [
+                    ratios(r)[key] for r in rows
+                    if r["backend"] == backend and r["layer"] == layer
+                    and ratios(r)[key] is not None
+                ]
+                values.append(statistics.median(vals) if vals else float("nan"))
+            xs = [j + (i - (len(backends) - 1) / 2) * width for j in range(len(LAYERS))]
+            ax.bar(xs, values, width, label=backend)
+        ax.axhline(target, color="k", lw=0.8, ls="--")
+        ax.set_xticks(range(len(LAYERS)), LAYERS)
+        ax.set_title(title + " (median over shapes, modes)")
+        ax.set_yscale("log")
+        ax.set_ylabel("time ratio (lower is faster)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------
+# Entry
+# ---------------------------------------------------------------------------
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run (seconds)")
+    p.add_argument("--full", action="store_true", help="every shape x layout")
+    p.add_argument("--all", action="store_true",
+                   help="every backend in its own process (the default)")
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS))
+    p.add_argument("--backend", help=argparse.SUPPRESS)  # child process
+    p.add_argument("--layers", nargs="+", default=list(LAYERS))
+    p.add_argument("--modes", nargs="+", default=list(MODES))
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--cell-budget", type=float, default=None,
+                   help="seconds of timing per cell before stopping early")
+    p.add_argument("--json", help="save the rows here")
+    p.add_argument("--from-json", help="print/plot saved rows, run nothing")
+    p.add_argument("--plot", help="draw the ratio figure here")
+    p.add_argument("--timeout", type=float, default=900,
+                   help="seconds allowed per backend process")
+    args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 9
+    if args.cell_budget is None:
+        args.cell_budget = 0.5 if args.quick else 1.5
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.backend:  # child: one backend, rows as JSON on --json
+        sys.path.insert(0, HERE)
+        rows = run_backend(args)
+        with open(args.json, "w") as f:
+            json.dump(rows, f)
+        return 0
+    if args.from_json:
+        with open(args.from_json) as f:
+            rows = json.load(f)
+    else:
+        rows = []
+        passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+        passthrough = _strip(passthrough, ("--json", "--plot", "--backends",
+                                           "--timeout", "--from-json"))
+        for backend in args.backends:
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as t:
+                out = t.name
+            env = dict(os.environ, KERAS_BACKEND=backend,
+                       TF_CPP_MIN_LOG_LEVEL="3")
+            t0 = time.perf_counter()
+            print(f"== {backend}", file=sys.stderr, flush=True)
+            try:
+                subprocess.run(
+                    [sys.executable, os.path.abspath(__file__), "--backend",
+                     backend, "--json", out] + passthrough,
+                    env=env, check=True, timeout=args.timeout,
+                )
+                with open(out) as f:
+                    rows += json.load(f)
+            except (subprocess.CalledProcessError,
+                    subprocess.TimeoutExpired) as e:
+                print(f"{backend} failed: {e}", file=sys.stderr)
+            finally:
+                os.unlink(out)
+            print(f"== {backend}: {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
+    print(HEADER)
+    for row in rows:
+        print(format_row(row))
+    print()
+    print(summary(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=0)
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+def _strip(argv, flags_with_values):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            if a.startswith("--"):
+                skip = False
+            else:
+                continue
+        if a in flags_with_values:
+            skip = True
+            continue
+        if a == "--all":
+            continue
+        out.append(a)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
