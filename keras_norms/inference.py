@@ -171,7 +171,12 @@ def _numpy64(w):
 
 def _unwrap(model, report, normalizations, prefix):
     def clone_function(layer, assignments):
-        if isinstance(layer, keras.Model) and folding._is_graph_model(layer):
+        if isinstance(layer, keras.Model):
+            # A nested subclassed model: its layers cannot be reached.
+            folding.check_graph_model(
+                layer,
+                f"optimize model '{model.name}' for inference, as it nests",
+            )
             return _unwrap(
                 layer, report, normalizations, prefix + layer.name + "/"
             )

@@ -360,6 +360,10 @@ def test_refuses_subclassed_and_unbuilt_models():
     sub(np.zeros((1, 3), "float32"))
     with pytest.raises(ValueError, match="subclassed model 'my_subclassed'"):
         optimize_for_inference(sub, verbose=0)
+    x = keras.Input((3,))
+    outer = keras.Model(x, sub(x), name="outer")
+    with pytest.raises(ValueError, match="'outer'.*'my_subclassed'"):
+        optimize_for_inference(outer, verbose=0)
     unbuilt = keras.Sequential([L.Dense(2)])
     with pytest.raises(ValueError, match="not built"):
         optimize_for_inference(unbuilt, verbose=0)
