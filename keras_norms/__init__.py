@@ -5,16 +5,21 @@ BatchNormalization, SyncBatchNormalization, LayerNormalization,
 InstanceNormalization, GroupNormalization, BatchInstanceNormalization,
 SwitchableNormalization, WeightNormalization, RMSNormalization,
 FilterResponseNormalization, WeightStandardization. Folding and export:
-`fold_batch_norms`, `export_saved_model`, `FoldAndExport`. Precise
+`fold_batch_norms`, `optimize_for_inference`, `export_saved_model`,
+`FoldAndExport`. Drop-in conversion: `convert`, `convert_sync_batchnorm`. Precise
 statistics: `recompute_batch_norm_statistics`, `PreciseBatchNorm`,
 `batch_norm_statistics_report`.
 """
 
 from keras_norms import ops
 from keras_norms.callbacks import FoldAndExport
+from keras_norms.conversion import convert
+from keras_norms.conversion import convert_sync_batchnorm
 from keras_norms.export import export_saved_model
 from keras_norms.folding import FoldReport
 from keras_norms.folding import fold_batch_norms
+from keras_norms.inference import InferenceReport
+from keras_norms.inference import optimize_for_inference
 from keras_norms.inspection import print_importances
 from keras_norms.inspection import switchable_importances
 from keras_norms.layers import Affine
@@ -45,6 +50,7 @@ __all__ = [
     "FoldAndExport",
     "FoldReport",
     "GroupNormalization",
+    "InferenceReport",
     "InstanceNormalization",
     "LayerNormalization",
     "PreciseBatchNorm",
@@ -54,9 +60,12 @@ __all__ = [
     "WeightNormalization",
     "WeightStandardization",
     "batch_norm_statistics_report",
+    "convert",
+    "convert_sync_batchnorm",
     "export_saved_model",
     "fold_batch_norms",
     "ops",
+    "optimize_for_inference",
     "print_importances",
     "recompute_batch_norm_statistics",
     "switchable_importances",
