@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from keras_norms import export as _export
+from keras_norms import precise as _precise
 
 __all__ = ["FoldAndExport"]
 
@@ -46,6 +47,13 @@ class FoldAndExport(keras.callbacks.Callback):
             names, else min).
         sample: Input batch for the check (array, or list of arrays).
         atol: Largest accepted absolute difference in the check.
+        precise_statistics: Optional `(x, steps)` (or just `x`): before
+            each export, recompute the live model's BatchNormalization
+            statistics on `steps` batches of `x` with the weights frozen
+            (`keras_norms.recompute_batch_norm_statistics`, PreciseBN), so
+            the exported model does not bake in stale moving averages. `x`
+            is anything `model.predict` takes; `steps=None` reads all of
+            it. The live model keeps the recomputed statistics.
         fold: Apply `optimize_for_inference` before exporting.
         jit_compile: XLA-compile the serving function.
         verbose: `"auto"` or `1` prints what it does, `0` is silent.
@@ -59,11 +67,13 @@ class FoldAndExport(keras.callbacks.Callback):
         mode="auto",
         sample=None,
         atol=1e-4,
+        precise_statistics=None,
         fold=True,
         jit_compile=True,
         verbose="auto",
     ):
         super().__init__()
+        self.precise_statistics = _check_precise_statistics(precise_statistics)
         self.filepath = os.fspath(filepath)
         if monitor is not None and not isinstance(monitor, str):
             raise TypeError(
@@ -131,13 +141,12 @@ class FoldAndExport(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------
     def _model_to_export(self):
-        """The model folded and exported.
-
-        The place to recompute precise BatchNormalization statistics first
-        (a future `precise_statistics=(x, steps)`: run the data through a
-        copy in training mode with momentum 0 / cumulative averages, then
-        return that copy); today the live model as is.
-        """
+        """The live model, with precise statistics first if asked for."""
+        if self.precise_statistics is not None:
+            x, steps = self.precise_statistics
+            _precise.recompute_batch_norm_statistics(
+                self.model, x, steps=steps, verbose=int(self.verbose)
+            )
         return self.model
 
     def _format_path(self, epoch, logs):
@@ -199,3 +208,22 @@ class FoldAndExport(keras.callbacks.Callback):
                     f"Checked {path}: output {i} matches the model (max abs "
                     f"difference {err:.2e})."
                 )
+
+
+def _check_precise_statistics(value):
+    """`None`, or `(x, steps)` with `steps` a positive int or None."""
+    if value is None:
+        return None
+    if isinstance(value, tuple) and len(value) == 2:
+        x, steps = value
+    else:
+        x, steps = value, None
+    if steps is not None and (
+        isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0
+    ):
+        raise ValueError(
+            "Argument `precise_statistics` must be `x` or `(x, steps)` with "
+            "steps a positive int or None. "
+            f"Received: precise_statistics=(..., {steps!r})"
+        )
+    return x, steps

@@ -238,3 +238,39 @@ def test_callback_raises_when_export_differs(monkeypatch, tmp_path):
     x = np.zeros((4, 3), "float32")
     with pytest.raises(ValueError, match="differs from the model"):
         model.fit(x, x[:, :2], epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_callback_recomputes_precise_statistics_before_export(
+    monkeypatch, tmp_path
+):
+    """`precise_statistics=(x, steps)`: PreciseBN on the live model first."""
+    from keras_norms import export as export_module
+
+    exported_means = []
+    monkeypatch.setattr(
+        export_module,
+        "export_saved_model",
+        lambda model, *a, **k: exported_means.append(
+            to_numpy(model.layers[-1].moving_mean).copy()
+        ),
+    )
+    monkeypatch.setattr(
+        FoldAndExport, "_check", lambda self, model, path: None
+    )
+    inputs = keras.Input((3,))
+    outputs = KnBatchNormalization(momentum=0.99)(L.Dense(2)(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile("sgd", "mse")
+    x = np.random.RandomState(0).randn(16, 3).astype("float32") + 2.0
+    callback = FoldAndExport(
+        tmp_path / "m", precise_statistics=(x, 2), verbose=0
+    )
+    model.fit(x, np.zeros((16, 2)), epochs=1, batch_size=8, verbose=0,
+              callbacks=[callback])
+    # Two batches of 8 (steps=2), equal weights: the mean of all 16 outputs.
+    dense_out = to_numpy(model.layers[1](x))
+    np.testing.assert_allclose(
+        exported_means[-1], dense_out.mean(axis=0), rtol=1e-4, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="precise_statistics"):
+        FoldAndExport(tmp_path, precise_statistics=(x, 0))
