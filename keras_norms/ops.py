@@ -19,6 +19,7 @@ from keras import backend
 from keras import ops
 
 from keras_norms import backend as kn_backend
+from keras_norms.backend import native as kn_native
 
 __all__ = [
     "statistics_dtype",
@@ -69,8 +70,14 @@ def moments(x, axes, keepdims=True, mask=None, synchronized=False):
     if synchronized and kn_backend.num_replicas() > 1:
         mean, variance = cross_replica_moments(x, axes, mask)
     elif mask is None:
-        mean = ops.mean(x, axis=axes, keepdims=True)
-        variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
+        fused = kn_native.moments(x, axes)
+        if fused is not None:  # torch: one fused, stable reduction
+            mean, variance = fused
+        else:
+            mean = ops.mean(x, axis=axes, keepdims=True)
+            variance = ops.mean(
+                ops.square(x - mean), axis=axes, keepdims=True
+            )
     else:
         weights = ops.broadcast_to(ops.cast(mask, x.dtype), ops.shape(x))
         count = ops.sum(weights, axis=axes, keepdims=True)

@@ -143,10 +143,23 @@ class Normalization(keras.layers.Layer):
     # Call
     # ------------------------------------------------------------------
     def call(self, inputs, training=None):
+        outputs = self._native_call(inputs, training)
+        if outputs is not None:
+            return outputs
         x = self._to_view(inputs)
         scale, shift = self._scale_and_shift(x, training)
         outputs = kn_ops.normalize(x, scale, shift, self.compute_dtype)
         return self._from_view(outputs, inputs)
+
+    def _native_call(self, inputs, training):
+        """The output by a backend's fused kernel, or `None` (the default).
+
+        Layers override this to call `keras_norms.backend.native`, which
+        answers `None` wherever its kernels do not apply (every backend but
+        torch, half precision, unusual axes); `call` then runs the one
+        `keras.ops` implementation.
+        """
+        return None
 
     def _scale_and_shift(self, x, training):
         """The `(scale, shift)` pair the view `x` is normalized with.

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_norms import backend as kn_backend
 from keras_norms import ops as kn_ops
+from keras_norms.backend import native
 from keras_norms.layers import _base
 from keras_norms.layers import _moving
 from keras_norms.layers import _validation
@@ -138,6 +139,10 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             self._add_renorm_statistics(param_shape)
 
     def call(self, inputs, training=None, mask=None):
+        if mask is None and not self.renorm:
+            outputs = self._native_call(inputs, training)
+            if outputs is not None:
+                return outputs
         scale, shift = self._scale_and_shift(inputs, training, mask)
         return kn_ops.normalize(inputs, scale, shift, self.compute_dtype)
 
@@ -164,6 +169,31 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         else:
             self._update_moving_statistics(mean, variance)
         return kn_ops.scale_and_shift(mean, variance, gamma, beta, self.epsilon)
+
+    def _native_call(self, inputs, training):
+        """`F.batch_norm` on torch (see `keras_norms.backend.native`)."""
+        (channel_axis,) = self._param_axes
+        args = (
+            inputs,
+            channel_axis,
+            self.gamma,
+            self.beta,
+            self.epsilon,
+            self.compute_dtype,
+        )
+        if not self._uses_batch_statistics(training):
+            return native.batch_norm(
+                *args, mean=self.moving_mean, variance=self.moving_variance
+            )
+        if self._combines_replicas():
+            return None
+        self._check_reduction_size(inputs.shape, self._reduction_axes, "channel")
+        result = native.batch_norm(*args)
+        if result is None:
+            return None
+        outputs, mean, variance = result
+        self._update_moving_statistics(mean, variance)
+        return outputs
 
     def _statistics(self, x, training):
         """Batch or moving statistics (without renorm corrections)."""

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_norms.backend import native
 from keras_norms.layers import _base
 
 
@@ -86,6 +87,17 @@ class GroupNormalization(_base.Normalization):
         view_shape[channel_axis : channel_axis + 1] = [groups, channels // groups]
         self._check_reduction_size(
             view_shape, self._reduction_axes, "group"
+        )
+
+    def _native_call(self, inputs, training):
+        return native.group_norm(
+            inputs,
+            self._num_groups,
+            self._channel_axis,
+            self.gamma,
+            self.beta,
+            self.epsilon,
+            self.compute_dtype,
         )
 
     def _to_view(self, inputs):

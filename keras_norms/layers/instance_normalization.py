@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_norms.backend import native
 from keras_norms.layers import _base
 
 
@@ -49,3 +50,16 @@ class InstanceNormalization(_base.Normalization):
             )
         self._check_reduction_size(input_shape, axes, "instance and channel")
         return axes
+
+    def _native_call(self, inputs, training):
+        # One group per channel: GroupNormalization(groups=-1).
+        (channel_axis,) = self._param_axes
+        return native.group_norm(
+            inputs,
+            inputs.shape[channel_axis],
+            channel_axis,
+            self.gamma,
+            self.beta,
+            self.epsilon,
+            self.compute_dtype,
+        )

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_norms.backend import native
+
 from keras_norms.layers import _base
 
 
@@ -44,3 +46,13 @@ class LayerNormalization(_base.Normalization):
 
     def _reduction_axes_for(self, input_shape):
         return self._param_axes
+
+    def _native_call(self, inputs, training):
+        return native.layer_norm(
+            inputs,
+            self._reduction_axes,
+            self.gamma,
+            self.beta,
+            self.epsilon,
+            self.compute_dtype,
+        )

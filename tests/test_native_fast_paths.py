@@ -1,0 +1,123 @@
+"""The native fast paths (`keras_norms.backend.native`) against the one
+`keras.ops` implementation they stand in for: same outputs, input and
+weight gradients, and moving statistics, in every layout they take, and the
+large-mean stability of the shifted channels-last group norm.
+
+On backends without fast paths both runs take the `keras.ops` path, so the
+comparison holds trivially there; the torch run is the one that matters.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_norms as kn
+from keras_norms.backend import native
+from tests import helpers
+
+FACTORIES = {
+    "batch": lambda axis: kn.BatchNormalization(axis=axis, momentum=0.7),
+    "batch_no_affine": lambda axis: kn.BatchNormalization(
+        axis=axis, center=False, scale=False
+    ),
+    "layer": lambda axis: kn.LayerNormalization(axis=axis),
+    "instance": lambda axis: kn.InstanceNormalization(axis=axis),
+    "group": lambda axis: kn.GroupNormalization(groups=2, axis=axis),
+    "group_beta_only": lambda axis: kn.GroupNormalization(
+        groups=3, axis=axis, scale=False
+    ),
+    "batch_instance": lambda axis: kn.BatchInstanceNormalization(axis=axis),
+    "switchable": lambda axis: kn.SwitchableNormalization(axis=axis),
+}
+LAYOUTS = [
+    ((5, 6), -1),
+    ((3, 4, 6), -1),
+    ((3, 6, 4), 1),
+    ((2, 3, 4, 6), -1),
+    ((2, 6, 3, 4), 1),
+    ((2, 2, 3, 2, 6), -1),
+]
+
+
+def _run(name, shape, axis, training, use_native):
+    if name in ("instance", "batch_instance", "switchable") and len(shape) < 3:
+        pytest.skip("needs a spatial axis")
+    layer = FACTORIES[name](axis)
+    layer.build(shape)
+    helpers.set_random_weights(layer)
+    x = helpers.random_input(shape, loc=2.0, scale=3.0)
+    if use_native:
+        y, dx, grads = helpers.forward_and_grads(layer, x, training=training)
+        out = layer(x, training=training)
+    else:
+        with native.disabled():
+            y, dx, grads = helpers.forward_and_grads(
+                layer, x, training=training
+            )
+            out = layer(x, training=training)
+    state = [helpers.to_numpy(v) for v in layer.non_trainable_variables]
+    return y, dx, grads, helpers.to_numpy(out), state
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_native_path_matches_keras_ops_path(name, shape, axis, training):
+    if keras.backend.backend() != "torch":
+        pytest.skip("no native fast paths on this backend: both runs would "
+                    "take the same keras.ops path")
+    fast = _run(name, shape, axis, training, use_native=True)
+    slow = _run(name, shape, axis, training, use_native=False)
+    tol = dict(rtol=1e-4, atol=1e-4)
+    for a, b in ((fast[0], slow[0]), (fast[1], slow[1]), (fast[3], slow[3])):
+        np.testing.assert_allclose(a, b, **tol)
+    assert fast[2].keys() == slow[2].keys()
+    for key in fast[2]:
+        if fast[2][key] is None or slow[2][key] is None:
+            assert fast[2][key] is None and slow[2][key] is None, key
+        else:
+            np.testing.assert_allclose(fast[2][key], slow[2][key], **tol)
+    for a, b in zip(fast[4], slow[4]):  # moving statistics after one call
+        np.testing.assert_allclose(a, b, **tol)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8])
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_group_norm_large_mean_is_exact(groups, axis):
+    # torch's channels-last group_norm kernel sums x and x**2 in one pass:
+    # off by ~100 standard deviations here without the per-group shift.
+    shape = (4, 5, 6, 8) if axis == -1 else (4, 8, 5, 6)
+    x = helpers.random_input(shape, loc=1e4, scale=1.0)
+    layer = kn.GroupNormalization(groups=groups, axis=axis, epsilon=1e-3)
+    y = helpers.to_numpy(layer(x))
+    view = np.moveaxis(x.astype("float64"), axis, 1).reshape(4, groups, -1)
+    ref = (view - view.mean(-1, keepdims=True)) / np.sqrt(
+        view.var(-1, keepdims=True) + 1e-3
+    )
+    ref = np.moveaxis(ref.reshape(np.moveaxis(x, axis, 1).shape), 1, axis)
+    np.testing.assert_allclose(y, ref, atol=2e-2)
+
+
+def test_fit_with_bias_only_group_norm_on_model_input():
+    # Two torch 2.13 traps on the channels-last path: a bias without a
+    # weight, and weights needing gradients while the input does not.
+    x = helpers.random_input((8, 3, 4, 6))
+    model = keras.Sequential(
+        [
+            keras.Input((3, 4, 6)),
+            kn.GroupNormalization(groups=2, scale=False),
+            kn.InstanceNormalization(axis=-1),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile("sgd", "mse")
+    model.fit(x, x.mean(axis=(1, 2, 3))[:, None], epochs=1, verbose=0)
+
+
+def test_disabled_restores_the_switch():
+    before = native.enabled()
+    with native.disabled():
+        assert not native.enabled()
+    assert native.enabled() == before
+    assert before == (keras.backend.backend() == "torch")
