@@ -21,6 +21,9 @@ FACTORIES = {
         axis=axis, center=False, scale=False
     ),
     "layer": lambda axis: kn.LayerNormalization(axis=axis),
+    "layer_two_axes": lambda axis: kn.LayerNormalization(
+        axis=[1, -1] if axis == -1 else [0 + 1, 2]
+    ),
     "instance": lambda axis: kn.InstanceNormalization(axis=axis),
     "group": lambda axis: kn.GroupNormalization(groups=2, axis=axis),
     "group_beta_only": lambda axis: kn.GroupNormalization(
@@ -29,6 +32,7 @@ FACTORIES = {
     "batch_instance": lambda axis: kn.BatchInstanceNormalization(axis=axis),
     "switchable": lambda axis: kn.SwitchableNormalization(axis=axis),
 }
+NEED_SPATIAL = ("instance", "batch_instance", "switchable", "layer_two_axes")
 LAYOUTS = [
     ((5, 6), -1),
     ((3, 4, 6), -1),
@@ -40,7 +44,7 @@ LAYOUTS = [
 
 
 def _run(name, shape, axis, training, use_native):
-    if name in ("instance", "batch_instance", "switchable") and len(shape) < 3:
+    if name in NEED_SPATIAL and len(shape) < 3:
         pytest.skip("needs a spatial axis")
     layer = FACTORIES[name](axis)
     layer.build(shape)

@@ -8,8 +8,10 @@ tensor forward and more backward; `benchmarks/bench_norms.py` measured it
 2 to 6 times slower than `torch.nn.functional`. Only there, and only where
 the arguments allow it, the layers call torch's fused kernels instead:
 
-- `layer_norm`: `F.layer_norm` when the normalized axes are the trailing
-  axes of the input (the usual `axis=-1`).
+- `layer_norm`: `F.layer_norm`, straight when the normalized axes are the
+  trailing axes of the input (the usual `axis=-1`), else on a permuted
+  view with those axes last (one copy; still 2-4x faster than the
+  `keras.ops` path measured on channels-first `axis=1`).
 - `group_norm` (GroupNormalization, and InstanceNormalization as one group
   per channel): `F.group_norm`. Channels-first inputs go straight to its
   contiguous kernel. For channels-last inputs the tensor is viewed as
@@ -107,22 +109,29 @@ def _tensors(x, dtype, *params):
 
 
 def layer_norm(x, axes, gamma, beta, epsilon, dtype):
-    """`F.layer_norm` over trailing `axes` (canonical, sorted), or `None`."""
+    """`F.layer_norm` over `axes` (canonical ints), or `None`."""
     params = _tensors(x, dtype, gamma, beta)
     if params is None:
         return None
-    ndim = x.ndim
-    if tuple(axes) != tuple(range(ndim - len(axes), ndim)):
-        return None
     import torch.nn.functional as F
 
+    ndim = x.ndim
+    axes = tuple(sorted(a % ndim for a in axes))
     gamma, beta = params
     shape = tuple(x.shape[a] for a in axes)
     if gamma is not None:
         gamma = gamma.reshape(shape)
     if beta is not None:
         beta = beta.reshape(shape)
-    return F.layer_norm(x, shape, gamma, beta, epsilon)
+    if axes == tuple(range(ndim - len(axes), ndim)):
+        return F.layer_norm(x, shape, gamma, beta, epsilon)
+    # Other axes (channels-first `axis=1`): move them last (the kernel
+    # makes one contiguous copy), normalize, and view the result back.
+    rest = tuple(a for a in range(ndim) if a not in axes)
+    perm = rest + axes
+    inverse = tuple(perm.index(a) for a in range(ndim))
+    y = F.layer_norm(x.permute(perm), shape, gamma, beta, epsilon)
+    return y.permute(inverse)
 
 
 def group_norm(x, groups, channel_axis, gamma, beta, epsilon, dtype):
