@@ -9,7 +9,6 @@ with the machinery of `keras_norms.folding` (`clone_model` with a
 `clone_function`) and leave the original model untouched.
 """
 
-import warnings
 
 import keras
 
@@ -56,9 +55,9 @@ def convert(model):
     copied unchanged.
 
     A `keras.layers.LayerNormalization(rms_scaling=True)` (deprecated in
-    Keras, which scales by the variance, not the mean square) has no
-    keras_norms equivalent: it is copied unchanged, with a warning; use
-    `keras.layers.RMSNormalization` (which converts) instead.
+    Keras, which scales by the variance, not the mean square) converts to
+    ours with the same deprecated behaviour; prefer
+    `keras.layers.RMSNormalization` (which converts too).
 
     Args:
         model: A built `keras.Sequential` or functional `keras.Model`.
@@ -74,16 +73,7 @@ def convert(model):
     pairs = _keras_to_keras_norms()
 
     def target(layer):
-        cls = pairs.get(type(layer))
-        if cls is _ln.LayerNormalization and layer.rms_scaling:
-            warnings.warn(
-                f"Layer '{layer.name}' is a keras.layers.LayerNormalization "
-                "with rms_scaling=True (deprecated in Keras), which has no "
-                "keras_norms equivalent; it is kept as it is.",
-                stacklevel=4,
-            )
-            return None
-        return cls
+        return pairs.get(type(layer))
 
     return _replace(model, target)
 
@@ -143,8 +133,6 @@ def _replace(model, target):
         if cls is None:
             return folding.copy_layer(layer, assignments)
         config = layer.get_config()
-        if cls is _ln.LayerNormalization:
-            config.pop("rms_scaling", None)
         try:
             new = cls.from_config(config)
         except (TypeError, ValueError) as error:

@@ -166,7 +166,6 @@ def test_convert_replaces_every_keras_norm_and_keeps_outputs(kind):
         new = news[layer.name]
         assert type(new) is OURS[type(layer)], layer.name
         config = layer.get_config()
-        config.pop("rms_scaling", None)
         new_config = new.get_config()
         for key, value in config.items():
             if key != "dtype":
@@ -250,15 +249,13 @@ def test_convert_sync_batchnorm_sequential():
 
 
 @pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`")
-def test_layer_norm_with_rms_scaling_is_kept_with_a_warning():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Keras' own deprecation warning
-        model = keras.Sequential(
-            [keras.Input((4,)), L.LayerNormalization(rms_scaling=True)]
-        )
-    with pytest.warns(UserWarning, match="rms_scaling=True"):
-        converted = convert(model)
-    assert type(converted.layers[0]) is L.LayerNormalization
+def test_layer_norm_with_rms_scaling_converts_with_its_behaviour():
+    model = keras.Sequential(
+        [keras.Input((4,)), L.LayerNormalization(rms_scaling=True)]
+    )
+    converted = convert(model)
+    assert type(converted.layers[0]) is KnLayerNormalization
+    assert converted.layers[0].rms_scaling is True
     _assert_same_model(model, converted, _x((2, 4)), check_training=False)
 
 

@@ -46,7 +46,21 @@ class GroupNormalization(_base.Normalization):
         - [Wu & He, 2018](https://arxiv.org/abs/1803.08494).
     """
 
-    def __init__(self, groups=32, axis=-1, epsilon=1e-3, **kwargs):
+    def __init__(
+        self,
+        groups=32,
+        axis=-1,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
         if (
             isinstance(groups, bool)
             or not isinstance(groups, int)
@@ -57,7 +71,19 @@ class GroupNormalization(_base.Normalization):
                 "the number of channels, or -1 for one channel per group. "
                 f"Received: groups={groups!r}"
             )
-        super().__init__(axis=axis, epsilon=epsilon, **kwargs)
+        super().__init__(
+            axis=axis,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            **kwargs,
+        )
         self.groups = groups
 
     def _build_layout(self, input_shape):

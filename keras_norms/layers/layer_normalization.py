@@ -1,10 +1,14 @@
 """LayerNormalization over one or several axes."""
 
+import warnings
+
 import keras
+from keras import ops
 
+from keras_norms import ops as kn_ops
 from keras_norms.backend import native
-
 from keras_norms.layers import _base
+from keras_norms.layers import _validation
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")
@@ -32,7 +36,10 @@ class LayerNormalization(_base.Normalization):
         beta_initializer, gamma_initializer: Initializers of the weights.
         beta_regularizer, gamma_regularizer: Optional regularizers.
         beta_constraint, gamma_constraint: Optional constraints.
-        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...), and
+            Keras' deprecated `rms_scaling` (accepted, with Keras' warning
+            and Keras' behaviour: `x * rsqrt(variance + epsilon) * gamma`,
+            no centering, no `beta`), so every Keras config loads.
 
     Call arguments:
         inputs: Input tensor of rank 2 or more.
@@ -44,10 +51,81 @@ class LayerNormalization(_base.Normalization):
 
     _axis_may_be_list = True
 
+    def __init__(
+        self,
+        axis=-1,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        # Keras' deprecated `rms_scaling` travels in its configs; take it.
+        rms_scaling = kwargs.pop("rms_scaling", False)
+        if rms_scaling:
+            warnings.warn(
+                "You passed `rms_scaling=True`, which is deprecated (as in "
+                "keras.layers.LayerNormalization): it scales the input by "
+                "its variance, not its root mean square. Use "
+                "`keras_norms.RMSNormalization` for RMS normalization."
+            )
+        super().__init__(
+            axis=axis,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            **kwargs,
+        )
+        self.rms_scaling = _validation.check_bool("rms_scaling", rms_scaling)
+
+    def build(self, input_shape):
+        if not self.rms_scaling:
+            return super().build(input_shape)
+        # As Keras: with rms_scaling there is always a gamma and never a
+        # beta, whatever `scale` and `center` say (the config keeps them).
+        center, scale = self.center, self.scale
+        self.center, self.scale = False, True
+        try:
+            super().build(input_shape)
+        finally:
+            self.center, self.scale = center, scale
+
     def _reduction_axes_for(self, input_shape):
         return self._param_axes
 
+    def _scale_and_shift(self, x, training):
+        if not self.rms_scaling:
+            return super()._scale_and_shift(x, training)
+        # Keras' rms_scaling: x * rsqrt(variance + epsilon) * gamma, with no
+        # centering and no beta.
+        _, variance = self._statistics(x, training)
+        return kn_ops.scale_and_shift(
+            ops.zeros_like(variance),
+            variance,
+            self._param_in_view(self.gamma, variance.dtype),
+            None,
+            self.epsilon,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config["rms_scaling"] = self.rms_scaling
+        return config
+
     def _native_call(self, inputs, training):
+        if self.rms_scaling:
+            return None
         return native.layer_norm(
             inputs,
             self._reduction_axes,

@@ -1,6 +1,7 @@
-"""kn.BatchNormalization as a drop-in for keras.layers.BatchNormalization:
-every argument and default, weights, batch renormalization, masks,
-`synchronized`."""
+"""keras_norms as a drop-in for keras.layers: every argument and default,
+weights and outputs of BatchNormalization (batch renormalization, masks,
+`synchronized`), LayerNormalization (`rms_scaling`), GroupNormalization and
+RMSNormalization."""
 
 import inspect
 
@@ -178,3 +179,50 @@ def test_synchronized_works_on_every_backend_and_is_plain_bn_alone():
         helpers.to_numpy(plain(x, training=True)),
     )
     assert synced.get_config()["synchronized"] is True
+
+
+PER_SAMPLE_TWINS = {
+    "layer": (keras.layers.LayerNormalization, kn.LayerNormalization, {}),
+    "group": (keras.layers.GroupNormalization, kn.GroupNormalization, {"groups": 4}),
+    "rms": (keras.layers.RMSNormalization, kn.RMSNormalization, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PER_SAMPLE_TWINS))
+def test_per_sample_norms_are_drop_ins(name):
+    keras_cls, ours_cls, kwargs = PER_SAMPLE_TWINS[name]
+    ours_params = _parameters(ours_cls)
+    theirs_params = _parameters(keras_cls)
+    for arg, default in theirs_params.items():
+        assert arg in ours_params, arg
+        assert ours_params[arg] == default, arg
+    assert list(ours_params)[: len(theirs_params)] == list(theirs_params)
+    shape = (3, 4, 4, 8)
+    theirs = keras_cls(**kwargs)
+    theirs.build(shape)
+    theirs.set_weights([np.random.uniform(0.5, 1.5, w.shape) for w in theirs.weights])
+    ours = ours_cls.from_config(theirs.get_config())
+    ours.build(shape)
+    assert [w.name for w in ours.weights] == [w.name for w in theirs.weights]
+    ours.set_weights(theirs.get_weights())
+    x = helpers.random_input(shape, loc=1.0, scale=2.0)
+    np.testing.assert_allclose(
+        helpers.to_numpy(ours(x)), helpers.to_numpy(theirs(x)), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_layer_norm_rms_scaling_matches_keras_deprecated_behaviour():
+    # Keras' deprecated `rms_scaling=True` divides by sqrt(variance + eps)
+    # without centering (and without beta); ours does the same, warning too.
+    shape = (3, 5, 6)
+    x = helpers.random_input(shape, loc=2.0)
+    with pytest.warns(UserWarning, match="rms_scaling"):
+        theirs = keras.layers.LayerNormalization(rms_scaling=True)
+    with pytest.warns(UserWarning, match="rms_scaling"):
+        ours = kn.LayerNormalization(rms_scaling=True)
+    expected = x / np.sqrt(x.var(axis=-1, keepdims=True) + 1e-3)
+    np.testing.assert_allclose(helpers.to_numpy(ours(x)), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        helpers.to_numpy(ours(x)), helpers.to_numpy(theirs(x)), rtol=1e-4, atol=1e-4
+    )
+    assert ours.get_config()["rms_scaling"] is True
