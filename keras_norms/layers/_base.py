@@ -190,9 +190,23 @@ class Normalization(keras.layers.Layer):
         return outputs
 
     def _param_in_view(self, weight, dtype):
+        """`weight` (a variable or tensor) cast to `dtype`, broadcastable
+        against the statistics view; a per-channel weight on the last axis
+        already broadcasts, so it skips the reshape (and the cast where the
+        dtype matches): fewer small ops for eager backends to dispatch."""
         if weight is None:
             return None
-        return ops.reshape(ops.cast(weight, dtype), self._param_shape_in_view)
+        if keras.backend.standardize_dtype(weight.dtype) != (
+            keras.backend.standardize_dtype(dtype)
+        ):
+            weight = ops.cast(weight, dtype)
+        shape = tuple(weight.shape)
+        view = self._param_shape_in_view
+        if view[len(view) - len(shape):] == shape and all(
+            s == 1 for s in view[: len(view) - len(shape)]
+        ):
+            return ops.convert_to_tensor(weight)
+        return ops.reshape(weight, view)
 
     def _check_reduction_size(self, input_shape, axes, what):
         """Refuse a reduction over a single value where the shape says so.

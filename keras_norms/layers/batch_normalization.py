@@ -151,9 +151,8 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         gamma = self._param_in_view(self.gamma, dtype)
         beta = self._param_in_view(self.beta, dtype)
         if not self._uses_batch_statistics(training):
-            mean, variance = self._moving_statistics(
-                self._param_shape_in_view, dtype
-            )
+            mean = self._param_in_view(self.moving_mean, dtype)
+            variance = self._param_in_view(self.moving_variance, dtype)
             return kn_ops.scale_and_shift(
                 mean, variance, gamma, beta, self.epsilon
             )
