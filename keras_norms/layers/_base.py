@@ -25,6 +25,27 @@ from keras_norms import ops as kn_ops
 from keras_norms.layers import _validation
 
 
+# The arguments of `Normalization.__init__`, which subclasses spell out in
+# their own signatures (drop-in parity with keras.layers) and pass on.
+BASE_ARGUMENTS = (
+    "axis",
+    "epsilon",
+    "center",
+    "scale",
+    "beta_initializer",
+    "gamma_initializer",
+    "beta_regularizer",
+    "gamma_regularizer",
+    "beta_constraint",
+    "gamma_constraint",
+)
+
+
+def base_arguments(arguments):
+    """The base class's arguments picked from a subclass's `locals()`."""
+    return {name: arguments[name] for name in BASE_ARGUMENTS}
+
+
 class Normalization(keras.layers.Layer):
     """Base class: `y = gamma * (x - mean) / sqrt(variance + epsilon) + beta`.
 
@@ -207,6 +228,26 @@ class Normalization(keras.layers.Layer):
         ):
             return ops.convert_to_tensor(weight)
         return ops.reshape(weight, view)
+
+    def _spatial_axes(self, input_shape):
+        """The axes besides batch and channel: instance statistics' axes.
+
+        Refuses inputs without one, and a single spatial value, where the
+        instance variance would be 0 and the output `beta` whatever the
+        input.
+        """
+        axes = tuple(
+            a for a in range(1, len(input_shape)) if a not in self._param_axes
+        )
+        if not axes:
+            raise ValueError(
+                f"{type(self).__name__} needs an input with at least one "
+                "spatial axis besides the batch and channel axes (its "
+                "instance statistics reduce over them). "
+                f"Received: input_shape={tuple(input_shape)}, axis={self.axis}"
+            )
+        self._check_reduction_size(input_shape, axes, "instance and channel")
+        return axes
 
     def _check_reduction_size(self, input_shape, axes, what):
         """Refuse a reduction over a single value where the shape says so.

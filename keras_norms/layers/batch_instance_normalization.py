@@ -62,19 +62,7 @@ class InstanceBatchNormalization(
         use_global_stats=False,
         **kwargs,
     ):
-        super().__init__(
-            axis=axis,
-            epsilon=epsilon,
-            center=center,
-            scale=scale,
-            beta_initializer=beta_initializer,
-            gamma_initializer=gamma_initializer,
-            beta_regularizer=beta_regularizer,
-            gamma_regularizer=gamma_regularizer,
-            beta_constraint=beta_constraint,
-            gamma_constraint=gamma_constraint,
-            **kwargs,
-        )
+        super().__init__(**_base.base_arguments(locals()), **kwargs)
         self._init_moving_statistics(
             momentum,
             moving_mean_initializer,
@@ -83,18 +71,7 @@ class InstanceBatchNormalization(
         )
 
     def _reduction_axes_for(self, input_shape):
-        axes = tuple(
-            a for a in range(1, len(input_shape)) if a not in self._param_axes
-        )
-        if not axes:
-            raise ValueError(
-                f"{type(self).__name__} needs an input with at least one "
-                "spatial axis besides the batch and channel axes (its "
-                "instance statistics reduce over them). "
-                f"Received: input_shape={tuple(input_shape)}, axis={self.axis}"
-            )
-        self._check_reduction_size(input_shape, axes, "instance and channel")
-        return axes
+        return self._spatial_axes(input_shape)
 
     def _build_state(self, param_shape):
         self._add_moving_statistics(param_shape)

@@ -102,19 +102,7 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         use_global_stats=False,
         **kwargs,
     ):
-        super().__init__(
-            axis=axis,
-            epsilon=epsilon,
-            center=center,
-            scale=scale,
-            beta_initializer=beta_initializer,
-            gamma_initializer=gamma_initializer,
-            beta_regularizer=beta_regularizer,
-            gamma_regularizer=gamma_regularizer,
-            beta_constraint=beta_constraint,
-            gamma_constraint=gamma_constraint,
-            **kwargs,
-        )
+        super().__init__(**_base.base_arguments(locals()), **kwargs)
         self._init_moving_statistics(
             momentum,
             moving_mean_initializer,

@@ -95,19 +95,7 @@ class FilterResponseNormalization(_base.Normalization):
         tau_constraint=None,
         **kwargs,
     ):
-        super().__init__(
-            axis=axis,
-            epsilon=epsilon,
-            center=center,
-            scale=scale,
-            beta_initializer=beta_initializer,
-            gamma_initializer=gamma_initializer,
-            beta_regularizer=beta_regularizer,
-            gamma_regularizer=gamma_regularizer,
-            beta_constraint=beta_constraint,
-            gamma_constraint=gamma_constraint,
-            **kwargs,
-        )
+        super().__init__(**_base.base_arguments(locals()), **kwargs)
         self.learned_epsilon = _validation.check_bool(
             "learned_epsilon", learned_epsilon
         )

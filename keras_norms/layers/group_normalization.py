@@ -71,19 +71,7 @@ class GroupNormalization(_base.Normalization):
                 "the number of channels, or -1 for one channel per group. "
                 f"Received: groups={groups!r}"
             )
-        super().__init__(
-            axis=axis,
-            epsilon=epsilon,
-            center=center,
-            scale=scale,
-            beta_initializer=beta_initializer,
-            gamma_initializer=gamma_initializer,
-            beta_regularizer=beta_regularizer,
-            gamma_regularizer=gamma_regularizer,
-            beta_constraint=beta_constraint,
-            gamma_constraint=gamma_constraint,
-            **kwargs,
-        )
+        super().__init__(**_base.base_arguments(locals()), **kwargs)
         self.groups = groups
 
     def _build_layout(self, input_shape):

@@ -39,17 +39,7 @@ class InstanceNormalization(_base.Normalization):
     """
 
     def _reduction_axes_for(self, input_shape):
-        axes = tuple(
-            a for a in range(1, len(input_shape)) if a not in self._param_axes
-        )
-        if not axes:
-            raise ValueError(
-                "InstanceNormalization needs an input with at least one "
-                "spatial axis besides the batch and channel axes. "
-                f"Received: input_shape={tuple(input_shape)}, axis={self.axis}"
-            )
-        self._check_reduction_size(input_shape, axes, "instance and channel")
-        return axes
+        return self._spatial_axes(input_shape)
 
     def _native_call(self, inputs, training):
         # One group per channel: GroupNormalization(groups=-1).

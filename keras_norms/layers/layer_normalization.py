@@ -74,19 +74,7 @@ class LayerNormalization(_base.Normalization):
                 "its variance, not its root mean square. Use "
                 "`keras_norms.RMSNormalization` for RMS normalization."
             )
-        super().__init__(
-            axis=axis,
-            epsilon=epsilon,
-            center=center,
-            scale=scale,
-            beta_initializer=beta_initializer,
-            gamma_initializer=gamma_initializer,
-            beta_regularizer=beta_regularizer,
-            gamma_regularizer=gamma_regularizer,
-            beta_constraint=beta_constraint,
-            gamma_constraint=gamma_constraint,
-            **kwargs,
-        )
+        super().__init__(**_base.base_arguments(locals()), **kwargs)
         self.rms_scaling = _validation.check_bool("rms_scaling", rms_scaling)
 
     def build(self, input_shape):
