@@ -513,10 +513,9 @@ def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None):
     """Median seconds per call of each runner, interleaved over rounds.
 
     Each round runs every runner once (in a rotated order, so none always
-    goes first); a runner faster than `min_sample_s` is repeated within its
-    sample. Medians resist the other processes on a shared machine.
+    goes first); where a call is faster than `min_sample_s`, every runner is
+    repeated the same number of times within its sample. Medians resist the other processes on a shared machine.
     """
-    reps = {}
     for name in list(runners):  # a contender that fails is left out
         try:
             runners[name]()
@@ -525,11 +524,16 @@ def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None):
                   f"{str(e).strip().splitlines()[-1][:120]}", file=sys.stderr)
             del runners[name]
     names = list(runners)
-    for name in names:  # warm up (compiles) and calibrate
+    single = []
+    for name in names:  # calibrate (the call above warmed up and compiled)
         t0 = time.perf_counter()
         runners[name]()
-        dt = max(time.perf_counter() - t0, 1e-6)
-        reps[name] = max(1, int(min_sample_s / dt))
+        single.append(max(time.perf_counter() - t0, 1e-6))
+    # One repeat count for every contender of the cell: a contender timed
+    # once per sample (colder caches, more overhead) against one timed ten
+    # times in a row would be biased by that alone.
+    common = max(1, int(min_sample_s / statistics.median(single)))
+    reps = {name: common for name in names}
     samples = {name: [] for name in names}
     start = time.perf_counter()
     for r in range(rounds):

@@ -32,6 +32,7 @@ medians are reported (see `_harness.py`):
 
 `--json FILE` saves the rows; `--plot FILE` draws ours/keras and
 ours/native per layer and backend (docs/figures/norm_ratios.png);
+`--markdown FILE` writes the table of medians docs/performance.md shows;
 `--from-json FILE` re-prints and re-plots saved rows without running.
 Never run as a test.
 """
@@ -196,6 +197,39 @@ def summary(rows, keras_target=1.0, native_target=1.25):
     return "\n".join(lines)
 
 
+def median_table(rows):
+    """Markdown: per backend, execution and layer, medians over the cells
+    of the medium and larger shapes (both layouts, every mode)."""
+    def med(values, fmt="{:.2f}"):
+        values = [v for v in values if v is not None]
+        return fmt.format(statistics.median(values)) if values else "-"
+
+    lines = [
+        "| backend | exec | layer | ours/keras | ours/native | floor "
+        "| before: ops/keras | mem ours/native |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for backend in BACKENDS:
+        for execution in ("eager", "compiled"):
+            for layer in LAYERS:
+                sub = [
+                    ratios(r) for r in rows
+                    if r["backend"] == backend and r["exec"] == execution
+                    and r["layer"] == layer and r["shape"] != "small"
+                ]
+                if not sub:
+                    continue
+                lines.append(
+                    f"| {backend} | {execution} | {layer} "
+                    f"| {med([r['keras'] for r in sub])} "
+                    f"| {med([r['native'] for r in sub])} "
+                    f"| {med([100 * r['floor'] for r in sub], '{:.0f}%')} "
+                    f"| {med([r['ops'] for r in sub])} "
+                    f"| {med([r['mem'] for r in sub])} |"
+                )
+    return "\n".join(lines)
+
+
 def plot(rows, path):
     import matplotlib
 
@@ -250,6 +284,7 @@ def parse(argv=None):
     p.add_argument("--json", help="save the rows here")
     p.add_argument("--from-json", help="print/plot saved rows, run nothing")
     p.add_argument("--plot", help="draw the ratio figure here")
+    p.add_argument("--markdown", help="write the table of medians here")
     p.add_argument("--timeout", type=float, default=900,
                    help="seconds allowed per backend process")
     args = p.parse_args(argv)
@@ -275,6 +310,7 @@ def main(argv=None):
         rows = []
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
         passthrough = _strip(passthrough, ("--json", "--plot", "--backends",
+                                           "--markdown",
                                            "--timeout", "--from-json"))
         for backend in args.backends:
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as t:
@@ -308,6 +344,9 @@ def main(argv=None):
             json.dump(rows, f, indent=0)
     if args.plot:
         plot(rows, args.plot)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(median_table(rows) + "\n")
     return 0
 
 
