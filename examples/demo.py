@@ -136,7 +136,7 @@ def fold_and_export(name, model, data, verbose):
         f"test accuracy with moving statistics {before:.4f}, with "
         f"precise (recomputed) statistics {after:.4f}"
     )
-    folded = kn.fold_batch_norms(model, verbose=min(verbose, 1))
+    folded = kn.fold_batch_norms(model, verbose=verbose)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "digits_savedmodel")
         kn.export_saved_model(folded, path, fold=False, verbose=0)

@@ -7,6 +7,7 @@ import numpy as np
 
 from keras_norms import export as _export
 from keras_norms import precise as _precise
+from keras_norms.layers import _validation
 
 __all__ = ["FoldAndExport"]
 
@@ -103,12 +104,7 @@ class FoldAndExport(keras.callbacks.Callback):
         self.atol = float(atol)
         self.fold = bool(fold)
         self.jit_compile = bool(jit_compile)
-        if verbose not in ("auto", 0, 1, True, False):
-            raise ValueError(
-                "Argument `verbose` must be 'auto', 0 or 1. Received: "
-                f"verbose={verbose!r}"
-            )
-        self.verbose = verbose == "auto" or bool(verbose)
+        self.verbose = _validation.check_verbose(verbose)
         self.best = None
         self.exported = []  # the paths written, in order
 

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from keras_norms import inference
+from keras_norms.layers import _validation
 
 __all__ = ["export_saved_model", "run_saved_model"]
 
@@ -93,12 +94,7 @@ def export_saved_model(
             f"The export path {filepath!r} already exists. Pass "
             f"overwrite=True to replace it. Received: filepath={filepath!r}"
         )
-    if verbose not in ("auto", 0, 1, True, False):
-        raise ValueError(
-            "Argument `verbose` must be 'auto', 0 or 1. Received: "
-            f"verbose={verbose!r}"
-        )
-    verbose = verbose == "auto" or bool(verbose)
+    verbose = _validation.check_verbose(verbose)
     if not isinstance(model, keras.Model) or not model.built:
         raise ValueError(
             "Argument `model` must be a built keras.Model (call it once, or "

@@ -161,15 +161,11 @@ def fold_batch_norms(model, verbose="auto", return_report=False):
         ValueError: If the model is not built, or is a subclassed model
             whose layer graph cannot be read.
     """
-    if verbose not in ("auto", 0, 1, True, False):
-        raise ValueError(
-            f"Argument `verbose` must be 'auto', 0 or 1. Received: "
-            f"verbose={verbose!r}"
-        )
+    verbose = _validation.check_verbose(verbose)
     _check_foldable_model(model)
     report = FoldReport()
     folded = _fold_model(model, report)
-    if verbose == "auto" or verbose:
+    if verbose:
         print(report)
     if return_report:
         return folded, report

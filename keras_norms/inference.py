@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from keras_norms import folding
+from keras_norms.layers import _validation
 from keras_norms.layers import weight_normalization as _wn
 from keras_norms.layers import weight_standardization as _ws
 from keras_norms.layers.affine import Affine
@@ -140,11 +141,7 @@ def optimize_for_inference(model, verbose="auto", return_report=False):
             layer graph cannot be read, or holds a `Normalization` that
             was never built.
     """
-    if verbose not in ("auto", 0, 1, True, False):
-        raise ValueError(
-            "Argument `verbose` must be 'auto', 0 or 1. Received: "
-            f"verbose={verbose!r}"
-        )
+    verbose = _validation.check_verbose(verbose)
     folding.check_graph_model(model, "optimize for inference")
     report = InferenceReport()
     normalizations = set()  # names of the Normalizations now Affine
@@ -155,7 +152,7 @@ def optimize_for_inference(model, verbose="auto", return_report=False):
     report.folded = list(fold_report.folded)
     reasons = dict(fold_report.affine)
     model = _fold_forward(model, report, normalizations, reasons, "")
-    if verbose == "auto" or verbose:
+    if verbose:
         print(report)
     if return_report:
         return model, report

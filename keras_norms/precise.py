@@ -40,6 +40,7 @@ import numpy as np
 from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import data_adapter_utils
 
+from keras_norms.layers import _validation
 from keras_norms.layers import batch_normalization as _kn_bn
 
 __all__ = [
@@ -144,16 +145,6 @@ def _check_batch_size(batch_size):
             f"batch_size={batch_size!r}"
         )
     return int(batch_size)
-
-
-def _verbosity(verbose):
-    if verbose == "auto":
-        return 1
-    if verbose not in (0, 1, 2):
-        raise ValueError(
-            f'`verbose` must be "auto", 0, 1 or 2. Received: verbose={verbose!r}'
-        )
-    return verbose
 
 
 def _num_samples(x):
@@ -310,7 +301,7 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
     """
     steps = _check_steps(steps)
     batch_size = _check_batch_size(batch_size)
-    verbose = _verbosity(verbose)
+    verbose = _validation.check_verbose(verbose)
     if isinstance(x, (list, tuple)) and len(x) == 0:
         raise ValueError("`x` holds no samples. Received: x=[]")
     if hasattr(x, "shape") and len(x.shape) > 0 and x.shape[0] == 0:
@@ -713,7 +704,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         self.steps = _check_steps(steps)
         self.every_n_epochs = int(every_n_epochs)
         self.include_frozen = bool(include_frozen)
-        self.verbose = _verbosity(verbose)
+        self.verbose = _validation.check_verbose(verbose)
         self.history = []  # (epoch or "end", result) of each recomputation
         self._pending = False
         self._fresh = True

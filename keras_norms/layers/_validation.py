@@ -40,6 +40,20 @@ def check_unit_interval(name, value):
     return value
 
 
+def check_verbose(verbose):
+    """Keras' `verbose`: "auto" (1), 0 (silent), 1 or 2; returns the int."""
+    if verbose == "auto":
+        return 1
+    if isinstance(verbose, bool):
+        return int(verbose)
+    if verbose not in (0, 1, 2):
+        raise ValueError(
+            "Argument `verbose` must be 'auto', 0, 1 or 2. "
+            f"Received: verbose={verbose!r}"
+        )
+    return int(verbose)
+
+
 def check_bool(name, value):
     if not isinstance(value, bool):
         raise TypeError(
