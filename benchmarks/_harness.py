@@ -11,9 +11,10 @@ jit_compile=True)`; torch has no separate compiled mode here: torch eager
 is what `model.fit` runs on torch by default).
 
 Contenders: `ours` (keras_norms), `keras` (the `keras.layers` built-in;
-GroupNormalization(groups=C) stands in for InstanceNormalization), `native`
-(the backend's own kernel: `torch.nn.functional.*`, `tf.nn.fused_batch_norm`
-or TF ops, flax-style jnp), and on torch `ours_ops` (keras_norms with its
+GroupNormalization(groups=C) stands in for InstanceNormalization; none for
+BIN, SN, FRN), `native` (the backend's own kernel: `torch.nn.functional.*`
+(`F.rms_norm` for RMS, a plain torch expression for FRN + TLU),
+`tf.nn.fused_batch_norm` or TF ops, flax-style jnp), and on torch `ours_ops` (keras_norms with its
 native fast paths disabled: the one `keras.ops` implementation), and `copy`
 (a negation of the tensor: one read and one write, the bandwidth yardstick).
 """
@@ -49,6 +50,8 @@ def make_ours(kind, axis, groups):
         "GN": lambda: kn.GroupNormalization(groups, axis=axis, epsilon=EPS),
         "BIN": lambda: kn.BatchInstanceNormalization(axis=axis, epsilon=EPS),
         "SN": lambda: kn.SwitchableNormalization(axis=axis, epsilon=EPS),
+        "RMS": lambda: kn.RMSNormalization(axis=axis, epsilon=EPS),
+        "FRN": lambda: kn.FilterResponseNormalization(axis=axis, epsilon=EPS),
     }[kind]()
 
 
@@ -59,6 +62,7 @@ def make_keras(kind, axis, groups):
         "LN": lambda: L.LayerNormalization(axis=axis, epsilon=EPS),
         "IN": lambda: L.GroupNormalization(-1, axis=axis, epsilon=EPS),
         "GN": lambda: L.GroupNormalization(groups, axis=axis, epsilon=EPS),
+        "RMS": lambda: L.RMSNormalization(axis=axis, epsilon=EPS),
     }.get(kind)
     return None if factory is None else factory()
 
@@ -74,6 +78,7 @@ def _np_params(c):
         "rho": rng.uniform(0, 1, c).astype("float32"),
         "mw": np.ones(3, "float32"),
         "vw": np.ones(3, "float32"),
+        "tau": rng.uniform(-0.5, 0.0, c).astype("float32"),
     }
 
 
@@ -118,6 +123,18 @@ def _native_torch(kind, axis, groups, ndim, c):
             )
             shape = (1, c) + (1,) * (ndim - 2)
             return back(y * g.reshape(shape) + b.reshape(shape))
+        if kind == "RMS":
+            if last:
+                return F.rms_norm(x, (c,), g, EPS)
+            y = F.rms_norm(torch.movedim(x, 1, -1), (c,), g, EPS)
+            return torch.movedim(y, -1, 1)
+        if kind == "FRN":  # the paper's FRN + TLU, as a plain expression
+            shape = [1] * ndim
+            shape[axis % ndim] = c
+            spatial = tuple(a for a in range(1, ndim) if a != axis % ndim)
+            nu2 = x.pow(2).mean(spatial, keepdim=True)
+            y = g.reshape(shape) * x * torch.rsqrt(nu2 + EPS) + b.reshape(shape)
+            return torch.maximum(y, params["tau"].reshape(shape))
         if kind == "SN":  # the official code, with biased variances
             xc = cf(x)
             n = xc.shape[0]
@@ -178,6 +195,14 @@ def _native_jax(kind, axis, groups, ndim, c):
             return affine(norm(x, mean, var), params)
         if kind == "LN":
             return affine(norm(x, *_jnp_stats(x, (ax,))), params)
+        if kind in ("RMS", "FRN"):  # flax RMSNorm-style: mean of squares
+            axes = (ax,) if kind == "RMS" else spatial
+            nu2 = jnp.mean(jnp.square(x), axes, keepdims=True)
+            y = x * jax.lax.rsqrt(nu2 + EPS) * params["gamma"].reshape(pshape)
+            if kind == "RMS":
+                return y
+            y = y + params["beta"].reshape(pshape)
+            return jnp.maximum(y, params["tau"].reshape(pshape))
         if kind in ("IN", "GN"):
             g = c if kind == "IN" else groups
             shape = list(x.shape)
@@ -248,6 +273,14 @@ def _native_tf(kind, axis, groups, ndim, c):
             return affine(norm(x, mean, var), params)
         if kind == "LN":
             return affine(norm(x, *tf.nn.moments(x, [ax], keepdims=True)), params)
+        if kind in ("RMS", "FRN"):
+            axes = [ax] if kind == "RMS" else spatial
+            nu2 = tf.reduce_mean(tf.square(x), axes, keepdims=True)
+            y = x * tf.math.rsqrt(nu2 + EPS) * tf.reshape(params["gamma"], pshape)
+            if kind == "RMS":
+                return y
+            y = y + tf.reshape(params["beta"], pshape)
+            return tf.maximum(y, tf.reshape(params["tau"], pshape))
         if kind in ("IN", "GN"):
             g = c if kind == "IN" else groups
             shape = tf.unstack(tf.shape(x))
@@ -455,7 +488,8 @@ def _tf_fn_runner(fn_params, mode, execution, x_np, up_np):
 
     fn, params = fn_params
     x, up = tf.constant(x_np), tf.constant(up_np)
-    watched = [params["gamma"], params["beta"]]
+    # Every weight a contender may use (TF returns None for the unused ones).
+    watched = [params["gamma"], params["beta"], params["tau"]]
     if mode == "grad":
         def f(x):
             with tf.GradientTape() as tape:

@@ -8,7 +8,7 @@ table:
     python benchmarks/bench_norms.py --full     # every shape x layout
     python benchmarks/bench_norms.py --backends torch --layers GN BN
 
-For each layer (BN, LN, IN, GN, BIN, SN), shape, layout (channels-last
+For each layer (BN, LN, IN, GN, BIN, SN, RMS, FRN), shape, layout (channels-last
 `cl`, channels-first `cf`), execution (eager; compiled: `jax.jit`,
 `tf.function(jit_compile=True)`; torch runs eager only) and mode (`infer`,
 `train` forward, `grad` = forward + backward), on identical inputs in one
@@ -16,8 +16,9 @@ process, the contenders run interleaved over repeated rounds and the
 medians are reported (see `_harness.py`):
 
 - `ours/keras`: keras_norms over the `keras.layers` built-in (GN with
-  groups=C stands in for IN; BIN and SN have none);
-- `ours/native`: over the backend's own kernel (`torch.nn.functional.*`;
+  groups=C stands in for IN; BIN, SN and FRN have none);
+- `ours/native`: over the backend's own kernel (`torch.nn.functional.*`,
+  `F.rms_norm` for RMS and a plain torch expression for FRN + TLU;
   `tf.nn.fused_batch_norm` for 4-D BN and TF ops otherwise; flax-style
   jnp), run in the same execution mode;
 - `floor`: the fraction of the memory-bandwidth floor reached, (bytes that
@@ -48,7 +49,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("torch", "jax", "tensorflow")
-LAYERS = ("BN", "LN", "IN", "GN", "BIN", "SN")
+LAYERS = ("BN", "LN", "IN", "GN", "BIN", "SN", "RMS", "FRN")
+GRID_LAYERS = LAYERS[:6]  # every shape; RMS and FRN on their own shapes
+# Layers whose training forward is the inference forward (no batch
+# statistics, no moving statistics): no separate `train` mode.
+NO_TRAIN = ("LN", "IN", "GN", "RMS", "FRN")
 MODES = ("infer", "train", "grad")
 SHAPES = {  # channels-last shapes
     "small": (8, 16, 16, 32),
@@ -63,17 +68,27 @@ def cases(preset, layers):
     """(kind, shape name, channels-last shape, layout, groups) tuples."""
     out = []
     if preset == "quick":
-        for kind in ("BN", "LN", "GN"):
+        for kind in ("BN", "LN", "GN", "RMS", "FRN"):
             out.append((kind, "small", SHAPES["small"], "cl", 8))
-    else:
-        for kind in LAYERS:
+        return [c for c in out if c[0] in layers]
+    for kind in GRID_LAYERS:
+        for name, shape in SHAPES.items():
+            layouts = ("cl", "cf") if preset == "full" or name == "medium" else ("cl",)
+            for layout in layouts:
+                out.append((kind, name, shape, layout, 8))
+    out.append(("LN", SEQUENCE[0], SEQUENCE[1], "cl", 1))
+    for layout in ("cl", "cf"):
+        out.append(("GN", WIDE_GN[0], WIDE_GN[1], layout, 32))
+    if preset == "full":
+        for kind in ("RMS", "FRN"):
             for name, shape in SHAPES.items():
-                layouts = ("cl", "cf") if preset == "full" or name == "medium" else ("cl",)
-                for layout in layouts:
+                for layout in ("cl", "cf"):
                     out.append((kind, name, shape, layout, 8))
-        out.append(("LN", SEQUENCE[0], SEQUENCE[1], "cl", 1))
-        for layout in ("cl", "cf"):
-            out.append(("GN", WIDE_GN[0], WIDE_GN[1], layout, 32))
+    else:  # RMS on LN's feature shapes, FRN on BN/GN's image shapes
+        out.append(("RMS", "medium", SHAPES["medium"], "cl", 8))
+        for name in ("medium", "large"):
+            out.append(("FRN", name, SHAPES[name], "cl", 8))
+    out.append(("RMS", SEQUENCE[0], SEQUENCE[1], "cl", 1))
     return [c for c in out if c[0] in layers]
 
 
@@ -106,7 +121,7 @@ def run_backend(args):
         meta = {"kind": kind, "axis": axis, "groups": groups}
         for execution in executions:
             for mode in args.modes:
-                if kind in ("LN", "IN", "GN") and mode == "train":
+                if kind in NO_TRAIN and mode == "train":
                     continue  # same computation as infer for these layers
                 runners, memory = {}, {}
                 for name in contenders:
