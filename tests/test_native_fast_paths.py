@@ -31,8 +31,16 @@ FACTORIES = {
     ),
     "batch_instance": lambda axis: kn.BatchInstanceNormalization(axis=axis),
     "switchable": lambda axis: kn.SwitchableNormalization(axis=axis),
+    "rms": lambda axis: kn.RMSNormalization(axis=axis),
+    "rms_two_axes": lambda axis: kn.RMSNormalization(axis=[-2, -1]),
 }
-NEED_SPATIAL = ("instance", "batch_instance", "switchable", "layer_two_axes")
+NEED_SPATIAL = (
+    "instance",
+    "batch_instance",
+    "switchable",
+    "layer_two_axes",
+    "rms_two_axes",
+)
 LAYOUTS = [
     ((5, 6), -1),
     ((3, 4, 6), -1),

@@ -35,6 +35,9 @@ the arguments allow it, the layers call torch's fused kernels instead:
   updates its moving statistics itself with Keras' momentum. In inference
   mode, with the moving statistics (constants), `F.batch_norm(training=
   False)` is one fused scale and shift.
+- `rms_norm`: `F.rms_norm` when the normalized axes are the trailing axes
+  (RMSNormalization's usual `axis=-1`); the one fused kernel Keras' own
+  RMSNormalization also calls on torch.
 - Not `torch.var_mean` for the moments BatchInstanceNormalization and
   SwitchableNormalization need: over their spatial axes it measured 3x
   slower than the two `keras.ops` passes.
@@ -59,6 +62,7 @@ __all__ = [
     "layer_norm",
     "group_norm",
     "batch_norm",
+    "rms_norm",
 ]
 
 _state = {"enabled": True}
@@ -131,6 +135,22 @@ def layer_norm(x, axes, gamma, beta, epsilon, dtype):
     inverse = tuple(perm.index(a) for a in range(ndim))
     y = F.layer_norm(x.permute(perm), shape, gamma, beta, epsilon)
     return y.permute(inverse)
+
+
+def rms_norm(x, axes, scale, epsilon, dtype):
+    """`F.rms_norm` over trailing `axes` (canonical ints), or `None`."""
+    params = _tensors(x, dtype, scale)
+    if params is None:
+        return None
+    ndim = x.ndim
+    axes = tuple(sorted(a % ndim for a in axes))
+    if axes != tuple(range(ndim - len(axes), ndim)):
+        return None
+    import torch.nn.functional as F
+
+    shape = tuple(x.shape[a] for a in axes)
+    (scale,) = params
+    return F.rms_norm(x, shape, scale.reshape(shape), epsilon)
 
 
 def group_norm(x, groups, channel_axis, gamma, beta, epsilon, dtype):

@@ -7,6 +7,7 @@ from keras import ops
 from keras import regularizers
 
 from keras_norms import ops as kn_ops
+from keras_norms.backend import native
 from keras_norms.layers import _validation
 
 
@@ -100,6 +101,11 @@ class RMSNormalization(keras.layers.Layer):
         )
 
     def call(self, inputs, training=None):
+        outputs = native.rms_norm(
+            inputs, self._axes, self.scale, self.epsilon, self.compute_dtype
+        )
+        if outputs is not None:  # torch's fused kernel (backend/native.py)
+            return outputs
         mean_sq = kn_ops.mean_square(inputs, self._axes)
         scale = ops.reshape(
             ops.cast(self.scale, mean_sq.dtype), self._param_shape_in_view
