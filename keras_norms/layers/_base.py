@@ -46,6 +46,28 @@ def base_arguments(arguments):
     return {name: arguments[name] for name in BASE_ARGUMENTS}
 
 
+def parameter_layout(layer, input_shape):
+    """Where a layer's per-`axis` weights sit in a rank-`ndim` input.
+
+    Returns `(axes, param_shape, param_shape_in_view)`: the canonical axes
+    of `layer.axis`, the weights' shape, and that shape with ones elsewhere
+    (to broadcast against the input). Refuses an unknown size along `axis`.
+    """
+    input_shape = tuple(input_shape)
+    axes = _validation.canonical_axes(layer.axis, len(input_shape))
+    for axis in axes:
+        if input_shape[axis] is None:
+            raise ValueError(
+                f"{type(layer).__name__} needs a known size along its "
+                f"`axis`, but axis {axis} of the input is unknown. "
+                f"Received: axis={layer.axis}, input_shape={input_shape}"
+            )
+    in_view = [1] * len(input_shape)
+    for axis in axes:
+        in_view[axis] = input_shape[axis]
+    return axes, tuple(input_shape[a] for a in axes), tuple(in_view)
+
+
 class Normalization(keras.layers.Layer):
     """Base class: `y = gamma * (x - mean) / sqrt(variance + epsilon) + beta`.
 
@@ -103,15 +125,9 @@ class Normalization(keras.layers.Layer):
     def build(self, input_shape):
         input_shape = tuple(input_shape)
         ndim = len(input_shape)
-        self._param_axes = _validation.canonical_axes(self.axis, ndim)
-        for axis in self._param_axes:
-            if input_shape[axis] is None:
-                raise ValueError(
-                    f"{type(self).__name__} needs a known size along its "
-                    f"`axis`, but axis {axis} of the input is unknown. "
-                    f"Received: axis={self.axis}, input_shape={input_shape}"
-                )
-        param_shape = tuple(input_shape[axis] for axis in self._param_axes)
+        self._param_axes, param_shape, self._param_shape_in_view = (
+            parameter_layout(self, input_shape)
+        )
         self._build_layout(input_shape)
         if self.scale:
             self.gamma = self.add_weight(
@@ -141,16 +157,12 @@ class Normalization(keras.layers.Layer):
     def _build_layout(self, input_shape):
         """Validate the input shape and record the reduction layout.
 
-        Sets `self._param_shape_in_view` (the shape `gamma`/`beta` take to
-        broadcast against the statistics view of the input) and
-        `self._reduction_axes` (the axes of that view the statistics reduce
-        over).
+        Sets `self._reduction_axes` (the axes of the statistics view the
+        statistics reduce over). A layer whose statistics view is not the
+        input itself (GroupNormalization) also resets
+        `self._param_shape_in_view`, the shape `gamma`/`beta` take to
+        broadcast against that view.
         """
-        ndim = len(input_shape)
-        param_shape_in_view = [1] * ndim
-        for axis in self._param_axes:
-            param_shape_in_view[axis] = input_shape[axis]
-        self._param_shape_in_view = tuple(param_shape_in_view)
         self._reduction_axes = self._reduction_axes_for(input_shape)
 
     def _reduction_axes_for(self, input_shape):

@@ -8,6 +8,7 @@ from keras import regularizers
 
 from keras_norms import ops as kn_ops
 from keras_norms.backend import native
+from keras_norms.layers import _base
 from keras_norms.layers import _validation
 
 
@@ -75,20 +76,11 @@ class RMSNormalization(keras.layers.Layer):
     def build(self, input_shape):
         input_shape = tuple(input_shape)
         ndim = len(input_shape)
-        self._axes = _validation.canonical_axes(self.axis, ndim)
-        for axis in self._axes:
-            if input_shape[axis] is None:
-                raise ValueError(
-                    "RMSNormalization needs a known size along its `axis`, "
-                    f"but axis {axis} of the input is unknown. Received: "
-                    f"axis={self.axis}, input_shape={input_shape}"
-                )
-        param_shape_in_view = [1] * ndim
-        for axis in self._axes:
-            param_shape_in_view[axis] = input_shape[axis]
-        self._param_shape_in_view = tuple(param_shape_in_view)
+        self._axes, param_shape, self._param_shape_in_view = (
+            _base.parameter_layout(self, input_shape)
+        )
         self.scale = self.add_weight(
-            shape=tuple(input_shape[axis] for axis in self._axes),
+            shape=param_shape,
             name="scale",
             initializer=self.scale_initializer,
             regularizer=self.scale_regularizer,
