@@ -182,14 +182,6 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         self._update_moving_statistics(mean, variance)
         return outputs
 
-    def _statistics(self, x, training):
-        """Batch or moving statistics (without renorm corrections)."""
-        if self._uses_batch_statistics(training):
-            return self._batch_moments(x)
-        return self._moving_statistics(
-            self._param_shape_in_view, kn_ops.statistics_dtype(x.dtype)
-        )
-
     def _channel_mask(self, x, mask):
         """A mask without the channel axis, expanded to broadcast against x."""
         if mask is None:
