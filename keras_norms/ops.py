@@ -9,6 +9,11 @@ Every normalization here is the same three steps:
    `scale_and_shift()` computes `a` and `b` from the (small) statistics and
    `normalize()` applies them to the (large) input.
 
+Where the statistics and the affine parameters vary along different axes
+(LayerNormalization: statistics per row, `gamma` per feature), `a` and `b`
+would be as large as the input; `normalize_moments()` then applies the
+per-row normalization and the per-feature affine one after the other.
+
 The functions are written in `keras.ops`, so one implementation serves the
 TensorFlow, JAX and PyTorch backends.
 """
@@ -28,6 +33,7 @@ __all__ = [
     "pooled_moments",
     "scale_and_shift",
     "normalize",
+    "normalize_moments",
 ]
 
 
@@ -249,6 +255,49 @@ def normalize(x, scale, shift, dtype=None):
     ):
         x = ops.cast(x, scale.dtype)
     y = x * scale + shift
+    if backend.standardize_dtype(y.dtype) != out_dtype:
+        y = ops.cast(y, out_dtype)
+    return y
+
+
+def normalize_moments(
+    x, mean, variance, gamma=None, beta=None, epsilon=1e-3, dtype=None
+):
+    """`gamma * (x - mean) / sqrt(variance + epsilon) + beta`, unfolded.
+
+    For statistics that vary along axes the affine parameters do not
+    (LayerNormalization and RMSNormalization: one mean and variance per
+    row, `gamma` and `beta` per feature), folding them into one scale and
+    shift as `scale_and_shift()` does builds two input-sized tensors: more
+    passes for eager backends, and on XLA's CPU backend a fusion that
+    materializes the broadcast statistics (measured 3x slower than this
+    order in `benchmarks/bench_norms.py`). Here the row statistics are
+    applied first and the per-feature affine second, with no full-size
+    intermediate beyond the output. Subtracting the mean before scaling is
+    also the more accurate order for inputs of large mean.
+
+    Args:
+        x: Input tensor.
+        mean: Mean broadcastable to `x`, or `None` for none subtracted (RMS
+            normalization divides by the root mean square only).
+        variance: Variance (or mean square) broadcastable to `x`.
+        gamma: Optional scale broadcastable to `x`; `None` means 1.
+        beta: Optional offset broadcastable to `x`; `None` means 0.
+        epsilon: Small float added to the variance.
+        dtype: Output dtype; defaults to the dtype of `x`.
+    """
+    out_dtype = backend.standardize_dtype(dtype or x.dtype)
+    if backend.standardize_dtype(x.dtype) != backend.standardize_dtype(
+        variance.dtype
+    ):
+        x = ops.cast(x, variance.dtype)
+    if mean is not None:
+        x = x - mean
+    y = x * ops.rsqrt(variance + epsilon)
+    if gamma is not None:
+        y = y * gamma
+    if beta is not None:
+        y = y + beta
     if backend.standardize_dtype(y.dtype) != out_dtype:
         y = ops.cast(y, out_dtype)
     return y

@@ -180,8 +180,7 @@ class Normalization(keras.layers.Layer):
         if outputs is not None:
             return outputs
         x = self._to_view(inputs)
-        scale, shift = self._scale_and_shift(x, training)
-        outputs = kn_ops.normalize(x, scale, shift, self.compute_dtype)
+        outputs = self._normalize(x, training)
         return self._from_view(outputs, inputs)
 
     def _native_call(self, inputs, training):
@@ -193,6 +192,11 @@ class Normalization(keras.layers.Layer):
         `keras.ops` implementation.
         """
         return None
+
+    def _normalize(self, x, training):
+        """The normalized view `x`: one scale and shift (`_scale_and_shift`)."""
+        scale, shift = self._scale_and_shift(x, training)
+        return kn_ops.normalize(x, scale, shift, self.compute_dtype)
 
     def _scale_and_shift(self, x, training):
         """The `(scale, shift)` pair the view `x` is normalized with.

@@ -92,18 +92,23 @@ class LayerNormalization(_base.Normalization):
     def _reduction_axes_for(self, input_shape):
         return self._param_axes
 
-    def _scale_and_shift(self, x, training):
-        if not self.rms_scaling:
-            return super()._scale_and_shift(x, training)
-        # Keras' rms_scaling: x * rsqrt(variance + epsilon) * gamma, with no
-        # centering and no beta.
-        _, variance = self._statistics(x, training)
-        return kn_ops.scale_and_shift(
-            ops.zeros_like(variance),
+    def _normalize(self, x, training):
+        # Statistics per row, gamma and beta per feature: applied one after
+        # the other (see kn_ops.normalize_moments), never folded into an
+        # input-sized scale and shift.
+        mean, variance = self._statistics(x, training)
+        if self.rms_scaling:
+            # Keras' rms_scaling: x * rsqrt(variance + epsilon) * gamma,
+            # with no centering and no beta.
+            mean = None
+        return kn_ops.normalize_moments(
+            x,
+            mean,
             variance,
             self._param_in_view(self.gamma, variance.dtype),
-            None,
+            self._param_in_view(self.beta, variance.dtype),
             self.epsilon,
+            self.compute_dtype,
         )
 
     def get_config(self):

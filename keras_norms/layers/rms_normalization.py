@@ -102,13 +102,12 @@ class RMSNormalization(keras.layers.Layer):
         scale = ops.reshape(
             ops.cast(self.scale, mean_sq.dtype), self._param_shape_in_view
         )
-        # The per-row factor first, then the per-feature scale: combining
-        # the two into one full-size factor (as scale_and_shift would)
-        # costs a full tensor more, kept for the backward pass (measured in
+        # The per-row factor first, then the per-feature scale: one
+        # full-size factor would be kept for the backward pass (measured in
         # benchmarks/bench_norms.py).
-        x = ops.cast(inputs, mean_sq.dtype)
-        outputs = x * ops.rsqrt(mean_sq + self.epsilon) * scale
-        return ops.cast(outputs, self.compute_dtype)
+        return kn_ops.normalize_moments(
+            inputs, None, mean_sq, scale, None, self.epsilon, self.compute_dtype
+        )
 
     def compute_output_shape(self, input_shape):
         _validation.canonical_axes(self.axis, len(input_shape))
