@@ -41,6 +41,11 @@ NEED_SPATIAL = (
     "layer_two_axes",
     "rms_two_axes",
 )
+# The layers each backend has a fast path for (keras_norms.backend.native).
+NATIVE = {
+    "torch": tuple(FACTORIES),
+    "tensorflow": ("batch", "batch_no_affine"),  # FusedBatchNormV3
+}
 LAYOUTS = [
     ((5, 6), -1),
     ((3, 4, 6), -1),
@@ -75,9 +80,9 @@ def _run(name, shape, axis, training, use_native):
 @pytest.mark.parametrize("shape,axis", LAYOUTS)
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_native_path_matches_keras_ops_path(name, shape, axis, training):
-    if keras.backend.backend() != "torch":
-        pytest.skip("no native fast paths on this backend: both runs would "
-                    "take the same keras.ops path")
+    if name not in NATIVE.get(keras.backend.backend(), ()):
+        pytest.skip("no native fast path for this layer on this backend: "
+                    "both runs would take the same keras.ops path")
     fast = _run(name, shape, axis, training, use_native=True)
     slow = _run(name, shape, axis, training, use_native=False)
     tol = dict(rtol=1e-4, atol=1e-4)
@@ -132,4 +137,71 @@ def test_disabled_restores_the_switch():
     with native.disabled():
         assert not native.enabled()
     assert native.enabled() == before
-    assert before == (keras.backend.backend() == "torch")
+    assert before == (keras.backend.backend() in NATIVE)
+
+
+def _tf_graph_op_types(layer, x, training, jit_compile):
+    import tensorflow as tf
+
+    fn = tf.function(
+        lambda t: layer(t, training=training), jit_compile=jit_compile
+    )
+    graph = fn.get_concrete_function(tf.constant(x)).graph
+    return {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_tf_fused_batch_norm_only_outside_xla(training):
+    # FusedBatchNormV3 where ops run one by one (eager, plain tf.function);
+    # the keras.ops path, which XLA fuses, under jit_compile=True.
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's fused batch norm")
+    layer = kn.BatchNormalization()
+    x = helpers.random_input((4, 5, 6, 8))
+    layer.build(x.shape)
+    assert "FusedBatchNormV3" in _tf_graph_op_types(layer, x, training, False)
+    assert "FusedBatchNormV3" not in _tf_graph_op_types(
+        layer, x, training, True
+    )
+    with native.disabled():
+        assert "FusedBatchNormV3" not in _tf_graph_op_types(
+            layer, x, training, False
+        )
+
+
+def test_tf_fused_batch_norm_skips_tiny_epsilon():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's fused batch norm")
+    layer = kn.BatchNormalization(epsilon=1e-6)  # below the kernel's minimum
+    x = helpers.random_input((4, 5, 6, 8))
+    layer.build(x.shape)
+    assert "FusedBatchNormV3" not in _tf_graph_op_types(layer, x, True, False)
+    y = helpers.to_numpy(layer(x, training=True))
+    ref = (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-6)
+    np.testing.assert_allclose(y, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_batch_norm_fast_path_under_mixed_precision(policy, axis):
+    # Half-precision inputs, float32 gamma/beta/statistics: the fused
+    # kernel takes them as they are (TF); the same numbers as keras.ops.
+    x = helpers.random_input((4, 6, 5, 3), loc=2.0, scale=3.0)
+    results = []
+    for use_native in (True, False):
+        layer = kn.BatchNormalization(axis=axis, momentum=0.5, dtype=policy)
+        layer.build(x.shape)
+        helpers.set_random_weights(layer)
+        if use_native:
+            y = layer(x, training=True)
+        else:
+            with native.disabled():
+                y = layer(x, training=True)
+        assert keras.backend.standardize_dtype(y.dtype) == policy[6:]
+        state = [helpers.to_numpy(v) for v in layer.non_trainable_variables]
+        results.append((helpers.to_numpy(y).astype("float32"), state))
+    tol = 2e-2 if policy == "mixed_bfloat16" else 4e-3
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=tol * 4)
+    for a, b in zip(results[0][1], results[1][1]):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -69,8 +69,12 @@ _state = {"enabled": True}
 
 
 def enabled():
-    """Whether the fast paths are on and the backend has any (torch)."""
-    return _state["enabled"] and keras.backend.backend() == "torch"
+    """Whether the fast paths are on and the backend has any (torch, and
+    TensorFlow's fused batch norm)."""
+    return _state["enabled"] and keras.backend.backend() in (
+        "torch",
+        "tensorflow",
+    )
 
 
 @contextlib.contextmanager
@@ -90,7 +94,7 @@ def _tensors(x, dtype, *params):
     `params` may hold `None` (absent gamma/beta) and Keras variables (read
     through `.value`, so `stateless_call` substitutes them).
     """
-    if not enabled():
+    if not (_state["enabled"] and keras.backend.backend() == "torch"):
         return None
     import torch
 
@@ -207,6 +211,12 @@ def batch_norm(
     and returns `(output, batch_mean, batch_variance)`, the variance
     biased.
     """
+    if _state["enabled"] and keras.backend.backend() == "tensorflow":
+        from keras_norms.backend import tf_fused
+
+        return tf_fused.batch_norm(
+            x, channel_axis, gamma, beta, epsilon, dtype, mean, variance
+        )
     params = _tensors(x, dtype, gamma, beta, mean, variance)
     if params is None or x.ndim < 2:
         return None
