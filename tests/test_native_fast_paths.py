@@ -45,6 +45,7 @@ NEED_SPATIAL = (
 NATIVE = {
     "torch": tuple(FACTORIES),
     "tensorflow": ("batch", "batch_no_affine"),  # FusedBatchNormV3
+    "jax": tuple(FACTORIES),  # eager calls compiled (jax_compiled.py)
 }
 LAYOUTS = [
     ((5, 6), -1),
@@ -205,3 +206,46 @@ def test_batch_norm_fast_path_under_mixed_precision(policy, axis):
     for a, b in zip(results[0][1], results[1][1]):
         assert a.dtype == np.float32
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["batch", "group", "switchable", "rms"])
+def test_jax_eager_call_is_compiled_and_exact(name):
+    # An eager call runs the layer's stateless_call through jax.jit: the
+    # same output, moving statistics and (under eager jax.grad) gradients
+    # as the op-by-op keras.ops path; inside a jit trace nothing changes.
+    if keras.backend.backend() != "jax":
+        pytest.skip("JAX's compiled eager calls")
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.asarray(helpers.random_input((2, 3, 4, 6), loc=2.0, scale=3.0))
+    runs = []
+    for use_native in (True, False):
+        layer = FACTORIES[name](-1)
+        layer.build(x.shape)
+        helpers.set_random_weights(layer)
+
+        tv = [v.value for v in layer.trainable_variables]
+        ntv = [v.value for v in layer.non_trainable_variables]
+
+        def loss(x):
+            y, _ = layer.stateless_call(tv, ntv, x, training=True)
+            return jnp.sum(y**2)
+
+        if use_native:
+            y = layer(x, training=True)
+            dx = jax.grad(loss)(x)
+        else:
+            with native.disabled():
+                y = layer(x, training=True)
+                dx = jax.grad(loss)(x)
+        state = [np.asarray(v.value) for v in layer.non_trainable_variables]
+        runs.append((np.asarray(y), np.asarray(dx), state, layer))
+    (y, dx, state, layer), (y0, dx0, state0, _) = runs
+    np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx0, rtol=1e-4, atol=1e-4)
+    for a, b in zip(state, state0):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert len(layer.__dict__["_kn_compiled_calls"]) == 1  # training=True
+    jax.jit(lambda x: layer(x, training=False))(x)  # traced: no new entry
+    assert len(layer.__dict__["_kn_compiled_calls"]) == 1

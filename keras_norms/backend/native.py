@@ -63,17 +63,20 @@ __all__ = [
     "group_norm",
     "batch_norm",
     "rms_norm",
+    "compiled_call",
 ]
 
 _state = {"enabled": True}
 
 
 def enabled():
-    """Whether the fast paths are on and the backend has any (torch, and
-    TensorFlow's fused batch norm)."""
+    """Whether the fast paths are on (every backend has some: torch's
+    fused kernels, TensorFlow's fused batch norm, JAX's compiled eager
+    calls)."""
     return _state["enabled"] and keras.backend.backend() in (
         "torch",
         "tensorflow",
+        "jax",
     )
 
 
@@ -86,6 +89,19 @@ def disabled():
         yield
     finally:
         _state["enabled"] = previous
+
+
+def compiled_call(layer, inputs, **call_kwargs):
+    """JAX: the eager call of `layer` as one compiled program, or `None`.
+
+    See `keras_norms.backend.jax_compiled`; `None` on other backends,
+    inside a trace, or with the fast paths disabled.
+    """
+    if not (_state["enabled"] and keras.backend.backend() == "jax"):
+        return None
+    from keras_norms.backend import jax_compiled
+
+    return jax_compiled.compiled_call(layer, inputs, **call_kwargs)
 
 
 def _tensors(x, dtype, *params):

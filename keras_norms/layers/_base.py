@@ -22,6 +22,7 @@ from keras import ops
 from keras import regularizers
 
 from keras_norms import ops as kn_ops
+from keras_norms.backend import native
 from keras_norms.layers import _validation
 
 
@@ -176,6 +177,9 @@ class Normalization(keras.layers.Layer):
     # Call
     # ------------------------------------------------------------------
     def call(self, inputs, training=None):
+        outputs = native.compiled_call(self, inputs, training=training)
+        if outputs is not None:
+            return outputs
         outputs = self._native_call(inputs, training)
         if outputs is not None:
             return outputs

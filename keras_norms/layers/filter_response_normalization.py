@@ -7,6 +7,7 @@ from keras import ops
 from keras import regularizers
 
 from keras_norms import ops as kn_ops
+from keras_norms.backend import native
 from keras_norms.layers import _base
 from keras_norms.layers import _validation
 
@@ -155,6 +156,9 @@ class FilterResponseNormalization(_base.Normalization):
         )
 
     def call(self, inputs, training=None):
+        outputs = native.compiled_call(self, inputs, training=training)
+        if outputs is not None:
+            return outputs
         scale, shift = self._scale_and_shift(inputs, training)
         outputs = kn_ops.normalize(inputs, scale, shift, scale.dtype)
         tau = self._param_in_view(self.tau, outputs.dtype)

@@ -93,6 +93,9 @@ class RMSNormalization(keras.layers.Layer):
         )
 
     def call(self, inputs, training=None):
+        outputs = native.compiled_call(self, inputs, training=training)
+        if outputs is not None:
+            return outputs
         outputs = native.rms_norm(
             inputs, self._axes, self.scale, self.epsilon, self.compute_dtype
         )
