@@ -543,6 +543,9 @@ def _jax_temp_bytes(f, *args):
 # ---------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------
+WARM_UP_CALLS = 4
+
+
 def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None):
     """Median seconds per call of each runner, interleaved over rounds.
 
@@ -552,7 +555,10 @@ def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None):
     """
     for name in list(runners):  # a contender that fails is left out
         try:
-            runners[name]()
+            # Warm up: compilations, caches, and keras_norms' compiled
+            # eager calls (backend/compiled.py), which start at a third call.
+            for _ in range(WARM_UP_CALLS):
+                runners[name]()
         except Exception as e:  # e.g. Keras' own LN on torch, axis=1
             print(f"  {name} failed: {type(e).__name__}: "
                   f"{str(e).strip().splitlines()[-1][:120]}", file=sys.stderr)

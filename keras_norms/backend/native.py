@@ -71,8 +71,8 @@ _state = {"enabled": True}
 
 def enabled():
     """Whether the fast paths are on (every backend has some: torch's
-    fused kernels, TensorFlow's fused batch norm, JAX's compiled eager
-    calls)."""
+    fused kernels, TensorFlow's fused batch norm, compiled eager calls on
+    JAX and TensorFlow)."""
     return _state["enabled"] and keras.backend.backend() in (
         "torch",
         "tensorflow",
@@ -92,16 +92,13 @@ def disabled():
 
 
 def compiled_call(layer, inputs, **call_kwargs):
-    """JAX: the eager call of `layer` as one compiled program, or `None`.
-
-    See `keras_norms.backend.jax_compiled`; `None` on other backends,
-    inside a trace, or with the fast paths disabled.
-    """
-    if not (_state["enabled"] and keras.backend.backend() == "jax"):
+    """JAX and TensorFlow: a repeated eager call of `layer` as one compiled
+    program, or `None` (see `keras_norms.backend.compiled`)."""
+    if not _state["enabled"]:
         return None
-    from keras_norms.backend import jax_compiled
+    from keras_norms.backend import compiled
 
-    return jax_compiled.compiled_call(layer, inputs, **call_kwargs)
+    return compiled.compiled_call(layer, inputs, **call_kwargs)
 
 
 def _tensors(x, dtype, *params):

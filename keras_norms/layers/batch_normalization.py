@@ -127,12 +127,12 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             self._add_renorm_statistics(param_shape)
 
     def call(self, inputs, training=None, mask=None):
-        if mask is None:
-            outputs = native.compiled_call(self, inputs, training=training)
-            if outputs is not None:
-                return outputs
         if mask is None and not self.renorm:
             outputs = self._native_call(inputs, training)
+            if outputs is not None:
+                return outputs
+        if mask is None:
+            outputs = native.compiled_call(self, inputs, training=training)
             if outputs is not None:
                 return outputs
         scale, shift = self._scale_and_shift(inputs, training, mask)
