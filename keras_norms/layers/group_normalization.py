@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_norms import ops as kn_ops
 from keras_norms.backend import native
 from keras_norms.layers import _base
 
@@ -86,21 +87,16 @@ class GroupNormalization(_base.Normalization):
             )
         self._num_groups = groups
         self._channel_axis = channel_axis
-        # The statistics view splits the channel axis into (groups, channels
-        # per group) in place: no transpose in either data format.
-        param_shape_in_view = [1] * (len(input_shape) + 1)
-        param_shape_in_view[channel_axis] = groups
-        param_shape_in_view[channel_axis + 1] = channels // groups
-        self._param_shape_in_view = tuple(param_shape_in_view)
+        # Statistics per (sample, channel) over the spatial axes, pooled
+        # into groups: the input is never reshaped or transposed (XLA's CPU
+        # reduction over a split channel axis measured 3-4x slower).
         self._reduction_axes = tuple(
-            a
-            for a in range(1, len(input_shape) + 1)
-            if a != channel_axis
+            a for a in range(1, len(input_shape)) if a != channel_axis
         )
-        view_shape = list(input_shape)
-        view_shape[channel_axis : channel_axis + 1] = [groups, channels // groups]
+        view_shape = [input_shape[0], groups, channels // groups]
+        view_shape += [input_shape[a] for a in self._reduction_axes]
         self._check_reduction_size(
-            view_shape, self._reduction_axes, "group"
+            view_shape, tuple(range(2, len(view_shape))), "group"
         )
 
     def _native_call(self, inputs, training):
@@ -114,19 +110,52 @@ class GroupNormalization(_base.Normalization):
             self.compute_dtype,
         )
 
-    def _to_view(self, inputs):
-        shape = list(ops.shape(inputs))
-        axis = self._channel_axis
-        shape[axis : axis + 1] = [
-            self._num_groups,
-            inputs.shape[axis] // self._num_groups,
-        ]
-        if inputs.shape[0] is None:
-            shape[0] = -1
-        return ops.reshape(inputs, shape)
+    def _scale_and_shift(self, x, training):
+        """Per-(sample, channel) scale and shift from the group moments.
 
-    def _from_view(self, outputs, inputs):
-        return ops.reshape(outputs, ops.shape(inputs))
+        The moments of each channel over the spatial axes (two-pass), then
+        of each group from its channels' (`kn_ops.pooled_moments`, exact
+        for equal-size channels and free of cancellation), folded with
+        gamma and beta into `(N, C)` factors in the input's layout.
+        """
+        groups = self._num_groups
+        channels = x.shape[self._channel_axis]
+        if self._reduction_axes:
+            mean, variance = kn_ops.moments(x, self._reduction_axes)
+        else:  # rank 2: each channel holds one value
+            mean = ops.cast(x, kn_ops.statistics_dtype(x.dtype))
+            variance = ops.zeros_like(mean)
+        grouped = (-1, groups, channels // groups)
+        mean, variance = kn_ops.pooled_moments(
+            ops.reshape(mean, grouped), ops.reshape(variance, grouped), (2,)
+        )
+        scale, shift = kn_ops.scale_and_shift(
+            mean,
+            variance,
+            self._grouped(self.gamma, mean.dtype),
+            self._grouped(self.beta, mean.dtype),
+            self.epsilon,
+        )
+        stats_shape = [1] * len(x.shape)
+        stats_shape[0] = -1
+        stats_shape[self._channel_axis] = channels
+        per_group = channels // groups
+
+        def per_channel(factor):  # (N, G, 1) without gamma/beta
+            if factor.shape[2] != per_group:
+                factor = ops.repeat(factor, per_group, axis=2)
+            return ops.reshape(factor, stats_shape)
+
+        return per_channel(scale), per_channel(shift)
+
+    def _grouped(self, weight, dtype):
+        """A per-channel weight as `(1, groups, channels per group)`."""
+        if weight is None:
+            return None
+        groups = self._num_groups
+        return ops.reshape(
+            ops.cast(weight, dtype), (1, groups, weight.shape[0] // groups)
+        )
 
     def get_config(self):
         config = super().get_config()
