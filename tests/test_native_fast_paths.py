@@ -269,3 +269,35 @@ def test_repeated_eager_calls_are_compiled_and_exact(name):
         assert not programs
     else:
         assert [e[1] is not None for e in programs.values()] == [True]
+
+
+def test_compiled_eager_call_follows_python_attributes():
+    # Freezing the statistics after the call was compiled selects another
+    # program (inference mode), not the stale training one.
+    from keras_norms.backend import compiled
+
+    if keras.backend.backend() not in ("jax", "tensorflow"):
+        pytest.skip("compiled eager calls: JAX and TensorFlow")
+    x = helpers.random_input((2, 3, 4, 6), loc=2.0, scale=3.0)
+    layer = kn.GroupNormalization(groups=2)
+    for _ in range(compiled.WARM_UP + 1):
+        layer(x)
+    layer.epsilon = 10.0
+    for _ in range(compiled.WARM_UP + 1):
+        y = helpers.to_numpy(layer(x))
+    view = x.astype("float64").reshape(2, 3, 4, 2, 3)
+    ref = (view - view.mean((1, 2, 4), keepdims=True)) / np.sqrt(
+        view.var((1, 2, 4), keepdims=True) + 10.0
+    )
+    np.testing.assert_allclose(y, ref.reshape(x.shape), atol=1e-5)
+    bn = kn.BatchInstanceNormalization()
+    for _ in range(compiled.WARM_UP + 1):
+        bn(x, training=True)
+    moving = (bn.moving_mean, bn.moving_variance)
+    before = [helpers.to_numpy(v) for v in moving]
+    bn.trainable = False  # Keras: a frozen layer runs in inference mode
+    for _ in range(compiled.WARM_UP + 1):
+        bn(x, training=True)
+    after = [helpers.to_numpy(v) for v in moving]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)  # statistics left alone

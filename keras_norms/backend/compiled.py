@@ -10,8 +10,9 @@ than Keras' own layers on JAX, and 2-4x slower than the same layer
 compiled.
 
 So a layer called eagerly on concrete tensors, once it has been called
-the same way (same call arguments, input shape and dtype) `WARM_UP` times
-before, runs its own `stateless_call` compiled (`jax.jit`;
+the same way (same call arguments, input shape and dtype, and the same
+plain Python attributes: `trainable`, `momentum`, `use_global_stats`...)
+`WARM_UP` times before, runs its own `stateless_call` compiled (`jax.jit`;
 `tf.function(jit_compile=True)`): the variables' current values go in, the
 output and the new non-trainable values (moving statistics) come out and
 are assigned back, exactly what the eager call does, in one program. The
@@ -55,6 +56,7 @@ def compiled_call(layer, inputs, **call_kwargs):
             tuple(sorted(call_kwargs.items())),
             tuple(inputs.shape),
             str(inputs.dtype),
+            _python_state(layer),
         )
         hash(key)
     except TypeError:  # a tensor-valued argument (mask): not a cache key
@@ -80,6 +82,22 @@ def compiled_call(layer, inputs, **call_kwargs):
     for variable, value in zip(layer.non_trainable_variables, new_values):
         variable.assign(value)
     return outputs
+
+
+def _python_state(layer):
+    """The layer's plain Python attributes, which a trace bakes in.
+
+    `trainable`, `momentum`, `epsilon`, `use_global_stats`... are read
+    while tracing; changing one (freezing the statistics for fine-tuning)
+    must select another program, not reuse a stale one. ~10 us a call.
+    """
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in layer.__dict__.items()
+            if isinstance(value, (bool, int, float, str, type(None)))
+        )
+    )
 
 
 def _concrete(x, backend):
