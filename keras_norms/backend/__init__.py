@@ -1,4 +1,11 @@
-"""The only backend-specific code in keras_norms: cross-replica reductions.
+"""Backend-specific code: all of keras_norms' lives in this package.
+
+Here, the cross-replica reductions; beside them, the fast paths a
+benchmark proved worth it, each answering `None` where it does not apply
+so the layers fall back to the one `keras.ops` implementation:
+`native.py` (torch's fused kernels; TensorFlow's fused batch norm through
+`tf_fused.py`) and `compiled.py` (repeated eager calls compiled on JAX and
+TensorFlow).
 
 `SyncBatchNormalization` asks two questions of the running backend:
 
