@@ -99,34 +99,28 @@ def batch_norm(
         else:
             view = tf.reshape(x, (shape[0], channels, -1, 1))
     data_format = "NHWC" if channel_axis == ndim - 1 else "NCHW"
-    if mean is not None:
+    training = mean is None
+    if training:  # batch statistics: the kernel computes them
+        mean = variance = tf.constant([], tf.float32)
+    else:
         mean = _as_float32(mean, channels)
         variance = _as_float32(variance, channels)
         if mean is None or variance is None:
             return None
-        y = tf.raw_ops.FusedBatchNormV3(
-            x=view,
-            scale=scale,
-            offset=offset,
-            mean=mean,
-            variance=variance,
-            epsilon=epsilon,
-            data_format=data_format,
-            is_training=False,
-        )[0]
-        return y if shape is None else tf.reshape(y, shape)
-    empty = tf.constant([], tf.float32)
     y, batch_mean, batch_variance = tf.raw_ops.FusedBatchNormV3(
         x=view,
         scale=scale,
         offset=offset,
-        mean=empty,
-        variance=empty,
+        mean=mean,
+        variance=variance,
         epsilon=epsilon,
         exponential_avg_factor=1.0,
         data_format=data_format,
-        is_training=True,
+        is_training=training,
     )[:3]
+    y = y if shape is None else tf.reshape(y, shape)
+    if not training:
+        return y
     count = x.shape.num_elements()
     if count is not None:
         count //= channels
@@ -136,5 +130,4 @@ def batch_norm(
         bessel = (count - 1.0) / tf.maximum(count, 1.0)
     # The kernel's variance output is unbiased (n / (n - 1)); Keras'
     # moving variance, like the papers', takes the biased one.
-    y = y if shape is None else tf.reshape(y, shape)
     return y, batch_mean, batch_variance * bessel
