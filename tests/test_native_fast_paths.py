@@ -301,3 +301,35 @@ def test_compiled_eager_call_follows_python_attributes():
     after = [helpers.to_numpy(v) for v in moving]
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)  # statistics left alone
+
+
+@pytest.mark.parametrize("backend_fast_paths", [True, False])
+def test_fit_run_eagerly_matches_compiled_fit(backend_fast_paths):
+    # `fit(run_eagerly=True)` calls every layer eagerly each step: from the
+    # third step on, the compiled eager calls (JAX, TF) or fused kernels
+    # run. The weights after training equal those of a compiled fit, on
+    # every backend.
+    x = helpers.random_input((32, 4, 4, 6), loc=1.0, scale=2.0)
+    y = helpers.random_input((32, 4), seed=3)
+
+    def train(run_eagerly):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((4, 4, 6)),
+                kn.BatchNormalization(momentum=0.5),
+                kn.GroupNormalization(groups=2),
+                kn.LayerNormalization(),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(4),
+            ]
+        )
+        model.compile("sgd", "mse", run_eagerly=run_eagerly)
+        with contextlib.ExitStack() as stack:
+            if not backend_fast_paths:
+                stack.enter_context(native.disabled())
+            model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        return [helpers.to_numpy(w) for w in model.weights]
+
+    for a, b in zip(train(True), train(False)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -23,7 +23,8 @@ nothing changes there. Under eager `jax.grad` (values in JVP tracers over
 concrete arrays) and under a `GradientTape`, the compiled function is
 differentiated like any other.
 
-At most `MAX_PROGRAMS` programs per layer; calls beyond run op by op.
+At most `MAX_PROGRAMS` programs per layer; calls beyond run op by op, as
+do calls whose first compilation failed.
 TensorFlow's batch normalization is not compiled here: its eager calls
 take the fused kernel (`tf_fused.py`), already one program.
 """
@@ -71,14 +72,25 @@ def compiled_call(layer, inputs, **call_kwargs):
         if len(cache) >= MAX_PROGRAMS:
             return None
         entry = cache[key] = [0, None]
-    if entry[1] is None:
+    if entry[1] is False:  # its compilation failed: op by op
+        return None
+    first = entry[1] is None
+    if first:
         entry[0] += 1
         if entry[0] <= WARM_UP:
             return None
         entry[1] = _compile(_stateless(layer, call_kwargs), backend)
     trainable = [v.value for v in layer.trainable_variables]
     non_trainable = [v.value for v in layer.non_trainable_variables]
-    outputs, new_values = entry[1](trainable, non_trainable, inputs)
+    try:
+        outputs, new_values = entry[1](trainable, non_trainable, inputs)
+    except Exception:
+        if not first:
+            raise
+        # Whatever the compiler refused (an op XLA lacks, a device), the
+        # op-by-op path still runs, and raises what is the caller's error.
+        entry[1] = False
+        return None
     for variable, value in zip(layer.non_trainable_variables, new_values):
         variable.assign(value)
     return outputs
