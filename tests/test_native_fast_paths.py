@@ -264,11 +264,11 @@ def test_repeated_eager_calls_are_compiled_and_exact(name):
     np.testing.assert_allclose(dx, dx0, rtol=1e-4, atol=1e-4)
     for a, b in zip(state, state0):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    programs = layer.__dict__.get("_kn_compiled_calls", {})
+    programs = compiled.programs(layer)
     if name in NATIVE.get(keras.backend.backend(), ()):  # TF batch norm takes the fused kernel instead
         assert not programs
     else:
-        assert [e[1] is not None for e in programs.values()] == [True]
+        assert len(programs) == 1
 
 
 def test_compiled_eager_call_follows_python_attributes():
@@ -333,3 +333,22 @@ def test_fit_run_eagerly_matches_compiled_fit(backend_fast_paths):
 
     for a, b in zip(train(True), train(False)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_programs_are_freed_with_their_layer():
+    import gc
+    import weakref
+
+    from keras_norms.backend import compiled
+
+    if keras.backend.backend() not in ("jax", "tensorflow"):
+        pytest.skip("compiled eager calls: JAX and TensorFlow")
+    x = helpers.random_input((2, 3, 4, 6))
+    layer = kn.LayerNormalization()
+    for _ in range(compiled.WARM_UP + 1):
+        layer(x)
+    assert len(compiled.programs(layer)) == 1
+    layer_ref = weakref.ref(layer)
+    del layer
+    gc.collect()
+    assert layer_ref() is None  # its programs did not keep it alive

@@ -30,6 +30,7 @@ take the fused kernel (`tf_fused.py`), already one program.
 """
 
 import threading
+import weakref
 
 import keras
 
@@ -37,6 +38,8 @@ WARM_UP = 2  # eager calls of one signature before it is compiled
 MAX_PROGRAMS = 8  # compiled programs kept per layer
 
 _local = threading.local()
+# layer -> {call signature: [eager calls seen, compiled program]}
+_PROGRAMS = weakref.WeakKeyDictionary()
 
 
 def compiled_call(layer, inputs, **call_kwargs):
@@ -62,11 +65,11 @@ def compiled_call(layer, inputs, **call_kwargs):
         hash(key)
     except TypeError:  # a tensor-valued argument (mask): not a cache key
         return None
-    cache = layer.__dict__.get("_kn_compiled_calls")
+    cache = _PROGRAMS.get(layer)
     if cache is None:
-        cache = {}
-        # A plain attribute: not a tracked Keras attribute, not saved.
-        object.__setattr__(layer, "_kn_compiled_calls", cache)
+        # Kept beside the layer, not on it: nothing for Keras to track,
+        # save, copy or pickle; freed with the layer.
+        cache = _PROGRAMS[layer] = {}
     entry = cache.get(key)
     if entry is None:
         if len(cache) >= MAX_PROGRAMS:
@@ -138,11 +141,24 @@ def _compile(fn, backend):
     return jax.jit(fn)
 
 
+def programs(layer):
+    """The layer's compiled programs by call signature (for tests)."""
+    return {
+        key: program
+        for key, (_, program) in _PROGRAMS.get(layer, {}).items()
+        if program
+    }
+
+
 def _stateless(layer, call_kwargs):
+    # A weak reference: the program must not keep its layer (the cache's
+    # key) alive.
+    layer_ref = weakref.ref(layer)
+
     def run(trainable, non_trainable, inputs):
         _local.tracing = True
         try:
-            return layer.stateless_call(
+            return layer_ref().stateless_call(
                 trainable, non_trainable, inputs, **call_kwargs
             )
         finally:
