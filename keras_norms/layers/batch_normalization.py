@@ -127,12 +127,8 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             self._add_renorm_statistics(param_shape)
 
     def call(self, inputs, training=None, mask=None):
-        if mask is None and not self.renorm:
-            outputs = self._native_call(inputs, training)
-            if outputs is not None:
-                return outputs
         if mask is None:
-            outputs = native.compiled_call(self, inputs, training=training)
+            outputs = self._fast_call(inputs, training)
             if outputs is not None:
                 return outputs
         scale, shift = self._scale_and_shift(inputs, training, mask)
@@ -160,6 +156,30 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         else:
             self._update_moving_statistics(mean, variance)
         return kn_ops.scale_and_shift(mean, variance, gamma, beta, self.epsilon)
+
+    def _fast_call(self, inputs, training):
+        """The output by a fast path, or `None` (keras_norms.backend).
+
+        A fused kernel (torch; TensorFlow outside XLA) or, on JAX and
+        eager TensorFlow, the repeated call compiled. TensorFlow's fused
+        kernel is the faster eagerly channels-last, but transposes a
+        channels-first input on CPU, where the compiled call measured
+        1.5-2x faster (benchmarks/bench_norms.py): tried first there.
+        """
+        (channel_axis,) = self._param_axes
+
+        def compiled():
+            return native.compiled_call(self, inputs, training=training)
+
+        def fused():
+            return None if self.renorm else self._native_call(inputs, training)
+
+        if channel_axis == len(inputs.shape) - 1:
+            first, second = fused, compiled
+        else:
+            first, second = compiled, fused
+        outputs = first()
+        return outputs if outputs is not None else second()
 
     def _native_call(self, inputs, training):
         """`F.batch_norm` on torch (see `keras_norms.backend.native`)."""
