@@ -24,9 +24,9 @@ concrete arrays) and under a `GradientTape`, the compiled function is
 differentiated like any other.
 
 At most `MAX_PROGRAMS` programs per layer; calls beyond run op by op, as
-do calls whose first compilation failed.
-TensorFlow's batch normalization is not compiled here: its eager calls
-take the fused kernel (`tf_fused.py`), already one program.
+do calls whose first compilation failed. BatchNormalization on eager
+TensorFlow takes the fused kernel (`tf_fused.py`) first where it is the
+faster, channels-last, and this path first channels-first.
 """
 
 import threading

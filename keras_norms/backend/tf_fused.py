@@ -11,9 +11,9 @@ which `model.fit` uses on TensorFlow by default) the compiler fuses the
 `keras.ops` path itself, which measured as fast or faster than the
 fused op there, so this path is skipped inside an XLA context.
 
-Any rank is taken without a copy: channels-last inputs are viewed as one
-`(1, 1, rows, C)` NHWC image, channels-first ones as `(N, C, rest, 1)`
-NCHW. The input may be float16, bfloat16 or float32 with float32 `gamma`,
+Any rank is taken without a copy: rank 4 as it is (NHWC or NCHW), other
+channels-last inputs viewed as `(rows, 1, 1, C)` NHWC, other
+channels-first ones as `(N, C, rest, 1)` NCHW. The input may be float16, bfloat16 or float32 with float32 `gamma`,
 `beta` and statistics (mixed precision), as the kernel allows. In training
 mode the kernel returns the unbiased batch variance (as TF's moving
 variance used it); it is rescaled to the biased one Keras and the papers

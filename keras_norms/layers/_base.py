@@ -4,9 +4,10 @@ A layer declares:
 
 - its parameter (channel) axes, from the `axis` argument;
 - `_statistics(x, training)`: the mean and variance it normalizes with, as
-  tensors that broadcast against the statistics view of the input;
-- optionally a statistics view of the input (GroupNormalization reshapes the
-  channel axis into groups) and extra state weights (moving statistics).
+  tensors that broadcast against the input (or, where it combines several,
+  `_scale_and_shift`: GroupNormalization pools channel moments into groups,
+  BatchInstanceNormalization mixes two normalizations);
+- optionally extra state weights (moving statistics).
 
 The base class does the rest: argument validation, the `gamma`/`beta`
 weights, mixed precision (weights and statistics in float32), the single
@@ -158,11 +159,7 @@ class Normalization(keras.layers.Layer):
     def _build_layout(self, input_shape):
         """Validate the input shape and record the reduction layout.
 
-        Sets `self._reduction_axes` (the axes of the statistics view the
-        statistics reduce over). A layer whose statistics view is not the
-        input itself (GroupNormalization) also resets
-        `self._param_shape_in_view`, the shape `gamma`/`beta` take to
-        broadcast against that view.
+        Sets `self._reduction_axes`, the axes the statistics reduce over.
         """
         self._reduction_axes = self._reduction_axes_for(input_shape)
 
@@ -183,9 +180,7 @@ class Normalization(keras.layers.Layer):
         outputs = self._native_call(inputs, training)
         if outputs is not None:
             return outputs
-        x = self._to_view(inputs)
-        outputs = self._normalize(x, training)
-        return self._from_view(outputs, inputs)
+        return self._normalize(inputs, training)
 
     def _native_call(self, inputs, training):
         """The output by a backend's fused kernel, or `None` (the default).
@@ -198,12 +193,12 @@ class Normalization(keras.layers.Layer):
         return None
 
     def _normalize(self, x, training):
-        """The normalized view `x`: one scale and shift (`_scale_and_shift`)."""
+        """`x` normalized with one scale and shift (`_scale_and_shift`)."""
         scale, shift = self._scale_and_shift(x, training)
         return kn_ops.normalize(x, scale, shift, self.compute_dtype)
 
     def _scale_and_shift(self, x, training):
-        """The `(scale, shift)` pair the view `x` is normalized with.
+        """The `(scale, shift)` pair `x` is normalized with.
 
         By default the layer's statistics folded with `gamma` and `beta`;
         layers that mix several normalizations (BatchInstanceNormalization)
@@ -219,20 +214,12 @@ class Normalization(keras.layers.Layer):
         )
 
     def _statistics(self, x, training):
-        """`(mean, variance)` that broadcast against the view `x`."""
+        """`(mean, variance)` that broadcast against `x`."""
         return kn_ops.moments(x, self._reduction_axes)
-
-    def _to_view(self, inputs):
-        """The input as statistics see it; GroupNormalization reshapes."""
-        return inputs
-
-    def _from_view(self, outputs, inputs):
-        """Undo `_to_view` on the normalized outputs."""
-        return outputs
 
     def _param_in_view(self, weight, dtype):
         """`weight` (a variable or tensor) cast to `dtype`, broadcastable
-        against the statistics view; a per-channel weight on the last axis
+        against the input; a per-channel weight on the last axis
         already broadcasts, so it skips the reshape (and the cast where the
         dtype matches): fewer small ops for eager backends to dispatch."""
         if weight is None:
