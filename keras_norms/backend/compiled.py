@@ -34,6 +34,8 @@ import weakref
 
 import keras
 
+from keras_norms import backend as kn_backend
+
 WARM_UP = 2  # eager calls of one signature before it is compiled
 MAX_PROGRAMS = 8  # compiled programs kept per layer
 
@@ -54,6 +56,10 @@ def compiled_call(layer, inputs, **call_kwargs):
     if backend not in ("jax", "tensorflow"):
         return None
     if getattr(_local, "tracing", False) or not _concrete(inputs, backend):
+        return None
+    if kn_backend.num_replicas() > 1:
+        # A replica of tf.distribute running eagerly (MirroredStrategy's
+        # threads): its collectives stay with the op-by-op path.
         return None
     try:
         key = (
