@@ -7,7 +7,6 @@ from keras import ops
 from keras import regularizers
 
 from keras_norms import ops as kn_ops
-from keras_norms.backend import native
 from keras_norms.layers import _base
 from keras_norms.layers import _validation
 
@@ -155,10 +154,8 @@ class FilterResponseNormalization(_base.Normalization):
             epsilon,
         )
 
-    def call(self, inputs, training=None):
-        outputs = native.compiled_call(self, inputs, training=training)
-        if outputs is not None:
-            return outputs
+    def _normalize(self, inputs, training):
+        # The base `call` (fast paths, then this): FRN + TLU.
         scale, shift = self._scale_and_shift(inputs, training)
         outputs = kn_ops.normalize(inputs, scale, shift, scale.dtype)
         tau = self._param_in_view(self.tau, outputs.dtype)
