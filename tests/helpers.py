@@ -13,11 +13,34 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_norms import backend as kn_backend
+
 BACKEND = keras.backend.backend()
 
 
 def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def infer(model, x):
+    """`model(x, training=False)` as NumPy, wherever the backend can run it.
+
+    A plain Keras channels-first convolution cannot run op by op on a
+    TensorFlow CPU without oneDNN; there the call is XLA-compiled
+    (`keras_norms.backend.call_for_inference`), as a user's would be.
+    """
+    return to_numpy(kn_backend.call_for_inference(model, x))
+
+
+def skip_without_channels_first_conv():
+    """Skip where TensorFlow cannot run an NCHW convolution op by op."""
+    import pytest
+
+    if not kn_backend.channels_first_conv_supported():
+        pytest.skip(
+            "TensorFlow's CPU convolution kernels refuse channels-first "
+            "(NCHW) inputs outside XLA when oneDNN is off (probed)"
+        )
 
 
 def random_input(shape, seed=0, loc=0.0, scale=1.0, dtype="float32"):

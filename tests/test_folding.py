@@ -20,6 +20,7 @@ from keras_norms.layers.batch_normalization import (
     BatchNormalization as KnBatchNormalization,
 )
 
+from tests import helpers
 from tests.helpers import to_numpy
 
 L = keras.layers
@@ -60,9 +61,9 @@ def _count(model, cls):
 def _assert_equivalent(model, x, atol=1e-4, **kwargs):
     """Fold, and check outputs, report, and that `model` is untouched."""
     before = _weights(model)
-    expected = to_numpy(model(x, training=False))
+    expected = helpers.infer(model, x)
     folded, report = fold_batch_norms(model, verbose=0, return_report=True)
-    got = to_numpy(folded(x, training=False))
+    got = helpers.infer(folded, x)
     np.testing.assert_allclose(got, expected, atol=atol, rtol=1e-4)
     after = _weights(model)
     assert len(before) == len(after)

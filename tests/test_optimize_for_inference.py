@@ -25,6 +25,7 @@ from keras_norms.layers.weight_normalization import WeightNormalization
 from keras_norms.layers.weight_standardization import WeightStandardization
 
 from tests.helpers import assert_saves_and_loads
+from tests import helpers
 from tests.helpers import to_numpy
 
 L = keras.layers
@@ -77,11 +78,11 @@ def _snapshot(model):
 def _optimize(model, x, rtol=1e-4):
     """Optimize; check outputs, untouched original, no shared weights."""
     before = _snapshot(model)
-    expected = to_numpy(model(x, training=False))
+    expected = helpers.infer(model, x)
     optimized, report = optimize_for_inference(
         model, verbose=0, return_report=True
     )
-    got = to_numpy(optimized(x, training=False))
+    got = helpers.infer(optimized, x)
     scale = float(np.max(np.abs(expected)))
     np.testing.assert_allclose(got, expected, atol=rtol * scale, rtol=rtol)
     for a, b in zip(_snapshot(model), before):

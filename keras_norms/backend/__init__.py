@@ -24,6 +24,16 @@ and one helper, `check_at_least(total, minimum, message)`, which raises a
 `ValueError` where the value is known on the host (eager) and adds a
 runtime assertion to a traced graph otherwise.
 
+One capability question serves channels-first convolutions:
+`channels_first_conv_supported()` says whether the backend runs an NCHW
+convolution op by op. TensorFlow's CPU kernels refuse NCHW unless oneDNN is
+active (TensorFlow turns oneDNN on by default only on CPUs with
+AVX-512-class features, and `TF_ENABLE_ONEDNN_OPTS=0` turns it off); XLA
+handles NCHW everywhere. It is answered by a probe (one tiny convolution),
+never by CPU model. `call_for_inference(model, inputs)` runs
+`model(inputs, training=False)`, through XLA where the model holds a
+channels-first layer that this backend cannot run op by op.
+
 Each backend module is imported lazily, so importing keras_norms never
 imports a framework the user did not choose.
 """
@@ -32,7 +42,13 @@ import importlib
 
 import keras
 
-__all__ = ["num_replicas", "all_gather_rows", "check_at_least"]
+__all__ = [
+    "num_replicas",
+    "all_gather_rows",
+    "check_at_least",
+    "channels_first_conv_supported",
+    "call_for_inference",
+]
 
 
 def _module():
@@ -62,3 +78,34 @@ def check_at_least(total, minimum, message):
     Returns `total`, with the check attached where it runs in a graph.
     """
     return _module().check_at_least(total, minimum, message)
+
+
+def channels_first_conv_supported():
+    """Whether an NCHW convolution runs op by op (outside XLA) here.
+
+    False only on TensorFlow without a channels-first CPU kernel (oneDNN
+    off); True on JAX and torch. Probed once per process.
+    """
+    probe = getattr(_module(), "channels_first_conv_supported", None)
+    return True if probe is None else probe()
+
+
+def call_for_inference(model, inputs):
+    """`model(inputs, training=False)`, where this backend can run it.
+
+    A model (or layer) with a channels-first layer on a TensorFlow that
+    cannot run NCHW convolutions op by op runs as one XLA-compiled
+    function, which can; everything else is called directly.
+    """
+    if channels_first_conv_supported() or not _has_channels_first(model):
+        return model(inputs, training=False)
+    return _module().call_with_xla(model, inputs)
+
+
+def _has_channels_first(layer):
+    layers = [layer]
+    if hasattr(layer, "_flatten_layers"):
+        layers = layer._flatten_layers(include_self=True)
+    return any(
+        getattr(sub, "data_format", None) == "channels_first" for sub in layers
+    )

@@ -12,7 +12,13 @@ gradient is the all-reduce of the upstream gradients), and makes input
 gradients those of the global batch. In cross-replica context
 (`strategy.scope()` while building), under the default strategy, or with a
 single replica, nothing is combined.
+
+Beside them, the channels-first probe (`channels_first_conv_supported`):
+TensorFlow's CPU convolution kernels run NCHW only when oneDNN is active,
+and `call_with_xla`, which runs a model where they are not.
 """
+
+import functools
 
 import tensorflow as tf
 
@@ -55,3 +61,34 @@ def check_at_least(total, minimum, message):
     )
     with tf.control_dependencies([check]):
         return tf.identity(total)
+
+
+@functools.cache
+def channels_first_conv_supported():
+    """Whether `tf.nn.conv2d` runs NCHW op by op (one 1x1 probe, eager).
+
+    TensorFlow's own CPU kernels support only NHWC; its oneDNN kernels
+    (on by default where the CPU has AVX-512-class features, off with
+    `TF_ENABLE_ONEDNN_OPTS=0`) and its GPU kernels support NCHW too.
+    """
+    with tf.init_scope():
+        try:
+            tf.nn.conv2d(
+                tf.zeros([1, 1, 2, 2]),
+                tf.zeros([1, 1, 1, 1]),
+                strides=1,
+                padding="VALID",
+                data_format="NCHW",
+            )
+        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+            return False
+    return True
+
+
+def call_with_xla(model, inputs):
+    """`model(inputs, training=False)` as one XLA-compiled function."""
+    if not tf.executing_eagerly():  # already inside the caller's graph
+        return model(inputs, training=False)
+    return tf.function(
+        lambda x: model(x, training=False), jit_compile=True, autograph=False
+    )(inputs)

@@ -206,7 +206,7 @@ class WeightNormalization(keras.layers.Wrapper):
         if padding == "causal":
             x = ops.pad(x, layer._compute_causal_padding())
             padding = "valid"
-        return ops.conv(
+        return kn_ops.conv(
             x,
             kernel,
             strides=list(layer.strides),
