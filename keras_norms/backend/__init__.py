@@ -97,9 +97,14 @@ def call_for_inference(model, inputs):
     cannot run NCHW convolutions op by op runs as one XLA-compiled
     function, which can; everything else is called directly.
     """
-    if channels_first_conv_supported() or not _has_channels_first(model):
+    call_with_xla = getattr(_module(), "call_with_xla", None)
+    if (
+        call_with_xla is None
+        or channels_first_conv_supported()
+        or not _has_channels_first(model)
+    ):
         return model(inputs, training=False)
-    return _module().call_with_xla(model, inputs)
+    return call_with_xla(model, inputs)
 
 
 def _has_channels_first(layer):
