@@ -229,8 +229,7 @@ def export(
     exported = model
     if fold:
         exported, report = inference._optimize(model)
-    sample = inference.sample_batch(model, sample)
-    expected = inference.model_outputs(model, sample)
+    sample, expected = inference.reference_outputs(model, sample)
     if fold:
         report.check = inference.Check.run(
             inference.model_outputs(exported, sample),
@@ -280,6 +279,7 @@ def export(
                 f" Nothing was written to {filepath!r} (an earlier export "
                 "there is unchanged); pass on_mismatch='warn' to keep it.",
             )
+        check_target(filepath, overwrite)  # again: it may have changed
         _replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -164,8 +164,9 @@ def optimize_for_inference(
     they compute statistics of their own input, already in one pass.
     Finally the new model is checked against the original on a sample
     batch (`sample`, or a deterministic batch of 4 built from the model's
-    inputs: standard normal, or drawn from the statistics of an adapted
-    `keras.layers.Normalization` the input feeds), output by output:
+    inputs, unknown dimensions 16: standard normal, or drawn from the
+    statistics of an adapted `keras.layers.Normalization` the input
+    feeds), output by output:
 
         max |new - original| <= atol + rtol * max |original|
 
@@ -203,10 +204,10 @@ def optimize_for_inference(
     verbose = _validation.check_verbose(verbose)
     atol, rtol, on_mismatch = check_tolerance(atol, rtol, on_mismatch)
     new, report = _optimize(model)
-    sample = sample_batch(model, sample)
+    sample, expected = reference_outputs(model, sample)
     report.check = Check.run(
         model_outputs(new, sample),
-        model_outputs(model, sample),
+        expected,
         atol=atol,
         rtol=rtol,
         what=f"The optimized model '{new.name}'",
@@ -262,23 +263,29 @@ def sample_batch(model, sample=None):
     an adapted `keras.layers.Normalization` (not `invert`) drawn from its
     statistics (`mean + sqrt(variance) * z`: a constant feature stays
     constant), so the check sees data like the training data. Unknown
-    dimensions are 8. A single input gives an array, several a list.
+    dimensions are 16. A single input gives an array, several a list.
     """
     if sample is not None:
         return sample
     try:
         inputs = list(model.inputs)
-    except (AttributeError, ValueError):
-        raise ValueError(
-            f"Model '{model.name}' has no symbolic inputs to build a check "
-            "sample from: pass `sample=` (an input batch). Received: "
-            "sample=None"
-        ) from None
-    statistics = _normalization_statistics(model)
+        statistics = _normalization_statistics(model)
+    except (AttributeError, ValueError):  # a subclassed model
+        from keras.src.export.export_utils import get_input_signature
+
+        try:
+            inputs = keras.tree.flatten(get_input_signature(model))
+        except Exception:
+            raise ValueError(
+                f"Model '{model.name}' has no known input shape to build a "
+                "check sample from: pass `sample=` (an input batch). "
+                "Received: sample=None"
+            ) from None
+        statistics = {}
     rng = np.random.RandomState(0)
     batch = []
     for x in inputs:
-        shape = [4] + [d if d is not None else 8 for d in x.shape[1:]]
+        shape = [4] + [d if d is not None else 16 for d in x.shape[1:]]
         dtype = keras.backend.standardize_dtype(x.dtype)
         if "int" in dtype or dtype == "bool":
             batch.append(np.zeros(shape, dtype=dtype))
@@ -311,6 +318,30 @@ def _normalization_statistics(model):
                 _numpy64(layer.variance).reshape(shape),
             )
     return found
+
+
+def reference_outputs(model, sample):
+    """`(sample, outputs)`: the check batch and the model's outputs on it.
+
+    A default sample the model cannot run (an unknown dimension set to 8
+    that is too small, say) gives an error asking for `sample=`.
+    """
+    if sample is not None:
+        return sample, model_outputs(model, sample)
+    sample = sample_batch(model)
+    try:
+        outputs = model_outputs(model, sample)
+        if not all(o.size for o in outputs):
+            raise ValueError("an output is empty")
+        return sample, outputs
+    except Exception as e:
+        shapes = [np.shape(x) for x in keras.tree.flatten(sample)]
+        raise ValueError(
+            f"Could not run model '{model.name}' on the default check "
+            f"sample of shape(s) {shapes}: {type(e).__name__}: {e}\nIf "
+            "that shape is the problem, pass `sample=` (an input batch the "
+            "model takes). Received: sample=None"
+        ) from e
 
 
 def model_outputs(model, sample):

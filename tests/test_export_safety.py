@@ -127,6 +127,26 @@ def test_overwrite_replaces_only_an_earlier_export(
     assert sorted(os.listdir(models)) == ["exported", "notes.txt"]
 
 
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = L.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_subclassed_model_is_checked_on_a_sample_from_its_input_shape(
+    fake_writer, tmp_path
+):
+    model = _Subclassed()
+    model(np.zeros((1, 3), "float32"))
+    fake_writer["shift"] = 1.0
+    with pytest.raises(OutputMismatchError, match="differs"):
+        export_saved_model(model, tmp_path / "s", fold=False, verbose=0)
+    assert fake_writer["calls"] == 1 and os.listdir(tmp_path) == []
+
+
 # ----------------------------------------------------------------------
 # 2. A failed re-export keeps the previous one
 # ----------------------------------------------------------------------
