@@ -39,7 +39,9 @@ from keras_norms.inference import optimize_for_inference
 from tests.helpers import to_numpy
 
 L = keras.layers
-DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "guide", "export.md")
+DOCS = os.path.join(
+    os.path.dirname(__file__), "..", "docs", "guide", "export.md"
+)
 
 
 @pytest.fixture
@@ -99,7 +101,9 @@ def test_overwrite_replaces_only_an_earlier_export(
     models.mkdir()
     (models / "notes.txt").write_text("mine")
 
-    with pytest.raises(FileExistsError, match=r"notes\.txt.*Received: filepath="):
+    with pytest.raises(
+        FileExistsError, match=r"notes\.txt.*Received: filepath="
+    ):
         export_saved_model(model, models, overwrite=True, verbose=0)
     with pytest.raises(FileExistsError, match="existing file"):
         export_saved_model(model, models / "notes.txt", overwrite=True)
@@ -380,7 +384,9 @@ def test_documented_serving_snippets_run(digits_export):
         textwrap.dedent(export_saved_model.__doc__.split("\n", 1)[1])
     )
     with open(DOCS) as f:
-        blocks = [b for b in _python_blocks(f.read()) if "saved_model.load" in b]
+        blocks = [
+            b for b in _python_blocks(f.read()) if "saved_model.load" in b
+        ]
     assert len(blocks) == 1
     code = "\n".join(
         [
