@@ -1,11 +1,12 @@
 """A callback that folds BatchNormalization and exports the model."""
 
 import os
+import warnings
 
 import keras
-import numpy as np
 
 from keras_norms import export as _export
+from keras_norms import inference as _inference
 from keras_norms import precise as _precise
 from keras_norms.layers import _validation
 
@@ -31,12 +32,28 @@ class FoldAndExport(keras.callbacks.Callback):
     metric name such as `{val_loss:.3f}` in `filepath` to keep every one);
     at the end of training it exports only if the metric never appeared.
 
-    After each export it checks the SavedModel, run with TensorFlow alone,
-    against `model(sample, training=False)` of the live model, and raises
-    a `ValueError` if they differ by more than `atol`. The sample is the
-    given `sample`, or a deterministic standard-normal batch of 4 built
-    from the model's input shapes (Keras callbacks do not see the training
-    data).
+    Each export is written beside `filepath` and moved into place only
+    when complete (`export_saved_model`): `filepath` is only ever replaced
+    by a newer export, never deleted, and a directory holding anything
+    other than an earlier export is refused before training starts. An
+    export that fails (a tracing error, a full or read-only disk, a custom
+    layer the torch child process cannot import) warns with the reason
+    and training goes on; the last good export stays where it was
+    (`failed` lists the failures).
+
+    Each export is checked: the SavedModel, run with TensorFlow, against
+    `model(sample, training=False)` of the live model, output by output,
+
+        max |exported - model| <= atol + rtol * max |model|
+
+    (float32 reassociation passes on outputs of any scale, a wrong export
+    does not). The sample is the given `sample`, or a deterministic batch
+    of 4 built from the model's input shapes (see
+    `keras_norms.inference.optimize_for_inference`; Keras callbacks do not
+    see the training data). A failed check does not throw a finished
+    training away: by default it warns with the figures and keeps the
+    export (and says where it is); `on_mismatch="raise"` raises a
+    `ValueError` instead and keeps the previous export.
 
     Args:
         filepath: Directory of the SavedModel (may contain `{epoch}` and
@@ -47,7 +64,11 @@ class FoldAndExport(keras.callbacks.Callback):
             `monitor` is better (`"auto"`: max for accuracies and AUC-like
             names, else min).
         sample: Input batch for the check (array, or list of arrays).
-        atol: Largest accepted absolute difference in the check.
+        atol: Absolute part of the check's tolerance.
+        rtol: Part of the check's tolerance relative to the largest
+            absolute output of the model.
+        on_mismatch: `"warn"` (keep the export, warn with the figures) or
+            `"raise"` (raise a `ValueError`, keep the previous export).
         precise_statistics: Optional `(x, steps)` (or just `x`): before
             each export, recompute the live model's BatchNormalization
             statistics on `steps` batches of `x` with the weights frozen
@@ -57,7 +78,18 @@ class FoldAndExport(keras.callbacks.Callback):
             it. The live model keeps the recomputed statistics.
         fold: Apply `optimize_for_inference` before exporting.
         jit_compile: XLA-compile the serving function.
-        verbose: `"auto"` or `1` prints what it does, `0` is silent.
+        verbose: `"auto"` or `1` prints one line per export (its path and
+            the check's figure), `0` is silent.
+
+    Example:
+
+    ```python
+    model.fit(
+        x, y, epochs=10, validation_data=(x_val, y_val),
+        callbacks=[keras_norms.FoldAndExport("exported/best",
+                                             monitor="val_loss")],
+    )
+    ```
     """
 
     def __init__(
@@ -67,7 +99,9 @@ class FoldAndExport(keras.callbacks.Callback):
         monitor=None,
         mode="auto",
         sample=None,
-        atol=1e-4,
+        atol=_inference.ATOL,
+        rtol=_inference.RTOL,
+        on_mismatch="warn",
         precise_statistics=None,
         fold=True,
         jit_compile=True,
@@ -97,21 +131,24 @@ class FoldAndExport(keras.callbacks.Callback):
             mode = "max" if better_high else "min"
         self.mode = mode
         self.sample = sample
-        if not (isinstance(atol, (int, float)) and atol >= 0):
-            raise ValueError(
-                f"Argument `atol` must be a float >= 0. Received: atol={atol!r}"
-            )
-        self.atol = float(atol)
+        self.atol, self.rtol, self.on_mismatch = _inference.check_tolerance(
+            atol, rtol, on_mismatch
+        )
         self.fold = bool(fold)
         self.jit_compile = bool(jit_compile)
         self.verbose = _validation.check_verbose(verbose)
         self.best = None
         self.exported = []  # the paths written, in order
+        self.failed = []  # (path, reason) of each export that failed
 
     # ------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         self.best = None
         self.exported = []
+        self.failed = []
+        if "{" not in self.filepath:
+            # Refuse an unsafe target now, not after the training.
+            _export.check_target(self.filepath, overwrite=True)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is None:
@@ -151,59 +188,40 @@ class FoldAndExport(keras.callbacks.Callback):
         return self.filepath.format(epoch=epoch, **(logs or {}))
 
     def _fold_export_and_check(self, epoch, logs):
-        model = self._model_to_export()
         path = self._format_path(epoch, logs)
-        _export.export_saved_model(
-            model,
-            path,
-            fold=self.fold,
-            jit_compile=self.jit_compile,
-            overwrite=True,
-            verbose=int(self.verbose),
-        )
-        self.exported.append(path)
-        self._check(model, path)
-
-    def _sample_batch(self, model):
-        if self.sample is not None:
-            return self.sample
-        rng = np.random.RandomState(0)
-        batch = []
-        for x in model.inputs:
-            shape = [4] + [d if d is not None else 8 for d in x.shape[1:]]
-            if "int" in str(x.dtype):
-                batch.append(np.zeros(shape, dtype=x.dtype))
-            else:
-                batch.append(rng.randn(*shape).astype(x.dtype))
-        return batch[0] if len(batch) == 1 else batch
-
-    def _check(self, model, path):
-        sample = self._sample_batch(model)
-        expected = keras.tree.map_structure(
-            lambda t: np.asarray(keras.ops.convert_to_numpy(t)),
-            model(sample, training=False),
-        )
-        expected = keras.tree.flatten(expected)
-        got = _export.run_saved_model(path, sample)
-        got = got if isinstance(got, list) else [got]
-        if len(got) != len(expected):
-            raise ValueError(
-                f"The SavedModel at {path!r} returns {len(got)} outputs, the "
-                f"model {len(expected)}."
+        try:
+            model = self._model_to_export()
+            result = _export.export(
+                model,
+                path,
+                fold=self.fold,
+                jit_compile=self.jit_compile,
+                overwrite=True,
+                sample=self.sample,
+                atol=self.atol,
+                rtol=self.rtol,
+                on_mismatch=self.on_mismatch,
+                verbose=0,
             )
-        for i, (e, g) in enumerate(zip(expected, got)):
-            err = float(np.max(np.abs(e.astype("float64") - g)))
-            if not err <= self.atol:
-                raise ValueError(
-                    f"The SavedModel at {path!r} differs from the model on "
-                    f"the sample batch: output {i} max abs difference {err} "
-                    f"> atol={self.atol}."
-                )
-            if self.verbose:
-                print(
-                    f"Checked {path}: output {i} matches the model (max abs "
-                    f"difference {err:.2e})."
-                )
+        except _inference.OutputMismatchError:
+            raise  # on_mismatch="raise": asked for
+        except Exception as e:  # keep training, and the last good export
+            reason = f"{type(e).__name__}: {e}"
+            self.failed.append((path, reason))
+            kept = (
+                f"the previous export at {path!r} is unchanged"
+                if os.path.isdir(path)
+                else "nothing was written there"
+            )
+            warnings.warn(
+                f"FoldAndExport: exporting to {path!r} failed; training "
+                f"goes on and {kept}. The reason: {reason}",
+                stacklevel=2,
+            )
+            return
+        self.exported.append(path)
+        if self.verbose:
+            print(result.summary())
 
 
 def _check_precise_statistics(value):

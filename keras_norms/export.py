@@ -10,15 +10,23 @@ How each backend writes it:
 - TensorFlow: `keras.export.ExportArchive` with a
   `tf.function(jit_compile=True)` endpoint.
 - JAX: `keras.export.ExportArchive` converts the model with `jax2tf`
-  (endpoint `serve_jax2tf`); `serving_default` is a
+  (endpoint `serve_jax2tf`, without gradients: serving needs none, and a
+  converted gradient is a `tf.custom_gradient` that a SavedModel does not
+  store, so TensorFlow would warn "Importing a function ... with ops with
+  unsaved custom gradients" on loading); `serving_default` is a
   `tf.function(jit_compile=True)` calling it.
 - torch: Keras' SavedModel export needs `torch_xla`, so the model is saved as
   a `.keras` file and re-loaded and exported by a child Python process under
   the TensorFlow backend. Custom layers in the model must then be
   registered (`keras.saving.register_keras_serializable`) in a module that
   the child imports; keras_norms layers are.
+
+Every backend needs TensorFlow installed to write and read a SavedModel
+(`pip install "keras_norms[tensorflow]" -c constraints.txt`); without it
+the export stops at once with a `ModuleNotFoundError` saying so.
 """
 
+import importlib.util
 import inspect
 import json
 import os
@@ -36,6 +44,34 @@ from keras_norms.layers import _validation
 __all__ = ["export_saved_model", "run_saved_model"]
 
 SERVING_KEY = "serving_default"
+# Written into every export, so `overwrite=True` recognizes one of ours.
+MARKER = "keras_norms_export.json"
+# What a SavedModel directory holds: `overwrite=True` also replaces a
+# directory holding nothing else (an export written before the marker).
+_SAVED_MODEL_ENTRIES = {
+    "saved_model.pb",
+    "saved_model.pbtxt",
+    "fingerprint.pb",
+    "variables",
+    "assets",
+    MARKER,
+}
+_INSTALL_HINT = 'pip install "keras_norms[tensorflow]" -c constraints.txt'
+
+
+def require_tensorflow(what):
+    """Raise a `ModuleNotFoundError` saying what to install, if TF is absent.
+
+    Checked before any work (on torch, before the child process starts).
+    """
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ModuleNotFoundError(
+            f"{what} needs TensorFlow, also on the "
+            f"{keras.backend.backend()} backend (the SavedModel is written "
+            f"and read by TensorFlow). Install the extra: {_INSTALL_HINT} "
+            "(or `pip install tensorflow-cpu`).",
+            name="tensorflow",
+        )
 
 
 def export_saved_model(
@@ -45,74 +81,296 @@ def export_saved_model(
     fold=True,
     jit_compile=True,
     overwrite=False,
+    sample=None,
+    atol=inference.ATOL,
+    rtol=inference.RTOL,
+    on_mismatch="raise",
     verbose="auto",
 ):
     """Write `model` as a TensorFlow SavedModel with an XLA-compiled server.
 
-    The `serving_default` signature computes `model(x, training=False)`
-    (float32 outputs within about 1e-5 of the Keras model; with `fold=True`
-    the model is first put in its inference form by
-    `keras_norms.inference.optimize_for_inference`: BatchNormalization
+    The `serving_default` signature computes `model(x, training=False)`;
+    with `fold=True` the model is first put in its inference form by
+    `keras_norms.inference.optimize_for_inference` (BatchNormalization
     folded, WeightNormalization / WeightStandardization unwrapped, a
-    leading `keras.layers.Normalization` folded into the first layer).
-    The batch size stays dynamic (it is whatever the model's inputs
-    declare, `None` for `keras.Input`).
-    Reload it anywhere with TensorFlow alone:
+    leading `keras.layers.Normalization` folded into the first layer
+    where float32 keeps it exact). The batch size stays dynamic (it is
+    whatever the model's inputs declare, `None` for `keras.Input`).
+    Reload it anywhere with TensorFlow alone. A signature takes keyword
+    arguments only, named after the model's input (read the name from
+    the signature); the restored `serving_default` function takes the
+    input positionally:
 
     ```python
+    import numpy as np
+    import tensorflow as tf
+
     loaded = tf.saved_model.load(filepath)
-    outputs = loaded.signatures["serving_default"](x)  # {"output_0": ...}
+    serve = loaded.signatures["serving_default"]
+    ((name, spec),) = serve.structured_input_signature[1].items()
+    x = np.zeros((2, *spec.shape[1:]), spec.dtype.as_numpy_dtype)  # a batch
+    outputs = serve(**{name: tf.constant(x)})["output_0"]
+    outputs = loaded.serving_default(x)  # the same, positionally
     ```
 
-    Works on every backend (see the module docstring; on torch the export
-    runs in a child process under the TensorFlow backend).
+    Works on every backend, but always needs TensorFlow installed
+    (`pip install "keras_norms[tensorflow]" -c constraints.txt`). On JAX
+    the model goes through `jax2tf` without gradients (the SavedModel
+    serves inference only: asking it for a gradient fails). On torch
+    the export runs in a child process under the TensorFlow backend.
+
+    **Nothing is lost.** The SavedModel is written into a temporary
+    directory beside `filepath`, checked, and only then renamed into
+    place. `overwrite=True` replaces only an earlier export (a directory
+    holding this function's marker file, `keras_norms_export.json`, or
+    only SavedModel files), and does so atomically: the old export is
+    moved aside, the new one moved in, and the old one deleted after
+    that succeeded. A failure at any step leaves `filepath` as it was.
+
+    **Checked.** The written SavedModel, run by TensorFlow, is compared
+    with `model(sample, training=False)` (the original model, before any
+    folding), output by output:
+
+        max |exported - original| <= atol + rtol * max |original|
+
+    (so float32 reassociation passes on outputs of any scale, a wrong
+    export does not). With `fold=True` the optimized Keras model is
+    checked the same way first.
 
     Args:
         model: A built Keras model. With `fold=True` it must be a
             Sequential or functional model; subclassed models need
             `fold=False`.
-        filepath: Directory to write the SavedModel to.
+        filepath: Directory to write the SavedModel to. Its parent is
+            created if needed.
         fold: Apply `optimize_for_inference` first (the model itself is
             not modified).
         jit_compile: Compile the serving function with XLA.
-        overwrite: Replace an existing `filepath`; otherwise an existing
-            path is refused.
-        verbose: `"auto"` or `1` prints the inference report and the
-            exported endpoints, `0` is silent.
+        overwrite: Replace an existing export at `filepath` (never a file,
+            nor a directory holding anything else).
+        sample: Input batch for the check (an array, or a list of arrays);
+            `None` builds a deterministic batch of 4 from the model's
+            inputs (see `optimize_for_inference`).
+        atol: Absolute part of the check's tolerance.
+        rtol: Part of the check's tolerance relative to the largest
+            absolute output of the original model.
+        on_mismatch: `"raise"`: a failed check raises a `ValueError`
+            (`keras_norms.inference.OutputMismatchError`) with the
+            figures, and `filepath` is left as it was. `"warn"`: it warns
+            with the figures and the export is kept at `filepath`.
+        verbose: `"auto"` or `1` prints the inference report (with
+            `fold=True`) and one line with the path and the check's
+            figure; `0` is silent.
 
     Returns:
         `filepath`.
 
     Raises:
-        FileExistsError: If `filepath` exists and `overwrite=False`.
+        FileExistsError: If `filepath` is a file, or exists and
+            `overwrite=False`, or is a directory holding anything other
+            than an earlier export.
+        ModuleNotFoundError: If TensorFlow is not installed.
         ValueError: If the model is not built (or, with `fold=True`, is a
-            subclassed model whose graph cannot be read).
+            subclassed model whose graph cannot be read), or, with
+            `on_mismatch="raise"`, if the check fails.
     """
+    return export(
+        model,
+        filepath,
+        fold=fold,
+        jit_compile=jit_compile,
+        overwrite=overwrite,
+        sample=sample,
+        atol=atol,
+        rtol=rtol,
+        on_mismatch=on_mismatch,
+        verbose=verbose,
+    ).filepath
+
+
+class ExportResult:
+    """What `export` wrote: `filepath`, and `check` (an `inference.Check`)."""
+
+    def __init__(self, filepath, check):
+        self.filepath = filepath
+        self.check = check
+
+    def summary(self):
+        """One line: where it is, and how far it is from the model."""
+        return f"Exported {self.filepath}: {self.check}."
+
+
+def export(
+    model,
+    filepath,
+    *,
+    fold=True,
+    jit_compile=True,
+    overwrite=False,
+    sample=None,
+    atol=inference.ATOL,
+    rtol=inference.RTOL,
+    on_mismatch="raise",
+    verbose="auto",
+):
+    """`export_saved_model`, returning an `ExportResult` (for callbacks)."""
     filepath = os.fspath(filepath)
-    if os.path.exists(filepath) and not overwrite:
-        raise FileExistsError(
-            f"The export path {filepath!r} already exists. Pass "
-            f"overwrite=True to replace it. Received: filepath={filepath!r}"
-        )
     verbose = _validation.check_verbose(verbose)
+    atol, rtol, on_mismatch = inference.check_tolerance(
+        atol, rtol, on_mismatch
+    )
+    target = check_target(filepath, overwrite)
     if not isinstance(model, keras.Model) or not model.built:
         raise ValueError(
             "Argument `model` must be a built keras.Model (call it once, or "
             f"create it with an Input). Received: model={model!r}"
         )
+    require_tensorflow("SavedModel export")
+    exported = model
     if fold:
-        model = inference.optimize_for_inference(
-            model, verbose=int(verbose)
+        exported, report = inference._optimize(model)
+    sample, expected = inference.reference_outputs(model, sample)
+    if fold:
+        report.check = inference.Check.run(
+            inference.model_outputs(exported, sample),
+            expected,
+            atol=atol,
+            rtol=rtol,
+            what=f"The optimized model '{exported.name}'",
         )
-    if os.path.exists(filepath):
-        shutil.rmtree(filepath) if os.path.isdir(filepath) else os.remove(
-            filepath
+        if verbose:
+            print(report)
+        report.check.enforce(
+            on_mismatch,
+            " Nothing was exported (pass fold=False to export the model as "
+            "it is)." if on_mismatch == "raise" else "",
         )
+    inputs = [
+        np.asarray(x)
+        for x in (sample if isinstance(sample, (list, tuple)) else [sample])
+    ]
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(
+        prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent
+    )
+    try:
+        got = _write_and_run(exported, staging, jit_compile, inputs)
+        with open(os.path.join(staging, MARKER), "w") as f:
+            json.dump(
+                {
+                    "format": "keras_norms SavedModel export",
+                    "backend": keras.backend.backend(),
+                    "fold": bool(fold),
+                    "jit_compile": bool(jit_compile),
+                },
+                f,
+            )
+        check = inference.Check.run(
+            got,
+            expected,
+            atol=atol,
+            rtol=rtol,
+            what="The SavedModel",
+        )
+        if on_mismatch == "raise":
+            check.enforce(
+                "raise",
+                f" Nothing was written to {filepath!r} (an earlier export "
+                "there is unchanged); pass on_mismatch='warn' to keep it.",
+            )
+        check_target(filepath, overwrite)  # again: it may have changed
+        _replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    result = ExportResult(filepath, check)
+    if not check.passed:  # on_mismatch="warn"
+        check.enforce(
+            "warn", f" The export is kept at {os.path.abspath(filepath)!r}."
+        )
+    if verbose:
+        print(result.summary())
+    return result
+
+
+def _write_and_run(model, directory, jit_compile, inputs):
+    """Write the SavedModel into `directory`; its outputs on `inputs`."""
     if keras.backend.backend() == "torch":
-        _export_in_child(model, filepath, jit_compile, verbose)
-    else:
-        _export_here(model, filepath, jit_compile, verbose)
-    return filepath
+        return _export_in_child(model, directory, jit_compile, inputs)
+    _export_here(model, directory, jit_compile)
+    outputs, _ = _load_and_run(directory, inputs)
+    return outputs
+
+
+def _is_export(path, entries):
+    """Whether directory `path` (with `entries`) is an earlier export."""
+    if MARKER in entries:
+        return True
+    return "saved_model.pb" in entries and set(entries) <= _SAVED_MODEL_ENTRIES
+
+
+def check_target(filepath, overwrite):
+    """The absolute target path, or an error if exporting there is unsafe.
+
+    Refuses a file, an existing path without `overwrite`, a directory
+    holding anything but an earlier export, and the working directory or
+    one of its parents.
+    """
+    target = os.path.abspath(filepath)
+    if not os.path.lexists(target):
+        return target
+    if not os.path.isdir(target) or os.path.islink(target):
+        raise FileExistsError(
+            f"The export path {filepath!r} is an existing file, not a "
+            "directory: a SavedModel is a directory. Choose another path. "
+            f"Received: filepath={filepath!r}"
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"The export path {filepath!r} already exists. Pass "
+            "overwrite=True to replace an earlier export there, or choose "
+            f"another path. Received: filepath={filepath!r}"
+        )
+    cwd = os.path.abspath(os.getcwd())
+    if cwd == target or cwd.startswith(target.rstrip(os.sep) + os.sep):
+        raise FileExistsError(
+            f"The export path {filepath!r} is the working directory or one "
+            "of its parents; an export replaces its directory as a whole. "
+            "Export into a new subdirectory, e.g. filepath='exported'. "
+            f"Received: filepath={filepath!r}"
+        )
+    entries = os.listdir(target)
+    if entries and not _is_export(target, entries):
+        others = sorted(set(entries) - _SAVED_MODEL_ENTRIES)[:5]
+        raise FileExistsError(
+            f"The export path {filepath!r} is a directory holding files "
+            f"that are not a SavedModel export ({', '.join(others)}); "
+            "overwrite=True replaces only an earlier export. Export into a "
+            "new or empty directory (e.g. a subdirectory), or remove it "
+            f"yourself. Received: filepath={filepath!r}"
+        )
+    return target
+
+
+def _replace(staging, target):
+    """Move `staging` to `target`; an old `target` is deleted only after."""
+    if not os.path.lexists(target):
+        os.rename(staging, target)
+        return
+    aside = tempfile.mkdtemp(
+        prefix=f".{os.path.basename(target)}.", suffix=".old",
+        dir=os.path.dirname(target),
+    )
+    old = os.path.join(aside, "previous")
+    os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(old, target)
+        os.rmdir(aside)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _input_signature(model):
@@ -127,8 +385,15 @@ def _input_signature(model):
     return keras.tree.map_structure(to_spec, get_input_signature(model))
 
 
-def _export_here(model, filepath, jit_compile, verbose):
-    """Export from the TensorFlow or JAX backend, in this process."""
+def _export_here(model, filepath, jit_compile):
+    """Export from the TensorFlow or JAX backend, in this process.
+
+    On JAX, `jax2tf` converts without gradients (`with_gradient=False`):
+    with them, each converted function carries a `tf.custom_gradient`
+    that a SavedModel does not store, and TensorFlow warns when it loads
+    one ("Importing a function ... with ops with unsaved custom
+    gradients"). A serving signature needs no gradient.
+    """
     import tensorflow as tf
 
     signature = _input_signature(model)
@@ -155,11 +420,20 @@ def _export_here(model, filepath, jit_compile, verbose):
         endpoint.get_concrete_function()
         archive.add_endpoint(SERVING_KEY, endpoint)
     elif backend == "jax":
+        jax2tf_kwargs = {"with_gradient": False}
         if not jit_compile:
-            archive.add_endpoint(SERVING_KEY, serve, input_signature=signature)
+            archive.add_endpoint(
+                SERVING_KEY,
+                serve,
+                input_signature=signature,
+                jax2tf_kwargs=jax2tf_kwargs,
+            )
         else:
             converted = archive.add_endpoint(
-                "serve_jax2tf", serve, input_signature=signature
+                "serve_jax2tf",
+                serve,
+                input_signature=signature,
+                jax2tf_kwargs=jax2tf_kwargs,
             )
             endpoint = tf.function(
                 lambda *args: converted(*args),
@@ -174,22 +448,26 @@ def _export_here(model, filepath, jit_compile, verbose):
             f"SavedModel export in this process needs the TensorFlow or JAX "
             f"backend. Received: backend={backend}"
         )
-    archive.write_out(filepath, verbose=verbose)
+    archive.write_out(filepath, verbose=False)
 
 
+# Exports into an (empty, staging) directory and runs the export on the
+# check's inputs; the parent checks the outputs and moves it into place.
 _CHILD_EXPORT = """
 import sys
 import keras
+import numpy as np
 import keras_norms  # registers the keras_norms layers
 import keras_norms.layers.affine  # noqa: F401
-from keras_norms.export import export_saved_model
+from keras_norms.export import _export_here, _load_and_run
 
-source, target, jit_compile, verbose = sys.argv[1:5]
+source, target, jit_compile, x_path, y_path = sys.argv[1:6]
 model = keras.saving.load_model(source, compile=False)
-export_saved_model(
-    model, target, fold=False, jit_compile=jit_compile == "1",
-    overwrite=True, verbose=int(verbose),
-)
+_export_here(model, target, jit_compile == "1")
+with np.load(x_path) as data:
+    inputs = [data[f"x{i}"] for i in range(len(data.files))]
+outputs, _ = _load_and_run(target, inputs)
+np.savez(y_path, *outputs)
 """
 
 
@@ -215,23 +493,30 @@ def _run_child(args, what):
     return result.stdout
 
 
-def _export_in_child(model, filepath, jit_compile, verbose):
-    """torch: save as .keras, export under TensorFlow in a child process."""
+def _export_in_child(model, filepath, jit_compile, inputs):
+    """torch: save as .keras, export under TensorFlow in a child process.
+
+    Returns the export's outputs on `inputs` (run in the same child).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "model.keras")
+        x_path = os.path.join(tmp, "x.npz")
+        y_path = os.path.join(tmp, "y.npz")
         model.save(source)
-        out = _run_child(
+        np.savez(x_path, **{f"x{i}": x for i, x in enumerate(inputs)})
+        _run_child(
             [
                 _CHILD_EXPORT,
                 source,
                 os.path.abspath(filepath),
                 "1" if jit_compile else "0",
-                "1" if verbose else "0",
+                x_path,
+                y_path,
             ],
             "SavedModel export",
         )
-    if verbose and out:
-        print(out, end="")
+        with np.load(y_path) as data:
+            return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
 # ----------------------------------------------------------------------
@@ -249,8 +534,8 @@ def _load_and_run(filepath, inputs):
     signature = loaded.signatures["serving_default"]
     _, kwarg_specs = signature.structured_input_signature
     if len(inputs) == 1 and len(kwarg_specs) == 1:
-        (name,) = kwarg_specs
-        result = signature(**{name: tf.constant(inputs[0])})
+        ((name, spec),) = kwarg_specs.items()
+        result = signature(**{name: tf.constant(inputs[0], spec.dtype)})
         outputs = [result[k] for k in sorted(result, key=_output_index)]
     else:
         result = loaded.serving_default(*[tf.constant(x) for x in inputs])
@@ -316,6 +601,7 @@ def run_saved_model(filepath, inputs, *, in_subprocess=None, return_xla=False):
         The output array (a list of arrays for several outputs), and with
         `return_xla=True` a pair `(outputs, xla_compiled)`.
     """
+    require_tensorflow("Running a SavedModel")
     single = not isinstance(inputs, (list, tuple))
     inputs = [np.asarray(x) for x in ([inputs] if single else inputs)]
     if in_subprocess is None:

@@ -11,6 +11,8 @@ that compute statistics of their input at inference), which
 like any model.
 """
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -21,6 +23,23 @@ from keras_norms.layers import weight_standardization as _ws
 from keras_norms.layers.affine import Affine
 
 __all__ = ["InferenceReport", "optimize_for_inference"]
+
+# The check of a rewritten or exported model against the original: output
+# by output, `max|got - expected| <= ATOL + RTOL * max|expected|`. RTOL
+# accepts float32 reassociation (about 2e-5 of the output scale on deep
+# models with outputs of order 1e3) and still catches a wrong fold (a lost
+# feature or a misplaced bias is off by a sizeable part of the scale).
+ATOL = 1e-5
+RTOL = 1e-4
+_ON_MISMATCH = ("raise", "warn")
+
+# A `keras.layers.Normalization` becomes `x * (1 / std) - mean / std` only
+# where `max |mean| / std <= _MAX_SHIFT_RATIO`: the float32 product and sum
+# then err by at most about 2**-23 * 100 ~ 1.2e-5 of the normalized unit
+# scale. Past it (a feature of large mean and small spread, or a constant
+# feature, whose std Keras clamps to 1e-7) the terms are so much larger than
+# their difference that float32 loses the feature: the layer is kept.
+_MAX_SHIFT_RATIO = 100.0
 
 # Layers a scale-and-shift of their input folds into: a kernel of layout
 # (..., input channels, output channels) and no padding to break the shift.
@@ -50,7 +69,10 @@ class InferenceReport(folding.FoldReport):
         affine: List of `(name, reason)`: each of those left as a fixed
             `Affine` layer of the same name, and why.
         kept: List of `(name, reason)`: each `keras.layers.Normalization`
-            kept as it is (not a per-channel map).
+            kept as it is (not a per-channel map, or one float32 could not
+            fold exactly).
+        check: The comparison of the new model with the original on the
+            sample batch (a `Check`), or `None` before it ran.
     Names of layers inside nested models are prefixed with
     `"outer_model_name/"`.
     """
@@ -60,6 +82,7 @@ class InferenceReport(folding.FoldReport):
         self.unwrapped = []
         self.folded_forward = []
         self.kept = []
+        self.check = None
 
     def __str__(self):
         lines = [
@@ -76,6 +99,8 @@ class InferenceReport(folding.FoldReport):
         ]
         lines += [f"  affine {a} ({why})" for a, why in self.affine]
         lines += [f"  kept {n} ({why})" for n, why in self.kept]
+        if self.check is not None:
+            lines.append(f"  checked: {self.check}")
         return "\n".join(lines)
 
     def __repr__(self):
@@ -86,7 +111,16 @@ class InferenceReport(folding.FoldReport):
         )
 
 
-def optimize_for_inference(model, verbose="auto", return_report=False):
+def optimize_for_inference(
+    model,
+    verbose="auto",
+    return_report=False,
+    *,
+    sample=None,
+    atol=ATOL,
+    rtol=RTOL,
+    on_mismatch="raise",
+):
     """A new, plain Keras model computing `model(x, training=False)`.
 
     In order:
@@ -98,7 +132,14 @@ def optimize_for_inference(model, verbose="auto", return_report=False):
        over one axis (the per-channel data normalization set with `adapt`)
        becomes a fixed `Affine`, `x * (1 / std) - mean / std` (with
        Keras' `max(std, keras.backend.epsilon())`; the inverse map for
-       `invert=True`); over several axes it is kept as it is.
+       `invert=True`); over several axes it is kept as it is. It is kept
+       as well where float32 could not compute the fixed map exactly:
+       where `max |mean| / std > 100` over the features (a constant
+       feature, whose variance is 0 and whose `std` Keras clamps to 1e-7,
+       or a large mean against a small spread), `x / std` and `mean / std`
+       are so much larger than their difference that float32 loses the
+       feature; below that bound the map errs by at most about 1e-5 of
+       the normalized scale.
     2. Every BatchNormalization is folded into the Conv/Dense layer before
        it, or becomes a fixed `Affine`, exactly as
        `keras_norms.folding.fold_batch_norms` does (so a BatchNormalization
@@ -121,6 +162,17 @@ def optimize_for_inference(model, verbose="auto", return_report=False):
     The folds are computed in float64 and rounded once to the kernel dtype.
     Other norms (Layer, Group, Instance, RMS, ...) are kept: at inference
     they compute statistics of their own input, already in one pass.
+    Finally the new model is checked against the original on a sample
+    batch (`sample`, or a deterministic batch of 4 built from the model's
+    inputs, unknown dimensions 16: standard normal, or drawn from the
+    statistics of an adapted `keras.layers.Normalization` the input
+    feeds), output by output:
+
+        max |new - original| <= atol + rtol * max |original|
+
+    With the defaults (`atol=1e-5`, `rtol=1e-4`) float32 rounding passes
+    on outputs of any scale and a wrong fold does not.
+
     The result holds only Keras layers and fixed `Affine` layers, so
     `result.quantize("int8")`, `export_saved_model` and `.keras` saving
     work on it as on any model. The original model is not modified and
@@ -132,6 +184,13 @@ def optimize_for_inference(model, verbose="auto", return_report=False):
         verbose: `"auto"` or `1` prints the report, `0` is silent.
         return_report: If `True`, return `(new_model, report)`, `report` an
             `InferenceReport`.
+        sample: Input batch for the check (an array, or a list of arrays
+            for several inputs); `None` builds one (see above).
+        atol: Absolute part of the check's tolerance.
+        rtol: Part of the tolerance relative to `max |original output|`.
+        on_mismatch: `"raise"` (a `ValueError` with the figures) or
+            `"warn"` (a warning with the figures; the model is returned)
+            when the check fails.
 
     Returns:
         The new model, or `(new_model, InferenceReport)`.
@@ -139,9 +198,30 @@ def optimize_for_inference(model, verbose="auto", return_report=False):
     Raises:
         ValueError: If the model is not built, is a subclassed model whose
             layer graph cannot be read, or holds a `Normalization` that
-            was never built.
+            was never built; or, with `on_mismatch="raise"`, if the new
+            model differs from the original on the sample.
     """
     verbose = _validation.check_verbose(verbose)
+    atol, rtol, on_mismatch = check_tolerance(atol, rtol, on_mismatch)
+    new, report = _optimize(model)
+    sample, expected = reference_outputs(model, sample)
+    report.check = Check.run(
+        model_outputs(new, sample),
+        expected,
+        atol=atol,
+        rtol=rtol,
+        what=f"The optimized model '{new.name}'",
+    )
+    if verbose:
+        print(report)
+    report.check.enforce(on_mismatch)
+    if return_report:
+        return new, report
+    return new
+
+
+def _optimize(model):
+    """`(new model, InferenceReport)`, unchecked."""
     folding.check_graph_model(model, "optimize for inference")
     report = InferenceReport()
     normalizations = set()  # names of the Normalizations now Affine
@@ -152,11 +232,208 @@ def optimize_for_inference(model, verbose="auto", return_report=False):
     report.folded = list(fold_report.folded)
     reasons = dict(fold_report.affine)
     model = _fold_forward(model, report, normalizations, reasons, "")
-    if verbose:
-        print(report)
-    if return_report:
-        return model, report
-    return model
+    return model, report
+
+
+# ----------------------------------------------------------------------
+# The check against the original model (shared by the exports)
+# ----------------------------------------------------------------------
+def check_tolerance(atol, rtol, on_mismatch):
+    """Validated `(atol, rtol, on_mismatch)`."""
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if isinstance(value, bool) or not isinstance(
+            value, (int, float, np.integer, np.floating)
+        ) or not (0 <= float(value) < np.inf):
+            raise ValueError(
+                f"Argument `{name}` must be a finite float >= 0. "
+                f"Received: {name}={value!r}"
+            )
+    if on_mismatch not in _ON_MISMATCH:
+        raise ValueError(
+            "Argument `on_mismatch` must be 'raise' or 'warn'. "
+            f"Received: on_mismatch={on_mismatch!r}"
+        )
+    return float(atol), float(rtol), on_mismatch
+
+
+def sample_batch(model, sample=None):
+    """`sample`, or a deterministic batch of 4 for the model's inputs.
+
+    Standard normal, zeros for integer inputs, and for an input that feeds
+    an adapted `keras.layers.Normalization` (not `invert`) drawn from its
+    statistics (`mean + sqrt(variance) * z`: a constant feature stays
+    constant), so the check sees data like the training data. Unknown
+    dimensions are 16. A single input gives an array, several a list.
+    """
+    if sample is not None:
+        return sample
+    try:
+        inputs = list(model.inputs)
+        statistics = _normalization_statistics(model)
+    except (AttributeError, ValueError):  # a subclassed model
+        from keras.src.export.export_utils import get_input_signature
+
+        try:
+            inputs = keras.tree.flatten(get_input_signature(model))
+        except Exception:
+            raise ValueError(
+                f"Model '{model.name}' has no known input shape to build a "
+                "check sample from: pass `sample=` (an input batch). "
+                "Received: sample=None"
+            ) from None
+        statistics = {}
+    rng = np.random.RandomState(0)
+    batch = []
+    for x in inputs:
+        shape = [4] + [d if d is not None else 16 for d in x.shape[1:]]
+        dtype = keras.backend.standardize_dtype(x.dtype)
+        if "int" in dtype or dtype == "bool":
+            batch.append(np.zeros(shape, dtype=dtype))
+            continue
+        z = rng.randn(*shape)
+        if id(x) in statistics:
+            mean, variance = statistics[id(x)]
+            z = mean + np.sqrt(np.maximum(variance, 0.0)) * z
+        batch.append(z.astype(dtype))
+    return batch[0] if len(batch) == 1 else batch
+
+
+def _normalization_statistics(model):
+    """`{id(input tensor): (mean, variance)}` broadcastable, float64."""
+    found = {}
+    ids = {id(x) for x in model.inputs}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Normalization) or layer.invert:
+            continue
+        if getattr(layer, "mean", None) is None:
+            continue
+        try:
+            source = layer.input
+        except (AttributeError, ValueError):
+            continue  # called several times
+        if id(source) in ids:
+            shape = layer._broadcast_shape
+            found[id(source)] = (
+                _numpy64(layer.mean).reshape(shape),
+                _numpy64(layer.variance).reshape(shape),
+            )
+    return found
+
+
+def reference_outputs(model, sample):
+    """`(sample, outputs)`: the check batch and the model's outputs on it.
+
+    A default sample the model cannot run (an unknown dimension set to 8
+    that is too small, say) gives an error asking for `sample=`.
+    """
+    if sample is not None:
+        return sample, model_outputs(model, sample)
+    sample = sample_batch(model)
+    try:
+        outputs = model_outputs(model, sample)
+        if not all(o.size for o in outputs):
+            raise ValueError("an output is empty")
+        return sample, outputs
+    except Exception as e:
+        shapes = [np.shape(x) for x in keras.tree.flatten(sample)]
+        raise ValueError(
+            f"Could not run model '{model.name}' on the default check "
+            f"sample of shape(s) {shapes}: {type(e).__name__}: {e}\nIf "
+            "that shape is the problem, pass `sample=` (an input batch the "
+            "model takes). Received: sample=None"
+        ) from e
+
+
+def model_outputs(model, sample):
+    """The flat list of NumPy outputs of `model(sample, training=False)`."""
+    outputs = model(sample, training=False)
+    return [
+        np.asarray(keras.ops.convert_to_numpy(t))
+        for t in keras.tree.flatten(outputs)
+    ]
+
+
+class OutputMismatchError(ValueError):
+    """A rewritten or exported model differs from the original model."""
+
+
+class Check:
+    """A comparison of outputs with the reference outputs, and its figures.
+
+    Each output passes when `max|got - expected| <= atol + rtol *
+    max|expected|`. `figures` lists `(difference, tolerance)` per output;
+    `passed` is whether all pass; `str(check)` states the worst one.
+    """
+
+    def __init__(self, what, figures, passed, problem=None):
+        self.what = what
+        self.figures = figures
+        self.passed = passed
+        self.problem = problem
+
+    @classmethod
+    def run(cls, got, expected, *, atol, rtol, what):
+        if len(got) != len(expected):
+            return cls(
+                what,
+                [],
+                False,
+                f"returns {len(got)} output(s), the model {len(expected)}",
+            )
+        figures = []
+        for g, e in zip(got, expected):
+            g = np.asarray(g, dtype=np.float64)
+            e = np.asarray(e, dtype=np.float64)
+            if g.shape != e.shape:
+                return cls(
+                    what,
+                    figures,
+                    False,
+                    f"returns an output of shape {g.shape} where the model "
+                    f"returns {e.shape}",
+                )
+            scale = float(np.max(np.abs(e))) if e.size else 0.0
+            diff = float(np.max(np.abs(g - e))) if e.size else 0.0
+            if not np.all(np.isfinite(g) == np.isfinite(e)):
+                diff = float("inf")
+            elif not np.all(np.isfinite(e)):
+                finite = np.isfinite(e)
+                diff = float(np.max(np.abs(g[finite] - e[finite]), initial=0))
+                scale = float(np.max(np.abs(e[finite]), initial=0))
+            figures.append((diff, atol + rtol * scale))
+        passed = all(d <= t for d, t in figures)
+        return cls(what, figures, passed)
+
+    @property
+    def max_difference(self):
+        return max((d for d, _ in self.figures), default=float("nan"))
+
+    def __str__(self):
+        if self.problem is not None:
+            return f"{self.what} {self.problem}"
+        i, (diff, tol) = max(
+            enumerate(self.figures), key=lambda f: f[1][0] - f[1][1]
+        )
+        verdict = "<=" if diff <= tol else ">"
+        where = f"output {i}: " if len(self.figures) > 1 else ""
+        return (
+            f"{self.what} {'matches' if self.passed else 'differs from'} "
+            f"the original model on the sample batch: {where}max abs "
+            f"difference {diff:.3g} {verdict} tolerance {tol:.3g} "
+            f"(atol + rtol * max|output|)"
+        )
+
+    def __repr__(self):
+        return f"Check({str(self)!r})"
+
+    def enforce(self, on_mismatch, extra=""):
+        """Raise (`"raise"`) or warn (`"warn"`) if the check failed."""
+        if self.passed:
+            return
+        message = str(self) + "." + extra
+        if on_mismatch == "raise":
+            raise OutputMismatchError(message)
+        warnings.warn(message, stacklevel=3)
 
 
 # ----------------------------------------------------------------------
@@ -228,6 +505,15 @@ def _normalization_affine(layer):
         scale, offset = std, mean
     else:
         scale, offset = 1.0 / std, -mean / std
+        ratio = np.abs(mean) / std
+        worst = int(np.argmax(ratio))
+        if ratio[worst] > _MAX_SHIFT_RATIO:
+            return None, (
+                f"|mean| / std reaches {ratio[worst]:.3g} > "
+                f"{_MAX_SHIFT_RATIO:g} on feature {worst} (mean "
+                f"{mean[worst]:.6g}, variance {variance[worst]:.3g}): in "
+                "float32 a fixed scale and shift would lose that feature"
+            )
     affine = Affine(
         axis=axis - ndim, name=layer.name, dtype=layer.dtype_policy
     )

@@ -404,17 +404,19 @@ def test_export_uses_optimize_for_inference(monkeypatch, tmp_path):
     """`export_saved_model(fold=True)` exports the optimized model."""
     exported = []
 
-    def capture(model, filepath, jit_compile, verbose):
+    def capture(model, directory, jit_compile, inputs):
         exported.append(model)
+        return [to_numpy(model(inputs[0], training=False))]
 
-    monkeypatch.setattr(kn_export, "_export_here", capture)
-    monkeypatch.setattr(kn_export, "_export_in_child", capture)
+    monkeypatch.setattr(kn_export, "_write_and_run", capture)
     data = _data((8, 3))
     model = keras.Sequential(
         [keras.Input((3,)), _adapted(data), WeightNormalization(L.Dense(2))]
     )
     kn_export.export_saved_model(model, tmp_path / "m", fold=True, verbose=0)
-    kn_export.export_saved_model(model, tmp_path / "m", fold=False, verbose=0)
+    kn_export.export_saved_model(
+        model, tmp_path / "m", fold=False, overwrite=True, verbose=0
+    )
     folded, unfolded = exported
     assert [type(layer) for layer in folded.layers] == [L.Dense]
     assert unfolded is model
