@@ -255,7 +255,11 @@ def export(
         prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent
     )
     try:
-        got = _write_and_run(exported, staging, jit_compile, inputs)
+        try:
+            got = _write_and_run(exported, staging, jit_compile, inputs)
+        except Exception as e:
+            _explain_layout_error(e, jit_compile)
+            raise
         with open(os.path.join(staging, MARKER), "w") as f:
             json.dump(
                 {
@@ -292,6 +296,24 @@ def export(
     if verbose:
         print(result.summary())
     return result
+
+
+_NCHW_REFUSED = ("only supports the NHWC", "only supports NHWC")
+
+
+def _explain_layout_error(error, jit_compile):
+    """Raise a clear error for TensorFlow's CPU refusing NCHW op by op."""
+    if jit_compile or not any(s in str(error) for s in _NCHW_REFUSED):
+        return
+    raise ValueError(
+        "The SavedModel runs a channels-first (NCHW) convolution op by op "
+        "(jit_compile=False), and this TensorFlow's CPU kernels accept only "
+        "NHWC outside XLA: oneDNN, which adds NCHW kernels, is off "
+        "(TensorFlow turns it on by default only on CPUs with "
+        "AVX-512-class features; TF_ENABLE_ONEDNN_OPTS=0 turns it off). "
+        "Export with jit_compile=True (XLA runs NCHW on any CPU), or build "
+        "the model channels_last. Received: jit_compile=False"
+    ) from error
 
 
 def _write_and_run(model, directory, jit_compile, inputs):

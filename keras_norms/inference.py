@@ -16,6 +16,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_norms import backend as kn_backend
 from keras_norms import folding
 from keras_norms.layers import _validation
 from keras_norms.layers import weight_normalization as _wn
@@ -345,8 +346,13 @@ def reference_outputs(model, sample):
 
 
 def model_outputs(model, sample):
-    """The flat list of NumPy outputs of `model(sample, training=False)`."""
-    outputs = model(sample, training=False)
+    """The flat list of NumPy outputs of `model(sample, training=False)`.
+
+    Run through XLA where the model holds a channels-first layer that this
+    backend cannot run op by op (TensorFlow's CPU with oneDNN off), as
+    `keras_norms.backend.call_for_inference` does.
+    """
+    outputs = kn_backend.call_for_inference(model, sample)
     return [
         np.asarray(keras.ops.convert_to_numpy(t))
         for t in keras.tree.flatten(outputs)

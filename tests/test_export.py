@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_norms import backend as kn_backend
 from keras_norms.callbacks import FoldAndExport
 from keras_norms.export import export_saved_model
 from keras_norms.layers.batch_normalization import (
@@ -156,6 +157,30 @@ def test_jit_compile_false_is_not_xla(tmp_path):
     np.testing.assert_allclose(
         outputs["x"], to_numpy(model(x, training=False)), atol=1e-5
     )
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="the TensorFlow CPU kernels' NCHW limit is probed on TensorFlow",
+)
+def test_channels_first_export_runs_or_says_why(tmp_path):
+    """With XLA any CPU serves NCHW; op by op only where TF has kernels."""
+    model = keras.Sequential(
+        [
+            keras.Input((3, 6, 6)),
+            L.Conv2D(4, 3, data_format="channels_first"),
+            L.BatchNormalization(axis=1),
+        ]
+    )
+    export_saved_model(model, tmp_path / "xla", verbose=0)
+    if kn_backend.channels_first_conv_supported():
+        export_saved_model(model, tmp_path / "plain", jit_compile=False,
+                           verbose=0)
+    else:
+        with pytest.raises(ValueError, match="jit_compile=True.*channels_last"):
+            export_saved_model(model, tmp_path / "plain", jit_compile=False,
+                               verbose=0)
+        assert not (tmp_path / "plain").exists()
 
 
 def test_export_refuses_existing_path_and_unbuilt_model(tmp_path):
