@@ -57,7 +57,10 @@ class Block:
 
     @property
     def where(self):
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        page = self.page
+        if page.is_relative_to(ROOT):
+            page = page.relative_to(ROOT)
+        return f"{page}:{self.line}"
 
     def _parse(self, text):
         for word in ("skip", "xfail"):
@@ -139,6 +142,26 @@ def test_directives_are_few_and_every_page_is_collected():
     assert len(blocks) >= 10, [b.where for b in blocks]
     skipped = [b.where for b in blocks if b.skip]
     assert len(skipped) <= 2, skipped
+
+
+def test_parser_reads_directives_and_refuses_unknown_ones(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        'Text.\n\n<!-- snippet: run=torchrun nproc=2 backend=torch stdout="a b" -->\n'
+        "```python\nprint('a b')\n```\n\n```bash\nls\n```\n\n"
+        "<!-- snippet: skip (a shell session) -->\n```py\n$ ls\n```\n"
+    )
+    first, second = parse_page(page)
+    assert (first.line, first.run, first.nproc) == (4, "torchrun", 2)
+    assert (first.backends, first.stdout) == (("torch",), ["a b"])
+    assert first.code == "print('a b')\n"
+    assert second.skip == "a shell session" and second.run == "page"
+    page.write_text("<!-- snippet: backends=jax -->\n```python\npass\n```\n")
+    with pytest.raises(ValueError, match=r"page.md:2: unknown snippet directive"):
+        parse_page(page)
+    page.write_text("<!-- snippet: skip -->\n```python\npass\n```\n")
+    with pytest.raises(ValueError, match="needs a reason"):
+        parse_page(page)
 
 
 @pytest.mark.parametrize(
