@@ -322,10 +322,17 @@ def _check_renorm_clipping(renorm_clipping):
     if renorm_clipping is None:
         return None
     keys = ("rmax", "rmin", "dmax")
-    if not isinstance(renorm_clipping, dict) or set(renorm_clipping) - set(keys):
+    if (
+        not isinstance(renorm_clipping, dict)
+        or set(renorm_clipping) - set(keys)
+        or not all(
+            v is None or _validation.is_real(v) for v in renorm_clipping.values()
+        )
+    ):
         raise ValueError(
             "Argument `renorm_clipping` must be a dict with keys among "
-            f"{list(keys)}. Received: renorm_clipping={renorm_clipping!r}"
+            f"{list(keys)} and float values. "
+            f"Received: renorm_clipping={renorm_clipping!r}"
         )
     rmax = renorm_clipping.get("rmax")
     rmin = renorm_clipping.get("rmin")
@@ -340,4 +347,5 @@ def _check_renorm_clipping(renorm_clipping):
             "Argument `renorm_clipping` needs dmax >= 0. "
             f"Received: renorm_clipping={renorm_clipping!r}"
         )
-    return dict(renorm_clipping)
+    # Plain Python floats (a NumPy scalar would not serialize to JSON).
+    return {key: None if v is None else float(v) for key, v in renorm_clipping.items()}
