@@ -281,3 +281,65 @@ def test_mask_that_does_not_broadcast_is_refused_clearly():
     layer = kn.BatchNormalization(axis=1)
     with pytest.raises(ValueError, match=r"without its last axis.*mask.shape=\(5, 3\)"):
         layer(np.ones((5, 2, 3), "float32"), training=True, mask=np.ones((5, 3), bool))
+
+
+RANK_FREE = {
+    "layer": (keras.layers.LayerNormalization, kn.LayerNormalization),
+    "rms": (keras.layers.RMSNormalization, kn.RMSNormalization),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RANK_FREE))
+def test_rank_is_not_locked_at_build(name):
+    # Issue 20, item 2: built on (2, 2, 2), Keras' layers take a rank-4
+    # input; only the sizes along `axis` are fixed.
+    keras_cls, ours_cls = RANK_FREE[name]
+    theirs, ours = keras_cls(), ours_cls()
+    theirs.build((2, 2, 2))
+    ours.build((2, 2, 2))
+    values = [np.random.uniform(0.5, 1.5, w.shape) for w in theirs.weights]
+    theirs.set_weights(values)
+    ours.set_weights(values)
+    x = helpers.random_input((3, 2, 2, 2), loc=1.0, scale=2.0)
+    np.testing.assert_allclose(
+        helpers.to_numpy(ours(x)), helpers.to_numpy(theirs(x)), rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 2"):
+        ours(np.ones((3, 2, 3), "float32"))
+
+
+@pytest.mark.parametrize("name", sorted(RANK_FREE))
+def test_positive_axes_mean_the_same_position_at_any_rank(name):
+    # Built on rank 3 with axis=[1, 2], called on rank 4: still axes 1 and
+    # 2 (Keras' own RMSNormalization fails there, and LayerNormalization on
+    # torch); checked against NumPy.
+    _, ours_cls = RANK_FREE[name]
+    layer = ours_cls(axis=[1, 2])
+    layer.build((2, 3, 4))
+    weight = np.random.uniform(0.5, 1.5, (3, 4)).astype("float32")
+    layer.set_weights([weight] * len(layer.weights))
+    x = helpers.random_input((2, 3, 4, 5), loc=1.0, scale=2.0).astype("float64")
+    axes = (1, 2)
+    w = weight[None, :, :, None]
+    if name == "rms":
+        expected = x / np.sqrt((x**2).mean(axis=axes, keepdims=True) + 1e-6) * w
+    else:
+        expected = helpers.numpy_normalize(x, axes, 1e-3, gamma=w, beta=w)
+    np.testing.assert_allclose(
+        helpers.to_numpy(layer(x.astype("float32"))), expected, rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("name", sorted(RANK_FREE))
+@pytest.mark.parametrize("axis", [-1, [2, 1], 2])
+def test_config_axis_after_build_equals_keras(name, axis):
+    keras_cls, ours_cls = RANK_FREE[name]
+    theirs, ours = keras_cls(axis=axis), ours_cls(axis=axis)
+    assert ours.get_config()["axis"] == theirs.get_config()["axis"]
+    theirs.build((2, 3, 4))
+    ours.build((2, 3, 4))
+    assert ours.get_config()["axis"] == theirs.get_config()["axis"]
+    assert ours.axis == theirs.axis
+    clone = ours_cls.from_config(ours.get_config())
+    clone.build((2, 3, 4))
+    assert clone.get_config() == ours.get_config()
