@@ -320,6 +320,28 @@ def test_instance_norm_running_stats_match_torch(shape, axis):
     np.testing.assert_allclose(grads["beta"], rgrads["bias"], **TOL)
 
 
+def test_instance_norm_with_running_stats_folds_as_a_fixed_affine():
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.Conv2D(4, 3),
+            kn.InstanceNormalization(track_running_stats=True, momentum=0.5),
+            keras.layers.ReLU(),
+            kn.InstanceNormalization(),  # per-sample at inference: kept
+        ]
+    )
+    x = helpers.random_input((4, 6, 6, 3), loc=1.0, scale=2.0)
+    model(x, training=True)
+    folded, report = kn.fold_batch_norms(model, verbose=0, return_report=True)
+    assert [name for name, _ in report.folded] == [model.layers[1].name]
+    assert [type(layer).__name__ for layer in folded.layers] == [
+        "Conv2D", "ReLU", "InstanceNormalization"
+    ]
+    np.testing.assert_allclose(
+        helpers.to_numpy(folded(x)), helpers.to_numpy(model(x)), **TOL
+    )
+
+
 def test_instance_norm_keeps_no_state_by_default():
     layer = kn.InstanceNormalization(momentum=0.5)
     x = helpers.random_input((2, 5, 3), loc=1.0)

@@ -340,7 +340,8 @@ def _check_renorm_clipping(renorm_clipping):
         not isinstance(renorm_clipping, dict)
         or set(renorm_clipping) - set(keys)
         or not all(
-            v is None or _validation.is_real(v) for v in renorm_clipping.values()
+            v is None or _validation.is_real(v)
+            for v in renorm_clipping.values()
         )
     ):
         raise ValueError(
@@ -362,4 +363,7 @@ def _check_renorm_clipping(renorm_clipping):
             f"Received: renorm_clipping={renorm_clipping!r}"
         )
     # Plain Python floats (a NumPy scalar would not serialize to JSON).
-    return {key: None if v is None else float(v) for key, v in renorm_clipping.items()}
+    return {
+        key: None if v is None else float(v)
+        for key, v in renorm_clipping.items()
+    }

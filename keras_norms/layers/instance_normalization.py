@@ -118,7 +118,10 @@ class InstanceNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         count = ops.cast(count, dtype)
         unbiased = variance * (count / (count - 1))
         batch = ops.cast(shape[0], dtype)
-        stored = [ops.cast(w, dtype) for w in (self.moving_mean, self.moving_variance)]
+        stored = [
+            ops.cast(w, dtype)
+            for w in (self.moving_mean, self.moving_variance)
+        ]
         # Means over the batch; an empty batch keeps the stored values.
         self._update_moving_statistics(
             *(
