@@ -38,8 +38,15 @@ _FOLDABLE = _TRANSPOSE + _DEPTHWISE + _SEPARABLE + _CONV + _DENSE
 
 
 def is_batch_normalization(layer):
-    """Whether `layer` is a Keras or keras_norms BatchNormalization."""
-    return isinstance(layer, _BN_CLASSES)
+    """Whether `layer` is a Keras or keras_norms BatchNormalization, or an
+    InstanceNormalization with `track_running_stats=True`: at inference
+    the same fixed per-channel scale and shift of its moving statistics."""
+    from keras_norms.layers import instance_normalization as _kn_in
+
+    return isinstance(layer, _BN_CLASSES) or (
+        isinstance(layer, _kn_in.InstanceNormalization)
+        and layer.track_running_stats
+    )
 
 
 def batch_norm_scale_and_shift(layer):

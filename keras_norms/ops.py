@@ -75,7 +75,9 @@ def moments(x, axes, keepdims=True, mask=None, synchronized=False):
             results broadcast against `x`.
         mask: Optional boolean or 0/1 tensor broadcastable to `x`: the
             statistics cover the positions where it is true only (a position
-            set nowhere gives mean 0 and variance 0, as Keras does).
+            set nowhere gives mean 0 and variance 0, as Keras does). Masked
+            positions are left out with `where`, not multiplied by 0, so a
+            NaN or inf there does not reach the statistics (as in Keras).
         synchronized: If `True` and the backend's distribution machinery
             runs several replicas that each hold a shard of the batch, the
             moments cover every replica's shard (see
@@ -96,13 +98,13 @@ def moments(x, axes, keepdims=True, mask=None, synchronized=False):
             ops.square(x - _centre(mean)), axis=axes, keepdims=True
         )
     else:
-        weights = ops.broadcast_to(ops.cast(mask, x.dtype), ops.shape(x))
-        count = ops.sum(weights, axis=axes, keepdims=True)
+        mask = _broadcast_mask(mask, x)
+        count = ops.sum(ops.cast(mask, x.dtype), axis=axes, keepdims=True)
         count = ops.maximum(count, ops.cast(1, x.dtype))
-        mean = ops.sum(weights * x, axis=axes, keepdims=True) / count
+        mean = ops.sum(ops.where(mask, x, 0), axis=axes, keepdims=True) / count
         variance = (
             ops.sum(
-                weights * ops.square(x - _centre(mean)),
+                ops.where(mask, ops.square(x - _centre(mean)), 0),
                 axis=axes,
                 keepdims=True,
             )
@@ -112,6 +114,11 @@ def moments(x, axes, keepdims=True, mask=None, synchronized=False):
         mean = ops.squeeze(mean, axis=axes)
         variance = ops.squeeze(variance, axis=axes)
     return mean, variance
+
+
+def _broadcast_mask(mask, x):
+    """`mask` as a boolean tensor of `x`'s shape."""
+    return ops.broadcast_to(ops.cast(mask, "bool"), ops.shape(x))
 
 
 def mean_square(x, axes, keepdims=True):
@@ -159,14 +166,14 @@ def cross_replica_moments(x, axes, mask=None):
         count = ops.cast(ops.convert_to_tensor(local_count), dtype)
         weights = None
     else:
-        weights = ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
-        count = ops.sum(weights, axis=axes, keepdims=True)
+        weights = _broadcast_mask(mask, x)
+        count = ops.sum(ops.cast(weights, dtype), axis=axes, keepdims=True)
     safe = ops.maximum(count, ops.cast(1, dtype))  # empty shard: no NaN
-    weighted = x if weights is None else weights * x
+    weighted = x if weights is None else ops.where(weights, x, 0)
     mean = ops.sum(weighted, axis=axes, keepdims=True) / safe
     deviations = ops.square(x - _centre(mean))
     if weights is not None:
-        deviations = weights * deviations
+        deviations = ops.where(weights, deviations, 0)
     m2 = ops.sum(deviations, axis=axes, keepdims=True)
 
     # One collective: every replica's packed [n..., mean..., M2...] row.

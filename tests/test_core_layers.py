@@ -261,6 +261,97 @@ def test_instance_norm_matches_torch(shape, axis):
         np.testing.assert_allclose(grads["beta"], rgrads["bias"], **TOL)
 
 
+@pytest.mark.parametrize("shape,axis", [((3, 6, 4, 5), 1), ((4, 7, 5), -1)])
+def test_instance_norm_running_stats_match_torch(shape, axis):
+    # torch's InstanceNorm2d(track_running_stats=True): moving averages of
+    # the instance statistics (the UNBIASED variance, averaged over the
+    # batch), used at inference; torch's momentum is 1 - ours.
+    channels = shape[axis]
+    layer = kn.InstanceNormalization(
+        axis=axis, epsilon=EPS, track_running_stats=True, momentum=0.6
+    )
+    layer.build(shape)
+    assert [w.name for w in layer.weights] == [
+        "gamma", "beta", "moving_mean", "moving_variance"
+    ]
+    gamma, beta = _params(layer, channels)
+    running_mean = torch.zeros(channels, dtype=torch.float64)
+    running_var = torch.ones(channels, dtype=torch.float64)
+
+    def reference(t, training, weight=None, bias=None):
+        return F.instance_norm(
+            t,
+            running_mean,
+            running_var,
+            weight=torch.tensor(gamma, dtype=torch.float64) if weight is None else weight,
+            bias=torch.tensor(beta, dtype=torch.float64) if bias is None else bias,
+            use_input_stats=training,
+            momentum=0.4,
+            eps=EPS,
+        )
+
+    for step in range(2):
+        x = helpers.random_input(shape, seed=step, loc=1.0 + step, scale=2.0)
+        y = helpers.to_numpy(layer(x, training=True))
+        with torch.no_grad():
+            ry = reference(torch.tensor(np.moveaxis(x, axis, 1), dtype=torch.float64), True)
+        np.testing.assert_allclose(y, np.moveaxis(ry.numpy(), 1, axis), **TOL)
+        np.testing.assert_allclose(
+            helpers.to_numpy(layer.moving_mean), running_mean.numpy(), **TOL
+        )
+        np.testing.assert_allclose(
+            helpers.to_numpy(layer.moving_variance), running_var.numpy(), **TOL
+        )
+    # Inference: a fixed per-channel affine with the moving statistics,
+    # gradients included.
+    x = helpers.random_input(shape, seed=5, loc=-1.0, scale=3.0)
+    up = helpers.random_input(shape, seed=7)
+    y, dx, grads = helpers.forward_and_grads(layer, x, up, training=False)
+    ry, rdx, rgrads = helpers.torch_reference(
+        lambda t, weight, bias: reference(t, False, weight, bias),
+        x,
+        {"weight": gamma, "bias": beta},
+        up,
+        axis,
+    )
+    np.testing.assert_allclose(y, ry, **TOL)
+    np.testing.assert_allclose(dx, rdx, **TOL)
+    np.testing.assert_allclose(grads["gamma"], rgrads["weight"], **TOL)
+    np.testing.assert_allclose(grads["beta"], rgrads["bias"], **TOL)
+
+
+def test_instance_norm_with_running_stats_folds_as_a_fixed_affine():
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.Conv2D(4, 3),
+            kn.InstanceNormalization(track_running_stats=True, momentum=0.5),
+            keras.layers.ReLU(),
+            kn.InstanceNormalization(),  # per-sample at inference: kept
+        ]
+    )
+    x = helpers.random_input((4, 6, 6, 3), loc=1.0, scale=2.0)
+    model(x, training=True)
+    folded, report = kn.fold_batch_norms(model, verbose=0, return_report=True)
+    assert [name for name, _ in report.folded] == [model.layers[1].name]
+    assert [type(layer).__name__ for layer in folded.layers] == [
+        "Conv2D", "ReLU", "InstanceNormalization"
+    ]
+    np.testing.assert_allclose(
+        helpers.to_numpy(folded(x)), helpers.to_numpy(model(x)), **TOL
+    )
+
+
+def test_instance_norm_keeps_no_state_by_default():
+    layer = kn.InstanceNormalization(momentum=0.5)
+    x = helpers.random_input((2, 5, 3), loc=1.0)
+    np.testing.assert_array_equal(
+        helpers.to_numpy(layer(x, training=True)), helpers.to_numpy(layer(x))
+    )
+    assert [w.name for w in layer.weights] == ["gamma", "beta"]
+    assert layer.get_config()["track_running_stats"] is False
+
+
 @pytest.mark.parametrize("shape,axis", LAYOUTS)
 @pytest.mark.parametrize("groups", [1, 2, -1])
 def test_group_norm_matches_torch(shape, axis, groups):
@@ -407,6 +498,39 @@ def test_bad_argument_types_refused():
         kn.GroupNormalization(groups=2.5)
 
 
+def test_numpy_scalars_accepted_and_configs_stay_plain_python():
+    # Issue 21, item 9: NumPy integers, floats and bools wherever Python
+    # ones are accepted; the stored config holds Python numbers (JSON).
+    import json
+
+    layers = [
+        kn.GroupNormalization(groups=np.int64(2), axis=np.int32(-1)),
+        kn.BatchNormalization(
+            axis=np.int64(1),
+            epsilon=np.float32(1e-3),
+            momentum=np.float64(0.9),
+            center=np.True_,
+            renorm=np.True_,
+            renorm_clipping={"rmax": np.float32(2.0), "dmax": np.int64(1)},
+        ),
+        kn.LayerNormalization(axis=[np.int64(1), np.int64(2)]),
+        kn.InstanceNormalization(track_running_stats=np.True_, momentum=np.float32(0.5)),
+        kn.RMSNormalization(epsilon=np.float64(1e-5)),
+    ]
+    for layer in layers:
+        config = layer.get_config()
+        json.dumps(config)
+        for key, value in config.items():
+            values = value if isinstance(value, (list, dict)) else [value]
+            if isinstance(values, dict):
+                values = list(values.values())
+            assert not any(isinstance(v, np.generic) for v in values), key
+    assert layers[0].groups == 2 and type(layers[0].groups) is int
+    assert type(layers[1].epsilon) is float and layers[1].center is True
+    x = helpers.random_input((2, 3, 4), loc=1.0)
+    assert helpers.to_numpy(layers[0](x)).shape == x.shape
+
+
 @pytest.mark.parametrize(
     "layer,shape,match",
     [
@@ -443,6 +567,9 @@ ALL_LAYERS = {
     "batch_frozen": lambda: kn.BatchNormalization(use_global_stats=True),
     "layer": lambda: kn.LayerNormalization(axis=[2, 3], epsilon=1e-5),
     "instance": lambda: kn.InstanceNormalization(axis=1, center=False),
+    "instance_running": lambda: kn.InstanceNormalization(
+        axis=1, track_running_stats=True, momentum=0.5
+    ),
     "group": lambda: kn.GroupNormalization(groups=-1, scale=False),
 }
 
@@ -477,7 +604,7 @@ def test_fit_lowers_loss_and_saves_with_state(name, tmp_path):
     after = model.evaluate(x, y, verbose=0)
     assert after < before
     norm = model.layers[0]
-    if name == "batch":
+    if name in ("batch", "instance_running"):
         assert not np.allclose(helpers.to_numpy(norm.moving_mean), 0.0)
     helpers.assert_saves_and_loads(model, x, tmp_path)
 

@@ -11,6 +11,7 @@ from keras_norms.layers.filter_response_normalization import (
     FilterResponseNormalization,
 )
 from keras_norms.layers.rms_normalization import RMSNormalization
+from keras_norms.layers.weight_normalization import WeightNormalization
 from keras_norms.layers.weight_standardization import WeightStandardization
 from tests import helpers
 
@@ -597,3 +598,21 @@ def test_ws_refuses_quantized_and_lora_layers():
     lora.enable_lora(2)
     with pytest.raises(ValueError, match="'l' with LoRA"):
         WeightStandardization(lora).build((2, 4))
+
+
+@pytest.mark.parametrize(
+    "make,shape,bad,message",
+    [
+        (lambda: keras.layers.Conv2D(2, 3), (2, 5, 5, 3), (5, 5, 3), "expected min_ndim=4"),
+        (lambda: keras.layers.Dense(2), (2, 3), (3,), "expected min_ndim=2"),
+    ],
+)
+def test_wrong_rank_input_same_message_for_wn_and_ws(make, shape, bad, message):
+    # Issue 21, item 9: WeightNormalization checks its input with the
+    # wrapped layer's input spec, as WeightStandardization (which calls the
+    # wrapped layer) does: one message on every backend.
+    for wrapper in (WeightNormalization, WeightStandardization):
+        layer = wrapper(make())
+        layer(np.ones(shape, "float32"))
+        with pytest.raises(ValueError, match=message):
+            layer(np.ones(bad, "float32"))

@@ -226,3 +226,120 @@ def test_layer_norm_rms_scaling_matches_keras_deprecated_behaviour():
         helpers.to_numpy(ours(x)), helpers.to_numpy(theirs(x)), rtol=1e-4, atol=1e-4
     )
     assert ours.get_config()["rms_scaling"] is True
+
+
+def _masked_moments(x, mask, axis):
+    """NumPy reference: Keras' mask (all axes but the last) expanded at the
+    last axis, the moments per `axis` over the unmasked positions."""
+    weights = np.broadcast_to(mask[..., None], x.shape).astype("float64")
+    reduce = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    count = weights.sum(axis=reduce, keepdims=True)
+    mean = (weights * x).sum(axis=reduce, keepdims=True) / count
+    var = (weights * (x - mean) ** 2).sum(axis=reduce, keepdims=True) / count
+    return mean, var
+
+
+@pytest.mark.parametrize("cls", [kn.BatchNormalization, kn.SyncBatchNormalization])
+@pytest.mark.parametrize(
+    "shape,axis",
+    [((4, 3, 3), 1), ((5, 2, 3), 1), ((5, 2, 3, 4), 2), ((5, 2, 3, 4), -1)],
+)
+def test_mask_on_any_axis_is_expanded_at_the_last_axis_as_keras(cls, shape, axis):
+    # Keras' mask marks all axes but the last and is expanded there, also
+    # with axis=1 (issue 20, item 1): (4, 3, 3) has C == T, where expanding
+    # at the channel axis computed other statistics silently; (5, 2, 3) did
+    # not broadcast at all.
+    x = helpers.random_input(shape, loc=1.0, scale=2.0).astype("float64")
+    mask = np.random.RandomState(5).rand(*shape[:-1]) > 0.35
+    x[~mask] = np.nan  # masked positions never reach the statistics
+    x = x.astype("float32")
+    ours = cls(axis=axis, momentum=0.0)
+    theirs = keras.layers.BatchNormalization(axis=axis, momentum=0.0)
+    y = helpers.to_numpy(ours(x, training=True, mask=mask))
+    ry = helpers.to_numpy(theirs(x, training=True, mask=mask))
+    mean, var = _masked_moments(np.nan_to_num(x), mask, axis)
+    expected = (x - mean) / np.sqrt(var + 1e-3)
+    kept = np.broadcast_to(mask[..., None], shape)
+    np.testing.assert_allclose(y[kept], expected[kept], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y[kept], ry[kept], rtol=1e-4, atol=1e-4)
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(
+            helpers.to_numpy(getattr(ours, name)),
+            helpers.to_numpy(getattr(theirs, name)),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    np.testing.assert_allclose(
+        helpers.to_numpy(ours.moving_mean), mean.ravel(), rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        helpers.to_numpy(ours.moving_variance), var.ravel(), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_mask_that_does_not_broadcast_is_refused_clearly():
+    layer = kn.BatchNormalization(axis=1)
+    with pytest.raises(ValueError, match=r"without its last axis.*mask.shape=\(5, 3\)"):
+        layer(np.ones((5, 2, 3), "float32"), training=True, mask=np.ones((5, 3), bool))
+
+
+RANK_FREE = {
+    "layer": (keras.layers.LayerNormalization, kn.LayerNormalization),
+    "rms": (keras.layers.RMSNormalization, kn.RMSNormalization),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RANK_FREE))
+def test_rank_is_not_locked_at_build(name):
+    # Issue 20, item 2: built on (2, 2, 2), Keras' layers take a rank-4
+    # input; only the sizes along `axis` are fixed.
+    keras_cls, ours_cls = RANK_FREE[name]
+    theirs, ours = keras_cls(), ours_cls()
+    theirs.build((2, 2, 2))
+    ours.build((2, 2, 2))
+    values = [np.random.uniform(0.5, 1.5, w.shape) for w in theirs.weights]
+    theirs.set_weights(values)
+    ours.set_weights(values)
+    x = helpers.random_input((3, 2, 2, 2), loc=1.0, scale=2.0)
+    np.testing.assert_allclose(
+        helpers.to_numpy(ours(x)), helpers.to_numpy(theirs(x)), rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 2"):
+        ours(np.ones((3, 2, 3), "float32"))
+
+
+@pytest.mark.parametrize("name", sorted(RANK_FREE))
+def test_positive_axes_mean_the_same_position_at_any_rank(name):
+    # Built on rank 3 with axis=[1, 2], called on rank 4: still axes 1 and
+    # 2 (Keras' own RMSNormalization fails there, and LayerNormalization on
+    # torch); checked against NumPy.
+    _, ours_cls = RANK_FREE[name]
+    layer = ours_cls(axis=[1, 2])
+    layer.build((2, 3, 4))
+    weight = np.random.uniform(0.5, 1.5, (3, 4)).astype("float32")
+    layer.set_weights([weight] * len(layer.weights))
+    x = helpers.random_input((2, 3, 4, 5), loc=1.0, scale=2.0).astype("float64")
+    axes = (1, 2)
+    w = weight[None, :, :, None]
+    if name == "rms":
+        expected = x / np.sqrt((x**2).mean(axis=axes, keepdims=True) + 1e-6) * w
+    else:
+        expected = helpers.numpy_normalize(x, axes, 1e-3, gamma=w, beta=w)
+    np.testing.assert_allclose(
+        helpers.to_numpy(layer(x.astype("float32"))), expected, rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("name", sorted(RANK_FREE))
+@pytest.mark.parametrize("axis", [-1, [2, 1], 2])
+def test_config_axis_after_build_equals_keras(name, axis):
+    keras_cls, ours_cls = RANK_FREE[name]
+    theirs, ours = keras_cls(axis=axis), ours_cls(axis=axis)
+    assert ours.get_config()["axis"] == theirs.get_config()["axis"]
+    theirs.build((2, 3, 4))
+    ours.build((2, 3, 4))
+    assert ours.get_config()["axis"] == theirs.get_config()["axis"]
+    assert ours.axis == theirs.axis
+    clone = ours_cls.from_config(ours.get_config())
+    clone.build((2, 3, 4))
+    assert clone.get_config() == ours.get_config()

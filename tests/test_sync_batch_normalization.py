@@ -123,6 +123,45 @@ def test_fit_and_saves_and_loads(tmp_path):
     assert type(loaded.layers[0]) is SyncBatchNormalization
 
 
+def test_masked_shards_combine_into_the_masked_global_moments(monkeypatch):
+    # The masked combine of cross_replica_moments, the replicas' one
+    # collective replaced by the rows of two shards: channels-first, with
+    # Keras' mask (all axes but the last, expanded at the last axis).
+    from keras_norms import ops as kn_ops
+
+    x = helpers.random_input((7, 3, 4), loc=2.0, scale=3.0)
+    mask = np.random.RandomState(2).rand(7, 3) > 0.4
+    layer = SyncBatchNormalization(axis=1)
+    layer.build(x.shape)
+    axes = layer._reduction_axes
+    rows = {}
+
+    def gather(row):
+        rows.setdefault("first", row)
+        return keras.ops.stack([rows["first"], row])
+
+    monkeypatch.setattr(kn_backend, "all_gather_rows", gather)
+    shards = [(x[:3], mask[:3]), (x[3:], mask[3:])]
+    for shard, shard_mask in shards:
+        mean, variance = kn_ops.cross_replica_moments(
+            keras.ops.convert_to_tensor(shard),
+            axes,
+            layer._channel_mask(shard, keras.ops.convert_to_tensor(shard_mask)),
+        )
+    kept = np.moveaxis(np.broadcast_to(mask[..., None], x.shape), 1, -1)
+    values = np.moveaxis(x, 1, -1).astype("float64")
+    weights = kept.reshape(-1, 3)
+    values = values.reshape(-1, 3)
+    expected_mean = (weights * values).sum(0) / weights.sum(0)
+    expected_var = (weights * (values - expected_mean) ** 2).sum(0) / weights.sum(0)
+    np.testing.assert_allclose(
+        helpers.to_numpy(mean).ravel(), expected_mean, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        helpers.to_numpy(variance).ravel(), expected_var, rtol=1e-5, atol=1e-5
+    )
+
+
 # ----------------------------------------------------------------------
 # Distributed: the current backend's setup, in a subprocess.
 # ----------------------------------------------------------------------

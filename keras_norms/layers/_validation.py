@@ -1,16 +1,34 @@
 """Argument checks shared by the layers.
 
 Messages name the argument, say what was expected, and end with
-`Received: name=value`, as Keras' own do.
+`Received: name=value`, as Keras' own do. NumPy scalars are accepted
+wherever Python ones are (`np.int64(2)`, `np.float32(1e-3)`, `np.True_`)
+and returned as plain Python numbers, so configs stay JSON-serializable.
 """
 
 import math
 import numbers
 
+import numpy as np
+
+
+def is_integer(value):
+    """Whether `value` is a Python or NumPy integer (not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def is_real(value):
+    """Whether `value` is a Python or NumPy real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
 
 def check_positive_float(name, value):
-    """A finite float `> 0` (epsilon)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """A finite float `> 0` (epsilon), returned as a Python float."""
+    if not is_real(value):
         raise TypeError(
             f"Argument `{name}` must be a positive float. "
             f"Received: {name}={value!r}"
@@ -25,8 +43,8 @@ def check_positive_float(name, value):
 
 
 def check_unit_interval(name, value):
-    """A float in [0, 1] (momentum)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """A float in [0, 1] (momentum), returned as a Python float."""
+    if not is_real(value):
         raise TypeError(
             f"Argument `{name}` must be a float in [0, 1]. "
             f"Received: {name}={value!r}"
@@ -55,22 +73,31 @@ def check_verbose(verbose):
 
 
 def check_bool(name, value):
-    if not isinstance(value, bool):
+    """A Python or NumPy bool, returned as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
         raise TypeError(
             f"Argument `{name}` must be a bool. Received: {name}={value!r}"
         )
-    return value
+    return bool(value)
+
+
+def check_groups(groups):
+    """GroupNormalization's `groups`: a positive int, or -1."""
+    if not is_integer(groups) or (groups <= 0 and groups != -1):
+        raise ValueError(
+            "Argument `groups` must be a positive integer that divides "
+            "the number of channels, or -1 for one channel per group. "
+            f"Received: groups={groups!r}"
+        )
+    return int(groups)
 
 
 def check_axis_argument(axis, allow_list=False):
     """An int, or (where allowed) a non-empty list of distinct ints."""
-    if isinstance(axis, numbers.Integral) and not isinstance(axis, bool):
+    if is_integer(axis):
         return int(axis)
     if allow_list and isinstance(axis, (list, tuple)) and axis:
-        if all(
-            isinstance(a, numbers.Integral) and not isinstance(a, bool)
-            for a in axis
-        ):
+        if all(is_integer(a) for a in axis):
             axes = [int(a) for a in axis]
             if len(set(axes)) == len(axes):
                 return axes

@@ -69,10 +69,12 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         training: Python boolean, whether to use batch statistics. As in
             Keras, a layer with `trainable=False` always runs in inference
             mode.
-        mask: Optional boolean tensor of the input's shape without the
-            channel axis (e.g. from `Masking` or `Embedding(mask_zero=True)`):
-            in training the batch statistics cover the unmasked positions
-            only, as in Keras.
+        mask: Optional boolean tensor of the input's shape without its
+            last axis (e.g. from `Masking` or `Embedding(mask_zero=True)`),
+            expanded at the last axis whatever `axis` is, as in Keras: in
+            training the batch statistics cover the unmasked positions
+            only. With `axis=1` on an `(N, T, F)` input, a `(N, T)` mask
+            leaves out whole timesteps of every channel.
 
     Reference:
         - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167).
@@ -207,18 +209,30 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         return outputs
 
     def _channel_mask(self, x, mask):
-        """A mask without the channel axis, expanded to broadcast against x."""
+        """Keras' mask, expanded at the LAST axis whatever `axis` is.
+
+        A Keras mask marks the positions of every axis but the last (the
+        timesteps of an `(N, T, F)` sequence, from `Masking` or
+        `Embedding(mask_zero=True)`); `keras.layers.BatchNormalization`
+        expands it at the last axis and broadcasts it to the input, also
+        with `axis=1`. So does this layer, refusing with a clear message a
+        mask that does not broadcast so.
+        """
         if mask is None:
             return None
-        if len(mask.shape) != len(x.shape) - 1:
+        rank = len(x.shape) - 1
+        mask_shape = tuple(mask.shape)
+        if len(mask_shape) != rank or any(
+            m is not None and s is not None and m not in (1, s)
+            for m, s in zip(mask_shape, tuple(x.shape)[:-1])
+        ):
             raise ValueError(
-                "The mask must have the input's shape without the channel "
-                f"axis (rank {len(x.shape) - 1}). Received: "
-                f"mask.shape={tuple(mask.shape)}, inputs.shape="
-                f"{tuple(x.shape)}"
+                "The mask must have the input's shape without its last "
+                f"axis (rank {rank}; as in Keras it is expanded at the last "
+                "axis, whatever `axis` is). Received: "
+                f"mask.shape={mask_shape}, inputs.shape={tuple(x.shape)}"
             )
-        (channel_axis,) = self._param_axes
-        return ops.expand_dims(mask, axis=channel_axis)
+        return ops.expand_dims(mask, axis=-1)
 
     def _batch_moments(self, x, mask=None):
         """Moments over the batch (of every replica when synchronized)."""
@@ -322,10 +336,18 @@ def _check_renorm_clipping(renorm_clipping):
     if renorm_clipping is None:
         return None
     keys = ("rmax", "rmin", "dmax")
-    if not isinstance(renorm_clipping, dict) or set(renorm_clipping) - set(keys):
+    if (
+        not isinstance(renorm_clipping, dict)
+        or set(renorm_clipping) - set(keys)
+        or not all(
+            v is None or _validation.is_real(v)
+            for v in renorm_clipping.values()
+        )
+    ):
         raise ValueError(
             "Argument `renorm_clipping` must be a dict with keys among "
-            f"{list(keys)}. Received: renorm_clipping={renorm_clipping!r}"
+            f"{list(keys)} and float values. "
+            f"Received: renorm_clipping={renorm_clipping!r}"
         )
     rmax = renorm_clipping.get("rmax")
     rmin = renorm_clipping.get("rmin")
@@ -340,4 +362,8 @@ def _check_renorm_clipping(renorm_clipping):
             "Argument `renorm_clipping` needs dmax >= 0. "
             f"Received: renorm_clipping={renorm_clipping!r}"
         )
-    return dict(renorm_clipping)
+    # Plain Python floats (a NumPy scalar would not serialize to JSON).
+    return {
+        key: None if v is None else float(v)
+        for key, v in renorm_clipping.items()
+    }

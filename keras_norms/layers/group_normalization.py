@@ -6,6 +6,7 @@ from keras import ops
 from keras_norms import ops as kn_ops
 from keras_norms.backend import native
 from keras_norms.layers import _base
+from keras_norms.layers import _validation
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")
@@ -30,7 +31,9 @@ class GroupNormalization(_base.Normalization):
         groups: Number of groups, a positive divisor of the number of
             channels, or `-1` for one channel per group.
         axis: Integer, the channel axis: `-1` for channels-last, `1` for
-            channels-first.
+            channels-first. The batch axis `0` is refused with a
+            `ValueError` at build (Keras accepts it, but statistics would
+            then mix the samples of the batch).
         epsilon: Small float added to the variance, `> 0`.
         center: If `True`, add the learned offset `beta`.
         scale: If `True`, multiply by the learned scale `gamma`.
@@ -62,16 +65,7 @@ class GroupNormalization(_base.Normalization):
         gamma_constraint=None,
         **kwargs,
     ):
-        if (
-            isinstance(groups, bool)
-            or not isinstance(groups, int)
-            or (groups <= 0 and groups != -1)
-        ):
-            raise ValueError(
-                "Argument `groups` must be a positive integer that divides "
-                "the number of channels, or -1 for one channel per group. "
-                f"Received: groups={groups!r}"
-            )
+        groups = _validation.check_groups(groups)
         super().__init__(**_base.base_arguments(locals()), **kwargs)
         self.groups = groups
 

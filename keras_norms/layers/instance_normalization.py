@@ -1,23 +1,43 @@
 """InstanceNormalization: per sample and channel, over the spatial axes."""
 
 import keras
+from keras import ops
 
+from keras_norms import ops as kn_ops
 from keras_norms.backend import native
 from keras_norms.layers import _base
+from keras_norms.layers import _moving
+from keras_norms.layers import _validation
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")
-class InstanceNormalization(_base.Normalization):
+class InstanceNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
     """Instance normalization (Ulyanov et al., 2016).
 
     Normalizes each channel of each sample with the mean and variance over
-    its spatial axes (H, W for images, T for sequences), the same in
-    training and at inference:
+    its spatial axes (H, W for images, T for sequences):
 
     `y = gamma * (x - mean) / sqrt(variance + epsilon) + beta`
 
     It equals `GroupNormalization(groups=-1)` (one channel per group) and is
-    what style transfer uses: it removes each image's contrast.
+    what style transfer uses: it removes each image's contrast. By default
+    it behaves the same in training and at inference and keeps no state.
+
+    With `track_running_stats=True` (torch's `InstanceNorm2d` option of the
+    same name) it also keeps moving averages of the instance statistics,
+    the weights `moving_mean` and `moving_variance` (one value per channel),
+    and normalizes with them at inference, a fixed per-channel scale and
+    shift. In training it still normalizes each instance with its own
+    statistics, and updates
+    `moving = moving * momentum + batch * (1 - momentum)`, where `batch` is
+    the mean over the batch of the per-instance means, and of the
+    per-instance UNBIASED variances (`n / (n - 1)` times the biased one, `n`
+    the number of spatial positions), exactly as torch does, so a model
+    ported from torch with its running statistics behaves the same. As in
+    BatchNormalization (and Keras), `momentum` is the weight of the old
+    value: torch's `momentum=0.1` is `momentum=0.9` here. As in Keras, a
+    layer with `trainable=False` runs in inference mode. An empty batch
+    leaves the moving statistics unchanged.
 
     Args:
         axis: Integer, the channel axis: `-1` for channels-last, `1` for
@@ -28,20 +48,97 @@ class InstanceNormalization(_base.Normalization):
         beta_initializer, gamma_initializer: Initializers of the weights.
         beta_regularizer, gamma_regularizer: Optional regularizers.
         beta_constraint, gamma_constraint: Optional constraints.
+        track_running_stats: If `True`, keep the moving statistics and
+            normalize with them at inference (off by default).
+        momentum: Momentum of the moving averages, in [0, 1] (used with
+            `track_running_stats=True` only).
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: Input tensor of rank 3 to 5 (at least one spatial axis).
-        training: Ignored: the layer behaves the same in both modes.
+        training: Ignored unless `track_running_stats=True`: then whether
+            to normalize with the instance statistics (and update the moving
+            ones) or with the moving statistics.
+
+    Example:
+
+    ```python
+    layer = keras_norms.InstanceNormalization(
+        axis=1, track_running_stats=True, momentum=0.9
+    )
+    x = np.random.rand(8, 3, 16, 16).astype("float32")
+    y = layer(x, training=True)  # instance statistics; moving ones updated
+    y = layer(x)  # moving statistics
+    ```
 
     Reference:
         - [Ulyanov et al., 2016](https://arxiv.org/abs/1607.08022).
     """
 
+    def __init__(
+        self,
+        axis=-1,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        track_running_stats=False,
+        momentum=0.99,
+        **kwargs,
+    ):
+        super().__init__(**_base.base_arguments(locals()), **kwargs)
+        self.track_running_stats = _validation.check_bool(
+            "track_running_stats", track_running_stats
+        )
+        self._init_moving_statistics(momentum, "zeros", "ones", False)
+
     def _reduction_axes_for(self, input_shape):
         return self._spatial_axes(input_shape)
 
+    def _build_state(self, param_shape):
+        if self.track_running_stats:
+            self._add_moving_statistics(param_shape)
+
+    def _statistics(self, x, training):
+        if not self.track_running_stats:
+            return kn_ops.moments(x, self._reduction_axes)
+        dtype = kn_ops.statistics_dtype(x.dtype)
+        if not self._uses_batch_statistics(training):
+            return self._moving_statistics(self._param_shape_in_view, dtype)
+        mean, variance = kn_ops.moments(x, self._reduction_axes)
+        shape = ops.shape(x)
+        count = 1
+        for a in self._reduction_axes:
+            count = count * shape[a]
+        count = ops.cast(count, dtype)
+        unbiased = variance * (count / (count - 1))
+        batch = ops.cast(shape[0], dtype)
+        stored = [
+            ops.cast(w, dtype)
+            for w in (self.moving_mean, self.moving_variance)
+        ]
+        # Means over the batch; an empty batch keeps the stored values.
+        self._update_moving_statistics(
+            *(
+                ops.where(
+                    batch > 0,
+                    ops.sum(s, axis=0) / ops.maximum(batch, 1),
+                    ops.reshape(old, ops.shape(s)[1:]),
+                )
+                for s, old in zip((mean, unbiased), stored)
+            )
+        )
+        return mean, variance
+
     def _native_call(self, inputs, training):
+        if self.track_running_stats:
+            # The moving statistics need the moments: the keras.ops path.
+            return None
         # One group per channel: GroupNormalization(groups=-1).
         (channel_axis,) = self._param_axes
         return native.group_norm(
@@ -53,3 +150,13 @@ class InstanceNormalization(_base.Normalization):
             self.epsilon,
             self.compute_dtype,
         )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "track_running_stats": self.track_running_stats,
+                "momentum": self.momentum,
+            }
+        )
+        return config

@@ -41,6 +41,12 @@ class LayerNormalization(_base.Normalization):
             and Keras' behaviour: `x * rsqrt(variance + epsilon) * gamma`,
             no centering, no `beta`), so every Keras config loads.
 
+    Only the input's sizes along `axis` are fixed at build, not its rank
+    (as in Keras): a layer built on `(2, 2, 2)` with `axis=-1` also takes a
+    `(3, 2, 2, 2)` input (a negative axis counts from the end, a positive
+    one from the batch axis). After build `axis` is a sorted list
+    (`-1` becomes `[-1]`), as in Keras, so the configs compare equal.
+
     Call arguments:
         inputs: Input tensor of rank 2 or more.
         training: Ignored: the layer behaves the same in both modes.
@@ -78,16 +84,21 @@ class LayerNormalization(_base.Normalization):
         self.rms_scaling = _validation.check_bool("rms_scaling", rms_scaling)
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         if not self.rms_scaling:
-            return super().build(input_shape)
-        # As Keras: with rms_scaling there is always a gamma and never a
-        # beta, whatever `scale` and `center` say (the config keeps them).
-        center, scale = self.center, self.scale
-        self.center, self.scale = False, True
-        try:
             super().build(input_shape)
-        finally:
-            self.center, self.scale = center, scale
+        else:
+            # As Keras: with rms_scaling there is always a gamma and never
+            # a beta, whatever `scale` and `center` say (the config keeps
+            # them).
+            center, scale = self.center, self.scale
+            self.center, self.scale = False, True
+            try:
+                super().build(input_shape)
+            finally:
+                self.center, self.scale = center, scale
+        # Only the sizes along `axis` are fixed, not the rank (as Keras).
+        _base.build_rank_free(self, input_shape)
 
     def _reduction_axes_for(self, input_shape):
         return self._param_axes
@@ -96,7 +107,8 @@ class LayerNormalization(_base.Normalization):
         # Statistics per row, gamma and beta per feature: applied one after
         # the other (see kn_ops.normalize_moments), never folded into an
         # input-sized scale and shift.
-        mean, variance = self._statistics(x, training)
+        axes, view = _base.rank_free_layout(self, len(x.shape))
+        mean, variance = kn_ops.moments(x, axes)
         if self.rms_scaling:
             # Keras' rms_scaling: x * rsqrt(variance + epsilon) * gamma,
             # with no centering and no beta.
@@ -105,8 +117,8 @@ class LayerNormalization(_base.Normalization):
             x,
             mean,
             variance,
-            self._param_in_view(self.gamma, variance.dtype),
-            self._param_in_view(self.beta, variance.dtype),
+            self._param_in_view(self.gamma, variance.dtype, view),
+            self._param_in_view(self.beta, variance.dtype, view),
             self.epsilon,
             self.compute_dtype,
         )
@@ -119,9 +131,10 @@ class LayerNormalization(_base.Normalization):
     def _native_call(self, inputs, training):
         if self.rms_scaling:
             return None
+        axes, _ = _base.rank_free_layout(self, len(inputs.shape))
         return native.layer_norm(
             inputs,
-            self._reduction_axes,
+            axes,
             self.gamma,
             self.beta,
             self.epsilon,

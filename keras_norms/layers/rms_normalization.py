@@ -45,6 +45,10 @@ class RMSNormalization(keras.layers.Layer):
         scale_constraint: Optional constraint on `scale`.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
+    Only the input's sizes along `axis` are fixed at build, not its rank,
+    and after build `axis` is a sorted list (`-1` becomes `[-1]`), both as
+    in Keras.
+
     Call arguments:
         inputs: Input tensor of any rank `>= 2`.
         training: Ignored: the layer behaves the same in both modes.
@@ -75,10 +79,7 @@ class RMSNormalization(keras.layers.Layer):
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        ndim = len(input_shape)
-        self._axes, param_shape, self._param_shape_in_view = (
-            _base.parameter_layout(self, input_shape)
-        )
+        _, param_shape, _ = _base.parameter_layout(self, input_shape)
         self.scale = self.add_weight(
             shape=param_shape,
             name="scale",
@@ -88,23 +89,21 @@ class RMSNormalization(keras.layers.Layer):
             trainable=True,
             autocast=False,
         )
-        self.input_spec = keras.layers.InputSpec(
-            ndim=ndim, axes={a: input_shape[a] for a in self._axes}
-        )
+        # Only the sizes along `axis` are fixed, not the rank (as Keras).
+        _base.build_rank_free(self, input_shape)
 
     def call(self, inputs, training=None):
         outputs = native.compiled_call(self, inputs, training=training)
         if outputs is not None:
             return outputs
+        axes, view = _base.rank_free_layout(self, len(inputs.shape))
         outputs = native.rms_norm(
-            inputs, self._axes, self.scale, self.epsilon, self.compute_dtype
+            inputs, axes, self.scale, self.epsilon, self.compute_dtype
         )
         if outputs is not None:  # torch's fused kernel (backend/native.py)
             return outputs
-        mean_sq = kn_ops.mean_square(inputs, self._axes)
-        scale = ops.reshape(
-            ops.cast(self.scale, mean_sq.dtype), self._param_shape_in_view
-        )
+        mean_sq = kn_ops.mean_square(inputs, axes)
+        scale = ops.reshape(ops.cast(self.scale, mean_sq.dtype), view)
         # The per-row factor first, then the per-feature scale: one
         # full-size factor would be kept for the backward pass (measured in
         # benchmarks/bench_norms.py).

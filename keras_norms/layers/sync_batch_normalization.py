@@ -86,6 +86,10 @@ class SyncBatchNormalization(batch_normalization.BatchNormalization):
         inputs: Input tensor of rank 2 to 5, this replica's shard of the
             batch (possibly empty).
         training: Python boolean, whether to use (global) batch statistics.
+        mask: Optional boolean tensor of the input's shape without its
+            last axis, expanded at the last axis whatever `axis` is, as in
+            `BatchNormalization` (and Keras): the global statistics cover
+            the unmasked positions of every replica only.
 
     Reference:
         - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167).

@@ -116,6 +116,9 @@ class WeightNormalization(keras.layers.Wrapper):
                 f"wrapped layer, but layer {self.layer.name!r} has none. "
                 f"Received: data_init=True, use_bias=False"
             )
+        # The wrapped layer's own input checks (its `call` is not run):
+        # a wrong-rank input gets Keras' message, the same on every backend.
+        self.input_spec = self.layer.input_spec
         self._kernel_axes = tuple(range(len(kernel.shape) - 1))
         units = kernel.shape[-1]
         if isinstance(self.layer, keras.layers.Dense):
