@@ -20,9 +20,8 @@ TensorFlow).
   (TensorFlow: the `tf.distribute` replica context; torch: an autograd-aware
   all-reduce over the default `torch.distributed` process group).
 
-and one helper, `check_at_least(total, minimum, message)`, which raises a
-`ValueError` where the value is known on the host (eager) and adds a
-runtime assertion to a traced graph otherwise.
+and, on JAX, `named_axes()`: the axis names of an enclosing `pmap` or
+`shard_map`, where each device traces its own shard (`()` elsewhere).
 
 Each backend module is imported lazily, so importing keras_norms never
 imports a framework the user did not choose.
@@ -32,7 +31,7 @@ import importlib
 
 import keras
 
-__all__ = ["num_replicas", "all_gather_rows", "check_at_least"]
+__all__ = ["num_replicas", "all_gather_rows", "named_axes"]
 
 
 def _module():
@@ -56,9 +55,6 @@ def all_gather_rows(row):
     return _module().all_gather_rows(row)
 
 
-def check_at_least(total, minimum, message):
-    """Refuse `total < minimum` with `ValueError(message)` (see module doc).
-
-    Returns `total`, with the check attached where it runs in a graph.
-    """
-    return _module().check_at_least(total, minimum, message)
+def named_axes():
+    """Named mapped axes the current JAX trace runs under (`()`: none)."""
+    return _module().named_axes()

@@ -45,7 +45,5 @@ def all_gather_rows(row):
     return _differentiable_all_reduce(placement * row[None])
 
 
-def check_at_least(total, minimum, message):
-    if float(total.detach()) < minimum:
-        raise ValueError(message)
-    return total
+def named_axes():
+    return ()

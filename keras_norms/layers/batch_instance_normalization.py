@@ -87,7 +87,10 @@ class InstanceBatchNormalization(
         mean_in, var_in = kn_ops.moments(x, self._reduction_axes)
         if self._uses_batch_statistics(training):
             mean_bn, var_bn = kn_ops.pooled_moments(mean_in, var_in, (0,))
-            self._update_moving_statistics(mean_bn, var_bn)
+            # An empty batch keeps the moving statistics as they are.
+            self._update_moving_statistics(
+                mean_bn, var_bn, kn_ops.has_values(mean_in, (0,))
+            )
         else:
             mean_bn, var_bn = self._moving_statistics(
                 self._param_shape_in_view, mean_in.dtype

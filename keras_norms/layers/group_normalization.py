@@ -93,11 +93,6 @@ class GroupNormalization(_base.Normalization):
         self._reduction_axes = tuple(
             a for a in range(1, len(input_shape)) if a != channel_axis
         )
-        view_shape = [input_shape[0], groups, channels // groups]
-        view_shape += [input_shape[a] for a in self._reduction_axes]
-        self._check_reduction_size(
-            view_shape, tuple(range(2, len(view_shape))), "group"
-        )
 
     def _native_call(self, inputs, training):
         return native.group_norm(
@@ -125,7 +120,10 @@ class GroupNormalization(_base.Normalization):
         else:  # rank 2: each channel holds one value
             mean = ops.cast(x, kn_ops.statistics_dtype(x.dtype))
             variance = ops.zeros_like(mean)
-        grouped = (-1, groups, channels // groups)
+        # The batch size, not -1: a reshape of an empty batch cannot infer
+        # it (torch refuses "-1" for 0 elements).
+        batch = x.shape[0] if x.shape[0] is not None else -1
+        grouped = (batch, groups, channels // groups)
         mean, variance = kn_ops.pooled_moments(
             ops.reshape(mean, grouped), ops.reshape(variance, grouped), (2,)
         )
@@ -137,7 +135,7 @@ class GroupNormalization(_base.Normalization):
             self.epsilon,
         )
         stats_shape = [1] * len(x.shape)
-        stats_shape[0] = -1
+        stats_shape[0] = batch
         stats_shape[self._channel_axis] = channels
         per_group = channels // groups
 
