@@ -355,20 +355,45 @@ def test_bad_steps(steps):
         )
 
 
-def test_single_sample_batch_raises_like_training_and_restores():
+def test_single_sample_batch_counts_as_training_does():
+    # A last batch of one sample: variance 0 and the sample as the mean,
+    # as a training step on it gives (Keras' BatchNormalization).
+    model = _model("ours")
+    x, y = _data(9)  # batches of 4, 4, 1
+    ref = _reference(_weights(model), x, batch_size=4)
+    model.compile(optimizer="sgd", loss="mse")
+    assert np.isfinite(model.train_on_batch(x[:1], y[:1]))
+    model = _model("ours")
+    precise.recompute_batch_norm_statistics(model, x, batch_size=4, verbose=0)
+    _assert_stats(model, ref)
+    assert model.get_layer("bn1").momentum == 0.9
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_statistics_are_refused_with_a_warning(bad):
     model = _model("ours")
     before = _weights(model)
-    x, y = _data(9)  # batches of 4, 4, 1
-    model.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        model.train_on_batch(x[:1], y[:1])
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        precise.recompute_batch_norm_statistics(
+    x, _ = _data(10)
+    x[5, 1] = bad  # batch 1 (samples 4-7) of batches of 4
+    with pytest.warns(RuntimeWarning) as record:
+        result = precise.recompute_batch_norm_statistics(
             model, x, batch_size=4, verbose=0
         )
+    message = str(record[0].message)
+    assert "'bn1': from batch 1 (samples 4 to 7" in message
+    assert "'bn2': from batch 1" in message
+    # Both layers see the bad batch (bn2 through bn1): both keep their
+    # statistics, every value as it was; nothing NaN anywhere.
+    assert sorted(result["rejected"]) == ["bn1", "bn2"]
+    assert result["layers"] == {}
     for path, value in _weights(model).items():
         np.testing.assert_array_equal(value, before[path], err_msg=path)
-    assert model.get_layer("bn1").momentum == 0.9
+    # The report leaves them out too (and warns the same way).
+    with pytest.warns(RuntimeWarning, match="bn1"):
+        report = precise.batch_norm_statistics_report(
+            model, x, batch_size=4, print_fn=False
+        )
+    assert report == {}
 
 
 def test_callback_rejects_generators_and_bad_period():
