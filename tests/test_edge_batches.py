@@ -208,3 +208,43 @@ def test_empty_batch_in_a_graph_of_unknown_batch_size_keeps_state():
         assert not np.array_equal(
             helpers.to_numpy(layer.moving_mean), state[0]
         )
+
+
+# ----------------------------------------------------------------------
+# JAX named axes: synchronized statistics refuse what they cannot combine
+# ----------------------------------------------------------------------
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's pmap / shard_map")
+def test_sync_batch_norm_refuses_jax_named_axes():
+    # The refusal depends on the trace (named axes), not on the device
+    # count: a pmap over the one host device shows it in process.
+    import jax
+
+    layer = kn.SyncBatchNormalization()
+    x = helpers.random_input((1, 4, 3), seed=8)
+    layer.build(x.shape[1:])
+    tv = [v.value for v in layer.trainable_variables]
+    ntv = [v.value for v in layer.non_trainable_variables]
+
+    def step(x, training=True):
+        return layer.stateless_call(tv, ntv, x, training=training)[0]
+
+    for mapped in (
+        jax.pmap(step, axis_name="devices"),
+        jax.vmap(step, axis_name="devices"),
+    ):
+        with pytest.raises(ValueError, match=r"Received: axis_names=\('devices',\)"):
+            mapped(x)
+    # Inference (moving statistics, no collective) and plain
+    # BatchNormalization (per-device statistics by definition) are fine.
+    jax.pmap(lambda x: step(x, training=False), axis_name="devices")(x)
+    plain = kn.BatchNormalization()
+    plain.build(x.shape[1:])
+    jax.pmap(
+        lambda x: plain.stateless_call(
+            [v.value for v in plain.trainable_variables],
+            [v.value for v in plain.non_trainable_variables],
+            x,
+            training=True,
+        )[0],
+        axis_name="devices",
+    )(x)

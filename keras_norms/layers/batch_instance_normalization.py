@@ -130,7 +130,8 @@ class BatchInstanceNormalization(InstanceBatchNormalization):
     `a = gamma * (rho / sqrt(var_bn + eps) + (1 - rho) / sqrt(var_in + eps))`.
 
     In training the batch part uses the batch statistics and updates the
-    moving statistics like `BatchNormalization`; at inference (and with
+    moving statistics like `BatchNormalization` (an empty batch leaves
+    them unchanged); at inference (and with
     `trainable=False` or `use_global_stats=True`) the batch part uses the
     moving statistics while the instance part still uses each sample's own
     statistics.

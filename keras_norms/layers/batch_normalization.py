@@ -26,6 +26,12 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
     batch variance. At inference it normalizes with the moving statistics,
     a single per-channel scale and shift.
 
+    Edge batches, as in Keras and on every backend: a batch holding one
+    value per channel (the last batch of one sample of an epoch) has
+    variance 0, so its output is `beta` and the moving variance moves
+    towards 0; an empty batch gives an empty output and leaves the moving
+    statistics unchanged.
+
     Same arguments, defaults and weights (`gamma`, `beta`, `moving_mean`,
     `moving_variance`, in that order) as `keras.layers.BatchNormalization`.
     Compared with LayerNormalization, InstanceNormalization and

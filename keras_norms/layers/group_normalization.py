@@ -24,7 +24,10 @@ class GroupNormalization(_base.Normalization):
     parameters); `groups=-1` or the number of channels equals
     InstanceNormalization. Unlike BatchNormalization it does not depend on
     the batch, so it works at any batch size. Same arguments, defaults and
-    weights as `keras.layers.GroupNormalization`.
+    weights as `keras.layers.GroupNormalization`. As there, a group
+    holding a single value (`groups=-1` on an input without spatial
+    axes, or with one spatial position) has variance 0 and normalizes to
+    `beta`; an empty batch gives an empty output.
 
     Args:
         groups: Number of groups, a positive divisor of the number of

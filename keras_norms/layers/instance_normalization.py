@@ -17,7 +17,8 @@ class InstanceNormalization(_base.Normalization):
     `y = gamma * (x - mean) / sqrt(variance + epsilon) + beta`
 
     It equals `GroupNormalization(groups=-1)` (one channel per group) and is
-    what style transfer uses: it removes each image's contrast.
+    what style transfer uses: it removes each image's contrast. As there,
+    a single spatial position has variance 0 and normalizes to `beta`.
 
     Args:
         axis: Integer, the channel axis: `-1` for channels-last, `1` for
