@@ -40,6 +40,7 @@ import numpy as np
 from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import data_adapter_utils
 
+from keras_norms import backend as kn_backend
 from keras_norms.layers import _validation
 from keras_norms.layers import batch_normalization as _kn_bn
 
@@ -50,6 +51,10 @@ __all__ = [
     "format_report",
     "recompute_batch_norm_statistics",
 ]
+
+# Seconds a torch.distributed process waits for the others to call
+# `recompute_batch_norm_statistics` too (models with synchronized layers).
+DISTRIBUTED_JOIN_TIMEOUT = 60.0
 
 _BN_CLASSES = (keras.layers.BatchNormalization, _kn_bn.BatchNormalization)
 _STAT_NAMES = ("moving_mean", "moving_variance")
@@ -316,6 +321,16 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
     if not layers:
         batches.close()
         return layers, skipped, [], 0, 0
+    if any(getattr(layer, "synchronized", False) for layer in layers):
+        # Their collectives need every process: refuse at once (after a
+        # short wait) a call the other processes do not make.
+        try:
+            kn_backend.join_all_processes(
+                "recompute_batch_norm_statistics", DISTRIBUTED_JOIN_TIMEOUT
+            )
+        except RuntimeError:
+            batches.close()
+            raise
 
     # Everything the forward pass may write (moving statistics, seed
     # generator states, ...), restored afterwards.
@@ -464,7 +479,22 @@ def recompute_batch_norm_statistics(
     adapted to a new data set).
 
     A layer called several times in one forward pass (shared) gets the
-    statistics of its last call in each batch.
+    statistics of its last call in each batch. A batch of one sample
+    counts as a training step on it does: its values as the mean and
+    variance 0.
+
+    Under `torch.distributed` (several processes), a model holding
+    synchronized layers (`SyncBatchNormalization`,
+    `BatchNormalization(synchronized=True)`) must run this on every
+    process, each with its own shard of the data and the same number of
+    batches, as `fit` runs the `PreciseBatchNorm` callback: the layers'
+    batch statistics are then those of the global batches, identical on
+    every process. Called on some processes only, it would block in
+    collectives the others never join; it waits
+    `keras_norms.precise.DISTRIBUTED_JOIN_TIMEOUT` seconds (60) for them
+    on the process group's store and then raises `RuntimeError`, changing
+    nothing. Models without synchronized layers issue no collective: each
+    process computes the statistics of its own data.
 
     Args:
         model: A Keras model (or layer) holding BatchNormalization layers.
@@ -489,6 +519,8 @@ def recompute_batch_norm_statistics(
 
     Raises:
         ValueError: `x` is empty or `steps <= 0`.
+        RuntimeError: Under `torch.distributed`, a model with synchronized
+            layers and a process that does not call it too (see above).
 
     Warns:
         RuntimeWarning: A layer's batch statistics were NaN or infinite for

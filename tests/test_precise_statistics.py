@@ -611,3 +611,43 @@ def test_batch_part_of_learned_norms(name):
     np.testing.assert_allclose(_np(layer.moving_mean), mean, 1e-5, 1e-5)
     np.testing.assert_allclose(_np(layer.moving_variance), var, 1e-5, 1e-5)
     assert layer.momentum == 0.9
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch.distributed (gloo)"
+)
+def test_torch_distributed_all_ranks_or_refused(tmp_path):
+    """Two gloo processes: called on both, the statistics are the global
+    batch's on both; called on rank 0 alone, a RuntimeError within the
+    join timeout (2 s here), not a 30-minute hang."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    rng = np.random.RandomState(3)
+    x = (rng.randn(8, 3) * 2.0 + 5.0).astype("float32")
+    np.savez(tmp_path / "inputs.npz", x=x)
+    # PYTHONPATH: the workers import this checkout's keras_norms.
+    env = dict(
+        os.environ, KERAS_BACKEND="torch", PYTHONPATH=os.path.dirname(here)
+    )
+    proc = subprocess.run(
+        [sys.executable, os.path.join(here, "sync_workers", "precise_worker.py"),
+         str(tmp_path / "inputs.npz"), str(tmp_path)],
+        env=env,
+        cwd=os.path.dirname(here),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    for r in ranks:
+        np.testing.assert_allclose(r["all/moving_mean"], x.mean(0), atol=1e-5)
+        np.testing.assert_allclose(r["all/moving_variance"], x.var(0), atol=1e-4)
+    alone = ranks[0]
+    assert "must be called on every process" in str(alone["alone/error"])
+    assert "Received: rank=0, world_size=2" in str(alone["alone/error"])
+    assert float(alone["alone/seconds"]) < 20
+    np.testing.assert_array_equal(alone["alone/moving_mean"], ranks[0]["all/moving_mean"])

@@ -166,6 +166,10 @@ def distributed(inputs, tmp_path_factory):
     env = dict(os.environ)
     env["KERAS_BACKEND"] = BACKEND
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    # The workers import this checkout's keras_norms, not an installed one.
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(HERE)] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
     if BACKEND == "jax":
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     proc = subprocess.run(

@@ -21,7 +21,10 @@ TensorFlow).
   all-reduce over the default `torch.distributed` process group).
 
 and, on JAX, `named_axes()`: the axis names of an enclosing `pmap` or
-`shard_map`, where each device traces its own shard (`()` elsewhere).
+`shard_map`, where each device traces its own shard (`()` elsewhere); on
+torch, `join_all_processes(what, timeout)`: a rendezvous of every process
+of the `torch.distributed` group with a timeout, for host-side functions
+(precise statistics) that must run on every rank or not at all.
 
 Each backend module is imported lazily, so importing keras_norms never
 imports a framework the user did not choose.
@@ -31,7 +34,12 @@ import importlib
 
 import keras
 
-__all__ = ["num_replicas", "all_gather_rows", "named_axes"]
+__all__ = [
+    "num_replicas",
+    "all_gather_rows",
+    "named_axes",
+    "join_all_processes",
+]
 
 
 def _module():
@@ -58,3 +66,12 @@ def all_gather_rows(row):
 def named_axes():
     """Named mapped axes the current JAX trace runs under (`()`: none)."""
     return _module().named_axes()
+
+
+def join_all_processes(what, timeout):
+    """Wait (up to `timeout` s) until every process has called this too.
+
+    torch.distributed with several processes only (a no-op elsewhere);
+    raises `RuntimeError` naming `what` when the others do not come.
+    """
+    return _module().join_all_processes(what, timeout)

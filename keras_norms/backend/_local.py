@@ -11,3 +11,7 @@ def all_gather_rows(row):  # pragma: no cover - never called with 1 replica
 
 def named_axes():
     return ()
+
+
+def join_all_processes(what, timeout):
+    return None

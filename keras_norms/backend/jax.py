@@ -37,3 +37,7 @@ def named_axes():
         return tuple(core.unsafe_get_axis_names())
     except (ImportError, AttributeError):  # pragma: no cover - other JAX
         return ()
+
+
+def join_all_processes(what, timeout):
+    return None

@@ -47,3 +47,7 @@ def all_gather_rows(row):
 
 def named_axes():
     return ()
+
+
+def join_all_processes(what, timeout):
+    return None
