@@ -28,9 +28,12 @@ from keras_norms import backend as kn_backend
 
 __all__ = [
     "statistics_dtype",
+    "reduction_size",
+    "has_values",
     "moments",
     "mean_square",
     "cross_replica_moments",
+    "batch_moments",
     "pooled_moments",
     "scale_and_shift",
     "normalize",
@@ -46,6 +49,53 @@ def statistics_dtype(dtype):
     `float64` stay as they are.
     """
     return backend.result_type(dtype, "float32")
+
+
+def reduction_size(x, axes):
+    """How many values of `x` each reduction over `axes` covers.
+
+    A Python int where the sizes along `axes` are static (always on torch
+    and under `jax.jit`), else a scalar integer tensor (a TensorFlow graph
+    traced with an unknown batch size).
+    """
+    static = [x.shape[a] for a in axes]
+    if all(s is not None for s in static):
+        return math.prod(static)
+    runtime = ops.shape(x)
+    size = 1
+    for a, s in zip(axes, static):
+        size = size * (runtime[a] if s is None else s)
+    return size
+
+
+def has_values(x, axes):
+    """Whether the reductions over `axes` cover at least one value.
+
+    `True`/`False` where the sizes are static, else a scalar boolean
+    tensor: an empty batch (detection heads with no region, the tail of a
+    filtered dataset) has no statistics, and a layer keeps its state.
+    """
+    size = reduction_size(x, axes)
+    if isinstance(size, int):
+        return size > 0
+    return ops.greater(size, 0)
+
+
+def _zero_where_empty(values, nonempty):
+    """`values` (statistics of a reduction) with 0 where it covered nothing.
+
+    The mean of no values is NaN; an empty reduction's statistics are 0
+    instead (as the masked path gives where the mask is set nowhere), so
+    no NaN reaches the output, the gradients or the state. `nonempty` is
+    `has_values(...)`: a Python bool costs nothing.
+    """
+    if nonempty is True:
+        return values
+    if nonempty is False:
+        return tuple(ops.zeros_like(v) for v in values)
+    return tuple(
+        ops.where(nonempty, v, ops.zeros_like(v)) for v in values
+    )
 
 
 def _centre(mean):
@@ -78,6 +128,9 @@ def moments(x, axes, keepdims=True, mask=None, synchronized=False):
             set nowhere gives mean 0 and variance 0, as Keras does). Masked
             positions are left out with `where`, not multiplied by 0, so a
             NaN or inf there does not reach the statistics (as in Keras).
+            Without a mask, a reduction over no values (an empty batch)
+            gives mean 0 and variance 0 too, not NaN; one value gives its
+            value and variance 0.
         synchronized: If `True` and the backend's distribution machinery
             runs several replicas that each hold a shard of the batch, the
             moments cover every replica's shard (see
@@ -89,13 +142,16 @@ def moments(x, axes, keepdims=True, mask=None, synchronized=False):
     axes = tuple(axes)
     x = ops.cast(x, statistics_dtype(x.dtype))
     if synchronized and kn_backend.num_replicas() > 1:
-        mean, variance = cross_replica_moments(x, axes, mask)
+        mean, variance, _ = _cross_replica_moments(x, axes, mask)
     elif mask is None:
         # (torch.var_mean was measured 3x slower than these two passes on
         # torch for the spatial reductions of BIN/SN: not used.)
         mean = ops.mean(x, axis=axes, keepdims=True)
         variance = ops.mean(
             ops.square(x - _centre(mean)), axis=axes, keepdims=True
+        )
+        mean, variance = _zero_where_empty(
+            (mean, variance), has_values(x, axes)
         )
     else:
         mask = _broadcast_mask(mask, x)
@@ -148,21 +204,21 @@ def cross_replica_moments(x, axes, mask=None):
     `M2 = sum(M2_i + n_i * (m_i - mean)**2)`, `variance = M2 / n`.
     Numerically stable (no `E[x^2] - E[x]^2` on raw sums) and weighted by
     the counts, so unequal shards are fine and an empty shard contributes
-    nothing (and gets no NaN). Without a mask, fewer than 2 values per
-    channel over all replicas is refused, as torch does.
+    nothing (and gets no NaN). As BatchNormalization on the global batch:
+    one value per channel over all replicas gives variance 0, none at all
+    gives mean 0 and variance 0 (see `batch_moments` for the count).
 
     Returns keepdims `(mean, variance)`.
     """
+    mean, variance, _ = _cross_replica_moments(x, axes, mask)
+    return mean, variance
+
+
+def _cross_replica_moments(x, axes, mask=None):
+    """`cross_replica_moments` and whether any replica held a value."""
     dtype = x.dtype
     if mask is None:
-        static = [x.shape[a] for a in axes]
-        if all(s is not None for s in static):
-            local_count = math.prod(static)
-        else:
-            runtime = ops.shape(x)
-            local_count = 1
-            for a in axes:
-                local_count = local_count * runtime[a]
+        local_count = reduction_size(x, axes)
         count = ops.cast(ops.convert_to_tensor(local_count), dtype)
         weights = None
     else:
@@ -189,25 +245,36 @@ def cross_replica_moments(x, axes, mask=None):
     m2s = rows[:, counts_per_row + channels :]
 
     total = ops.sum(counts, axis=0)
-    if weights is None and not (
-        isinstance(local_count, int) and local_count >= 2
-    ):
-        total = kn_backend.check_at_least(
-            ops.sum(counts),
-            2,
-            "Expected more than 1 value per channel when training, across "
-            f"all {kn_backend.num_replicas()} replicas. Received: "
-            f"input_shape={tuple(x.shape)} on this replica",
-        )
-    total = ops.maximum(total, ops.cast(1, dtype))  # masked everywhere
+    nonempty = ops.greater(ops.sum(counts), 0)
+    total = ops.maximum(total, ops.cast(1, dtype))  # empty everywhere
     global_mean = ops.sum(counts * means, axis=0) / total
     global_m2 = ops.sum(
         m2s + counts * ops.square(means - global_mean[None]), axis=0
     )
     variance = ops.maximum(global_m2 / total, ops.cast(0, dtype))
-    return ops.reshape(global_mean, keep_shape), ops.reshape(
-        variance, keep_shape
+    return (
+        ops.reshape(global_mean, keep_shape),
+        ops.reshape(variance, keep_shape),
+        nonempty,
     )
+
+
+def batch_moments(x, axes, mask=None, synchronized=False):
+    """`moments(x, axes, mask=mask, synchronized=synchronized)` and whether
+    they cover any value: `(mean, variance, has_values)`.
+
+    `has_values` is `True`/`False` where that is known from the shapes,
+    else a scalar boolean tensor (a graph with an unknown batch size, or
+    the global count of a synchronized batch). Layers that keep moving
+    statistics update them only where it holds: an empty batch (on every
+    replica) leaves the state unchanged.
+    """
+    axes = tuple(axes)
+    if synchronized and kn_backend.num_replicas() > 1:
+        x = ops.cast(x, statistics_dtype(x.dtype))
+        return _cross_replica_moments(x, axes, mask)
+    mean, variance = moments(x, axes, mask=mask)
+    return mean, variance, has_values(x, axes)
 
 
 def pooled_moments(mean, variance, axes):
@@ -226,14 +293,18 @@ def pooled_moments(mean, variance, axes):
         axes: Axes of `mean` to pool over (kept with length 1).
 
     Returns:
-        A `(mean, variance)` tuple that broadcasts against the inputs.
+        A `(mean, variance)` tuple that broadcasts against the inputs; zeros
+        where there are no groups to pool (an empty batch).
     """
     axes = tuple(axes)
     pooled_mean = ops.mean(mean, axis=axes, keepdims=True)
     pooled_variance = ops.mean(
         variance + ops.square(mean - pooled_mean), axis=axes, keepdims=True
     )
-    return pooled_mean, pooled_variance
+    # No groups (an empty batch pooled over the batch axis): 0, not NaN.
+    return _zero_where_empty(
+        (pooled_mean, pooled_variance), has_values(mean, axes)
+    )
 
 
 def scale_and_shift(mean, variance, gamma=None, beta=None, epsilon=1e-3):

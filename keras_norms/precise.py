@@ -40,6 +40,7 @@ import numpy as np
 from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import data_adapter_utils
 
+from keras_norms import backend as kn_backend
 from keras_norms.layers import _validation
 from keras_norms.layers import batch_normalization as _kn_bn
 
@@ -50,6 +51,10 @@ __all__ = [
     "format_report",
     "recompute_batch_norm_statistics",
 ]
+
+# Seconds a torch.distributed process waits for the others to call
+# `recompute_batch_norm_statistics` too (models with synchronized layers).
+DISTRIBUTED_JOIN_TIMEOUT = 60.0
 
 _BN_CLASSES = (keras.layers.BatchNormalization, _kn_bn.BatchNormalization)
 _STAT_NAMES = ("moving_mean", "moving_variance")
@@ -284,15 +289,6 @@ def _to_tensors(inputs):
     return keras.tree.map_structure(keras.ops.convert_to_tensor, inputs)
 
 
-def _one_value_hint(e, n):
-    if "more than 1 value per" in str(e) and hasattr(e, "add_note"):
-        e.add_note(
-            f"(recompute_batch_norm_statistics: a batch of {n} sample(s) "
-            "reached the layer in training mode; choose a `batch_size` "
-            "that leaves no batch of 1 sample, or drop that batch.)"
-        )
-
-
 def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
     """Compute the precise statistics; every variable is left as it was.
 
@@ -325,6 +321,16 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
     if not layers:
         batches.close()
         return layers, skipped, [], 0, 0
+    if any(getattr(layer, "synchronized", False) for layer in layers):
+        # Their collectives need every process: refuse at once (after a
+        # short wait) a call the other processes do not make.
+        try:
+            kn_backend.join_all_processes(
+                "recompute_batch_norm_statistics", DISTRIBUTED_JOIN_TIMEOUT
+            )
+        except RuntimeError:
+            batches.close()
+            raise
 
     # Everything the forward pass may write (moving statistics, seed
     # generator states, ...), restored afterwards.
@@ -336,6 +342,7 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
     ]
     progbar = keras.utils.Progbar(total, verbose=verbose) if verbose else None
     num_batches = num_samples = 0
+    rejected = {}  # layer index -> (batch index, first sample, samples)
     try:
         with _statistics_mode(layers, include_frozen), _no_grad():
             # With momentum 0 the update `moving * 0 + batch * 1` is the
@@ -351,16 +358,24 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
             while batch is not None:
                 n = _num_samples(batch)
                 if n > 0:
-                    try:
-                        model(_to_tensors(batch), training=True)
-                    except ValueError as e:
-                        _one_value_hint(e, n)
-                        raise
-                    for acc, layer in zip(sums, layers):
-                        for i, name in enumerate(_STAT_NAMES):
-                            acc[i] += n * _numpy(getattr(layer, name)).astype(
-                                np.float64
-                            )
+                    model(_to_tensors(batch), training=True)
+                    for k, (acc, layer) in enumerate(zip(sums, layers)):
+                        values = [
+                            _numpy(getattr(layer, name)).astype(np.float64)
+                            for name in _STAT_NAMES
+                        ]
+                        for i, value in enumerate(values):
+                            acc[i] += n * value
+                        if all(np.all(np.isfinite(v)) for v in values):
+                            continue
+                        rejected.setdefault(k, (num_batches, num_samples, n))
+                        # Reset: NaN * momentum 0 would stay NaN.
+                        layer.moving_mean.assign(
+                            np.zeros(layer.moving_mean.shape, "float32")
+                        )
+                        layer.moving_variance.assign(
+                            np.ones(layer.moving_variance.shape, "float32")
+                        )
                     num_batches += 1
                     num_samples += n
                     if progbar is not None:
@@ -374,8 +389,31 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
         raise ValueError(f"`x` holds no samples. Received: x={_describe(x)}")
     if progbar is not None and total is None:
         progbar.update(num_batches, finalize=True)
-    stats = [tuple(s / num_samples for s in acc) for acc in sums]
+    stats = [
+        None if k in rejected else tuple(s / num_samples for s in acc)
+        for k, acc in enumerate(sums)
+    ]
+    _warn_non_finite(layers, rejected)
     return layers, skipped, stats, num_batches, num_samples
+
+
+def _warn_non_finite(layers, rejected):
+    """Warn, naming each layer and its first batch of non-finite statistics."""
+    if not rejected:
+        return
+    lines = [
+        f"- '{layers[k].name}': from batch {batch} (samples {first} to "
+        f"{first + n - 1} of `x`)"
+        for k, (batch, first, n) in sorted(rejected.items())
+    ]
+    warnings.warn(
+        f"Non-finite (NaN or infinite) batch statistics in "
+        f"{len(rejected)} BatchNormalization layer(s); their moving "
+        "statistics are left as they were (a non-finite sample in `x`, or "
+        "a layer before them overflowing):\n" + "\n".join(lines),
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _warn_no_layers(model, skipped):
@@ -441,7 +479,22 @@ def recompute_batch_norm_statistics(
     adapted to a new data set).
 
     A layer called several times in one forward pass (shared) gets the
-    statistics of its last call in each batch.
+    statistics of its last call in each batch. A batch of one sample
+    counts as a training step on it does: its values as the mean and
+    variance 0.
+
+    Under `torch.distributed` (several processes), a model holding
+    synchronized layers (`SyncBatchNormalization`,
+    `BatchNormalization(synchronized=True)`) must run this on every
+    process, each with its own shard of the data and the same number of
+    batches, as `fit` runs the `PreciseBatchNorm` callback: the layers'
+    batch statistics are then those of the global batches, identical on
+    every process. Called on some processes only, it would block in
+    collectives the others never join; it waits
+    `keras_norms.precise.DISTRIBUTED_JOIN_TIMEOUT` seconds (60) for them
+    on the process group's store and then raises `RuntimeError`, changing
+    nothing. Models without synchronized layers issue no collective: each
+    process computes the statistics of its own data.
 
     Args:
         model: A Keras model (or layer) holding BatchNormalization layers.
@@ -460,12 +513,23 @@ def recompute_batch_norm_statistics(
     Returns:
         A dict: `"num_batches"` and `"num_samples"` used, `"layers"` (the
         new statistics, `{layer name: {"moving_mean": array,
-        "moving_variance": array}}`) and `"skipped"` (names of frozen
-        layers left alone).
+        "moving_variance": array}}`), `"skipped"` (names of frozen
+        layers left alone) and `"rejected"` (names of layers whose batch
+        statistics were not finite, left alone; see below).
 
     Raises:
-        ValueError: `x` is empty, `steps <= 0`, or a batch gives a layer a
-            single value per channel (the error training gives).
+        ValueError: `x` is empty or `steps <= 0`.
+        RuntimeError: Under `torch.distributed`, a model with synchronized
+            layers and a process that does not call it too (see above).
+
+    Warns:
+        RuntimeWarning: A layer's batch statistics were NaN or infinite for
+            some batch (one non-finite sample makes its whole batch's
+            statistics non-finite). That layer keeps its previous moving
+            statistics, so one bad sample cannot overwrite every channel
+            with NaN; the warning names each such layer and its first bad
+            batch (index and sample range in `x`), and the result lists
+            it under `"rejected"`. The other layers are updated.
 
     Reference:
         - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576).
@@ -478,6 +542,7 @@ def recompute_batch_norm_statistics(
         "num_samples": num_samples,
         "layers": {},
         "skipped": [layer.name for layer in skipped],
+        "rejected": [],
     }
     if not layers:
         _warn_no_layers(model, skipped)
@@ -491,7 +556,11 @@ def recompute_batch_norm_statistics(
             "Pass `include_frozen=True` to recompute them too.",
             stacklevel=2,
         )
-    for key, layer, (mean, variance) in zip(_layer_keys(layers), layers, stats):
+    for key, layer, layer_stats in zip(_layer_keys(layers), layers, stats):
+        if layer_stats is None:  # non-finite: kept, warned about
+            result["rejected"].append(key)
+            continue
+        mean, variance = layer_stats
         for name, value in zip(_STAT_NAMES, (mean, variance)):
             var = getattr(layer, name)
             var.assign(value.astype(var.dtype))
@@ -565,7 +634,10 @@ def batch_norm_statistics_report(
         _warn_no_layers(model, skipped)
         return {}
     report = {}
-    for key, layer, (mean, variance) in zip(_layer_keys(layers), layers, stats):
+    for key, layer, layer_stats in zip(_layer_keys(layers), layers, stats):
+        if layer_stats is None:  # non-finite: warned about, not reported
+            continue
+        mean, variance = layer_stats
         eps = float(getattr(layer, "epsilon", 0.0))
         moving_mean = _numpy(layer.moving_mean).astype(np.float64)
         moving_var = _numpy(layer.moving_variance).astype(np.float64)

@@ -355,20 +355,45 @@ def test_bad_steps(steps):
         )
 
 
-def test_single_sample_batch_raises_like_training_and_restores():
+def test_single_sample_batch_counts_as_training_does():
+    # A last batch of one sample: variance 0 and the sample as the mean,
+    # as a training step on it gives (Keras' BatchNormalization).
+    model = _model("ours")
+    x, y = _data(9)  # batches of 4, 4, 1
+    ref = _reference(_weights(model), x, batch_size=4)
+    model.compile(optimizer="sgd", loss="mse")
+    assert np.isfinite(model.train_on_batch(x[:1], y[:1]))
+    model = _model("ours")
+    precise.recompute_batch_norm_statistics(model, x, batch_size=4, verbose=0)
+    _assert_stats(model, ref)
+    assert model.get_layer("bn1").momentum == 0.9
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_statistics_are_refused_with_a_warning(bad):
     model = _model("ours")
     before = _weights(model)
-    x, y = _data(9)  # batches of 4, 4, 1
-    model.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        model.train_on_batch(x[:1], y[:1])
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        precise.recompute_batch_norm_statistics(
+    x, _ = _data(10)
+    x[5, 1] = bad  # batch 1 (samples 4-7) of batches of 4
+    with pytest.warns(RuntimeWarning) as record:
+        result = precise.recompute_batch_norm_statistics(
             model, x, batch_size=4, verbose=0
         )
+    message = str(record[0].message)
+    assert "'bn1': from batch 1 (samples 4 to 7" in message
+    assert "'bn2': from batch 1" in message
+    # Both layers see the bad batch (bn2 through bn1): both keep their
+    # statistics, every value as it was; nothing NaN anywhere.
+    assert sorted(result["rejected"]) == ["bn1", "bn2"]
+    assert result["layers"] == {}
     for path, value in _weights(model).items():
         np.testing.assert_array_equal(value, before[path], err_msg=path)
-    assert model.get_layer("bn1").momentum == 0.9
+    # The report leaves them out too (and warns the same way).
+    with pytest.warns(RuntimeWarning, match="bn1"):
+        report = precise.batch_norm_statistics_report(
+            model, x, batch_size=4, print_fn=False
+        )
+    assert report == {}
 
 
 def test_callback_rejects_generators_and_bad_period():
@@ -586,3 +611,43 @@ def test_batch_part_of_learned_norms(name):
     np.testing.assert_allclose(_np(layer.moving_mean), mean, 1e-5, 1e-5)
     np.testing.assert_allclose(_np(layer.moving_variance), var, 1e-5, 1e-5)
     assert layer.momentum == 0.9
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch.distributed (gloo)"
+)
+def test_torch_distributed_all_ranks_or_refused(tmp_path):
+    """Two gloo processes: called on both, the statistics are the global
+    batch's on both; called on rank 0 alone, a RuntimeError within the
+    join timeout (2 s here), not a 30-minute hang."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    rng = np.random.RandomState(3)
+    x = (rng.randn(8, 3) * 2.0 + 5.0).astype("float32")
+    np.savez(tmp_path / "inputs.npz", x=x)
+    # PYTHONPATH: the workers import this checkout's keras_norms.
+    env = dict(
+        os.environ, KERAS_BACKEND="torch", PYTHONPATH=os.path.dirname(here)
+    )
+    proc = subprocess.run(
+        [sys.executable, os.path.join(here, "sync_workers", "precise_worker.py"),
+         str(tmp_path / "inputs.npz"), str(tmp_path)],
+        env=env,
+        cwd=os.path.dirname(here),
+        capture_output=True,
+        text=True,
+        timeout=300,  # two processes importing keras on a loaded machine
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    for r in ranks:
+        np.testing.assert_allclose(r["all/moving_mean"], x.mean(0), atol=1e-5)
+        np.testing.assert_allclose(r["all/moving_variance"], x.var(0), atol=1e-4)
+    alone = ranks[0]
+    assert "must be called on every process" in str(alone["alone/error"])
+    assert "Received: rank=0, world_size=2" in str(alone["alone/error"])
+    assert float(alone["alone/seconds"]) < 20
+    np.testing.assert_array_equal(alone["alone/moving_mean"], ranks[0]["all/moving_mean"])

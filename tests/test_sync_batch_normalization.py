@@ -104,12 +104,13 @@ def test_same_arguments_and_weights_as_batch_normalization():
     assert clone.get_config()["momentum"] == 0.9
 
 
-def test_refuses_one_value_per_channel_outside_distribution():
-    layer = SyncBatchNormalization()
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        layer(np.ones((1, 4), "float32"), training=True)
-    # Inference with one sample is fine.
-    layer(np.ones((1, 4), "float32"), training=False)
+def test_one_value_per_channel_outside_distribution_as_keras():
+    layer = SyncBatchNormalization(momentum=0.5)
+    x = np.full((1, 4), 3.0, "float32")
+    y = helpers.to_numpy(layer(x, training=True))
+    np.testing.assert_array_equal(y, 0.0)  # beta
+    np.testing.assert_allclose(helpers.to_numpy(layer.moving_mean), 1.5)
+    np.testing.assert_allclose(helpers.to_numpy(layer.moving_variance), 0.5)
 
 
 def test_fit_and_saves_and_loads(tmp_path):
@@ -204,6 +205,10 @@ def distributed(inputs, tmp_path_factory):
     env = dict(os.environ)
     env["KERAS_BACKEND"] = BACKEND
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    # The workers import this checkout's keras_norms, not an installed one.
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(HERE)] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
     if BACKEND == "jax":
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     proc = subprocess.run(
@@ -334,22 +339,41 @@ def test_plain_batch_normalization_per_replica(distributed, inputs):
         )
 
 
-def test_distributed_refuses_one_value_per_channel(distributed):
+@pytest.mark.parametrize("case", list(_common.EDGE_CASES))
+def test_distributed_one_value_or_none_per_channel(distributed, inputs, case):
+    """As BatchNormalization on the global batch (Keras' answer): one value
+    per channel gives `beta` and moves the moving variance towards 0; no
+    value at all gives empty outputs and leaves the state unchanged."""
     if BACKEND == "jax":
         pytest.skip(
-            "a global batch of one sample cannot be sharded over two "
-            "devices; the layer sees the global shape (static check above)"
+            "a global batch of one sample (or none) cannot be sharded over "
+            "two devices; the layer sees the global shape "
+            "(tests/test_edge_batches.py)"
         )
-    message = "Expected more than 1 value per channel when training"
-    if BACKEND == "torch":
-        for r in (0, 1):  # the replica holding it and the empty one
-            error = str(distributed[f"single/{r}/error"])
-            assert error.startswith("ValueError") and message in error
+    sizes = _common.EDGE_CASES[case]
+    x = inputs["x1"][: sum(sizes)].astype("float64")
+    m = _common.MOMENTUM
+    if sum(sizes):
+        moving = {"moving_mean": (1 - m) * x[0], "moving_variance": m}
     else:
-        eager = str(distributed["single_eager/error"])
-        assert eager.startswith("ValueError") and message in eager
-        graph = str(distributed["single_graph/error"])
-        assert graph.startswith("InvalidArgumentError") and message in graph
+        moving = {"moving_mean": 0.0, "moving_variance": 1.0}
+    prefixes = [case] if BACKEND == "torch" else [f"{case}_eager", f"{case}_graph"]
+    for prefix in prefixes:
+        for r, size in enumerate(sizes):
+            y = distributed[f"{prefix}/{r}/y"]
+            assert y.shape == (size, 4)
+            np.testing.assert_allclose(
+                y, np.broadcast_to(inputs["beta"], y.shape), atol=1e-5
+            )
+            for name in ("dx", "dgamma", "dbeta"):
+                assert np.all(np.isfinite(distributed[f"{prefix}/{r}/{name}"]))
+            for name, value in moving.items():
+                np.testing.assert_allclose(
+                    distributed[f"{prefix}/{r}/{name}"],
+                    np.broadcast_to(value, (4,)),
+                    atol=1e-6,
+                    err_msg=f"{prefix}/{r}/{name}",
+                )
 
 
 def test_distributed_fit_step_matches_one_device(distributed, inputs):

@@ -20,9 +20,11 @@ TensorFlow).
   (TensorFlow: the `tf.distribute` replica context; torch: an autograd-aware
   all-reduce over the default `torch.distributed` process group).
 
-and one helper, `check_at_least(total, minimum, message)`, which raises a
-`ValueError` where the value is known on the host (eager) and adds a
-runtime assertion to a traced graph otherwise.
+and, on JAX, `named_axes()`: the axis names of an enclosing `pmap` or
+`shard_map`, where each device traces its own shard (`()` elsewhere); on
+torch, `join_all_processes(what, timeout)`: a rendezvous of every process
+of the `torch.distributed` group with a timeout, for host-side functions
+(precise statistics) that must run on every rank or not at all.
 
 One capability question serves channels-first convolutions:
 `channels_first_conv_supported()` says whether the backend runs an NCHW
@@ -45,7 +47,8 @@ import keras
 __all__ = [
     "num_replicas",
     "all_gather_rows",
-    "check_at_least",
+    "named_axes",
+    "join_all_processes",
     "channels_first_conv_supported",
     "call_for_inference",
 ]
@@ -72,12 +75,18 @@ def all_gather_rows(row):
     return _module().all_gather_rows(row)
 
 
-def check_at_least(total, minimum, message):
-    """Refuse `total < minimum` with `ValueError(message)` (see module doc).
+def named_axes():
+    """Named mapped axes the current JAX trace runs under (`()`: none)."""
+    return _module().named_axes()
 
-    Returns `total`, with the check attached where it runs in a graph.
+
+def join_all_processes(what, timeout):
+    """Wait (up to `timeout` s) until every process has called this too.
+
+    torch.distributed with several processes only (a no-op elsewhere);
+    raises `RuntimeError` naming `what` when the others do not come.
     """
-    return _module().check_at_least(total, minimum, message)
+    return _module().join_all_processes(what, timeout)
 
 
 def channels_first_conv_supported():

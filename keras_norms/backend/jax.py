@@ -11,11 +11,12 @@ global batch. `tests/test_sync_batch_normalization.py` checks this against
 BatchNormalization on one device and counts the all-reduces in the
 compiled HLO.
 
-(Code written with explicit `jax.shard_map`/`pmap` axis names is a
-different model; SyncBatchNormalization does not look for axis names.)
+Code written with explicit `jax.pmap` / `jax.shard_map` (or
+`jax.vmap(axis_name=...)`) is a different model: each device traces its
+own shard, and only a collective over the named axis would combine them.
+`named_axes()` reports those names, so SyncBatchNormalization refuses to
+train there instead of silently using each device's own statistics.
 """
-
-import numpy as np
 
 
 def num_replicas():
@@ -26,11 +27,17 @@ def all_gather_rows(row):  # pragma: no cover - never called with 1 replica
     return row[None]
 
 
-def check_at_least(total, minimum, message):
-    import jax
+def named_axes():
+    """The named mapped axes (`pmap`, `shard_map`, `vmap(axis_name=...)`)
+    the current trace runs under; `()` outside them (and under `jit` with
+    `keras.distribution`, whose GSPMD program sees the global batch)."""
+    try:
+        from jax._src import core
 
-    if isinstance(total, jax.core.Tracer):
-        return total
-    if float(np.asarray(total)) < minimum:
-        raise ValueError(message)
-    return total
+        return tuple(core.unsafe_get_axis_names())
+    except (ImportError, AttributeError):  # pragma: no cover - other JAX
+        return ()
+
+
+def join_all_processes(what, timeout):
+    return None

@@ -176,8 +176,8 @@ def group_norm(x, groups, channel_axis, gamma, beta, epsilon, dtype):
     `gamma` and `beta` have shape `(C,)`; `groups` divides `C`.
     """
     params = _tensors(x, dtype, gamma, beta)
-    if params is None or x.ndim < 3:
-        return None
+    if params is None or x.ndim < 3 or x.numel() == 0:
+        return None  # empty: the channels-last view cannot be reshaped
     ndim = x.ndim
     channel_axis %= ndim
     if channel_axis not in (1, ndim - 1):
@@ -242,6 +242,15 @@ def batch_norm(
 
     gamma, beta, mean, variance = params
     channels = x.shape[channel_axis]
+    count = x.numel() // max(channels, 1)
+    if mean is None and count < 2:
+        # Training on an empty batch or one value per channel: the kernel
+        # refuses it ("expected more than 1 value per channel"); the
+        # keras.ops path gives Keras' answer (variance 0: the output is
+        # beta; empty: no statistics).
+        return None
+    if x.numel() == 0:
+        return None
     if channel_axis == ndim - 1 and ndim > 2:
         # Channels-last: a contiguous (rows, C) view, no transpose.
         view = x.reshape(-1, channels)
@@ -252,7 +261,6 @@ def batch_norm(
             view, mean, variance, gamma, beta, False, 0.0, epsilon
         )
         return y.reshape(x.shape)
-    count = x.numel() // channels
     batch_mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
     batch_variance = torch.zeros(channels, dtype=x.dtype, device=x.device)
     y = F.batch_norm(

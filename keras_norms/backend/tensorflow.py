@@ -51,16 +51,12 @@ def all_gather_rows(row):
     )
 
 
-def check_at_least(total, minimum, message):
-    if tf.executing_eagerly():
-        if float(total) < minimum:
-            raise ValueError(message)
-        return total
-    check = tf.debugging.assert_greater_equal(
-        total, tf.cast(minimum, total.dtype), message=message
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(total)
+def named_axes():
+    return ()
+
+
+def join_all_processes(what, timeout):
+    return None
 
 
 @functools.cache

@@ -82,6 +82,11 @@ def batch_norm(
     channels = x.shape[channel_axis]
     if channels is None:
         return None
+    count = x.shape.num_elements()
+    if mean is None and count is not None and count < 2 * channels:
+        # Training on an empty batch or one value per channel: the
+        # keras.ops path (the kernel's unbiased variance is undefined).
+        return None
     scale = _as_float32(gamma, channels)
     offset = _as_float32(beta, channels)
     if scale is None or offset is None:
@@ -124,7 +129,7 @@ def batch_norm(
     count = x.shape.num_elements()
     if count is not None:
         count //= channels
-        bessel = (count - 1) / count if count > 1 else 1.0
+        bessel = (count - 1) / count
     else:
         count = tf.cast(tf.size(x) // channels, tf.float32)
         bessel = (count - 1.0) / tf.maximum(count, 1.0)

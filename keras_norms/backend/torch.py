@@ -13,6 +13,8 @@ so input gradients equal those of BatchNormalization on the global batch;
 a plain `dist.all_reduce` would cut the gradient.
 """
 
+import time
+
 import torch
 import torch.distributed as dist
 
@@ -45,7 +47,39 @@ def all_gather_rows(row):
     return _differentiable_all_reduce(placement * row[None])
 
 
-def check_at_least(total, minimum, message):
-    if float(total.detach()) < minimum:
-        raise ValueError(message)
-    return total
+def named_axes():
+    return ()
+
+
+def join_all_processes(what, timeout):
+    """Return once every process of the default group has called this too.
+
+    A rendezvous on the process group's key-value store (no collective, so
+    a process that never comes cannot leave the others blocked): each call
+    adds 1 to one counter and waits until the counter reaches the next
+    multiple of the world size. After `timeout` seconds it takes its own
+    arrival back and raises `RuntimeError`. Works with every process group
+    backend (gloo, NCCL), since the store is theirs.
+    """
+    world = num_replicas()
+    if world < 2:
+        return
+    store = dist.distributed_c10d._get_default_store()
+    key = "keras_norms/join/" + what
+    arrived = store.add(key, 1)
+    target = -(-arrived // world) * world
+    deadline = time.monotonic() + timeout
+    while store.add(key, 0) < target:
+        if time.monotonic() > deadline:
+            store.add(key, -1)
+            raise RuntimeError(
+                f"{what} must be called on every process of the "
+                f"torch.distributed process group ({world} processes): it "
+                "runs synchronized layers, whose collectives the other "
+                "processes must join. This process waited "
+                f"{timeout:g} s for the others; call it on every rank "
+                "(each with its shard of the data), as `fit` runs its "
+                f"callbacks. Received: rank={dist.get_rank()}, "
+                f"world_size={world}"
+            )
+        time.sleep(0.01)

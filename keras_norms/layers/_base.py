@@ -14,8 +14,6 @@ weights, mixed precision (weights and statistics in float32), the single
 scale-and-shift, and the config.
 """
 
-import math
-
 import keras
 from keras import constraints
 from keras import initializers
@@ -288,9 +286,9 @@ class Normalization(keras.layers.Layer):
     def _spatial_axes(self, input_shape):
         """The axes besides batch and channel: instance statistics' axes.
 
-        Refuses inputs without one, and a single spatial value, where the
-        instance variance would be 0 and the output `beta` whatever the
-        input.
+        Refuses inputs without one. A single spatial value is accepted, as
+        Keras' GroupNormalization accepts one value per group: its
+        variance is 0 and the output `beta`.
         """
         axes = tuple(
             a for a in range(1, len(input_shape)) if a not in self._param_axes
@@ -302,23 +300,7 @@ class Normalization(keras.layers.Layer):
                 "instance statistics reduce over them). "
                 f"Received: input_shape={tuple(input_shape)}, axis={self.axis}"
             )
-        self._check_reduction_size(input_shape, axes, "instance and channel")
         return axes
-
-    def _check_reduction_size(self, input_shape, axes, what):
-        """Refuse a reduction over a single value where the shape says so.
-
-        Normalizing one value gives `beta` whatever the input (its variance
-        is 0), a silent wrong result; torch refuses it too.
-        """
-        sizes = [input_shape[a] for a in axes]
-        if all(s is not None for s in sizes) and math.prod(sizes) == 1:
-            raise ValueError(
-                f"{type(self).__name__} expected more than 1 value per "
-                f"{what}, got input shape {tuple(input_shape)} (axes "
-                f"{tuple(axes)} hold a single value). Received: "
-                f"axis={self.axis}"
-            )
 
     def compute_output_shape(self, input_shape):
         _validation.canonical_axes(self.axis, len(input_shape))

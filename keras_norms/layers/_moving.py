@@ -67,8 +67,16 @@ class MovingStatisticsMixin:
         """
         return bool(training) and self.trainable and not self.use_global_stats
 
-    def _update_moving_statistics(self, mean, variance):
-        """Blend batch statistics (any shape holding one value a channel)."""
+    def _update_moving_statistics(self, mean, variance, has_values=True):
+        """Blend batch statistics (any shape holding one value a channel).
+
+        `has_values` (from `keras_norms.ops.batch_moments` / `has_values`):
+        whether the batch held any value; an empty batch leaves the moving
+        statistics as they are (a Python `False` skips the update, a
+        boolean tensor selects the old values inside a trace).
+        """
+        if has_values is False:
+            return
         momentum = self.momentum
         for moving, batch in (
             (self.moving_mean, mean),
@@ -80,7 +88,10 @@ class MovingStatisticsMixin:
                 batch = ops.reshape(batch, self._moving_shape)
             if backend.standardize_dtype(batch.dtype) != moving.dtype:
                 batch = ops.cast(batch, moving.dtype)
-            moving.assign(moving.value * momentum + batch * (1.0 - momentum))
+            new = moving.value * momentum + batch * (1.0 - momentum)
+            if has_values is not True:
+                new = ops.where(has_values, new, moving.value)
+            moving.assign(new)
 
     def _moving_statistics(self, shape, dtype):
         """The moving statistics reshaped to broadcast as `shape`."""

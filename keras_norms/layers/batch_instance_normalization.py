@@ -87,7 +87,10 @@ class InstanceBatchNormalization(
         mean_in, var_in = kn_ops.moments(x, self._reduction_axes)
         if self._uses_batch_statistics(training):
             mean_bn, var_bn = kn_ops.pooled_moments(mean_in, var_in, (0,))
-            self._update_moving_statistics(mean_bn, var_bn)
+            # An empty batch keeps the moving statistics as they are.
+            self._update_moving_statistics(
+                mean_bn, var_bn, kn_ops.has_values(mean_in, (0,))
+            )
         else:
             mean_bn, var_bn = self._moving_statistics(
                 self._param_shape_in_view, mean_in.dtype
@@ -127,7 +130,8 @@ class BatchInstanceNormalization(InstanceBatchNormalization):
     `a = gamma * (rho / sqrt(var_bn + eps) + (1 - rho) / sqrt(var_in + eps))`.
 
     In training the batch part uses the batch statistics and updates the
-    moving statistics like `BatchNormalization`; at inference (and with
+    moving statistics like `BatchNormalization` (an empty batch leaves
+    them unchanged); at inference (and with
     `trainable=False` or `use_global_stats=True`) the batch part uses the
     moving statistics while the instance part still uses each sample's own
     statistics.

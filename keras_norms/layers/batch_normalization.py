@@ -26,6 +26,12 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
     batch variance. At inference it normalizes with the moving statistics,
     a single per-channel scale and shift.
 
+    Edge batches, as in Keras and on every backend: a batch holding one
+    value per channel (the last batch of one sample of an epoch) has
+    variance 0, so its output is `beta` and the moving variance moves
+    towards 0; an empty batch gives an empty output and leaves the moving
+    statistics unchanged.
+
     Same arguments, defaults and weights (`gamma`, `beta`, `moving_mean`,
     `moving_variance`, in that order) as `keras.layers.BatchNormalization`.
     Compared with LayerNormalization, InstanceNormalization and
@@ -146,17 +152,15 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             return kn_ops.scale_and_shift(
                 mean, variance, gamma, beta, self.epsilon
             )
-        if mask is None and not self._combines_replicas():
-            # With several replicas a shard may hold one value (or none)
-            # legitimately; the global count is checked after the collective.
-            self._check_reduction_size(
-                x.shape, self._reduction_axes, "channel"
-            )
-        mean, variance = self._batch_moments(x, self._channel_mask(x, mask))
+        mean, variance, has_values = self._batch_moments(
+            x, self._channel_mask(x, mask)
+        )
         if self.renorm:
-            gamma, beta = self._renorm_affine(mean, variance, gamma, beta)
+            gamma, beta = self._renorm_affine(
+                mean, variance, gamma, beta, has_values
+            )
         else:
-            self._update_moving_statistics(mean, variance)
+            self._update_moving_statistics(mean, variance, has_values)
         return kn_ops.scale_and_shift(mean, variance, gamma, beta, self.epsilon)
 
     def _fast_call(self, inputs, training):
@@ -200,12 +204,13 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             )
         if self._combines_replicas():
             return None
-        self._check_reduction_size(inputs.shape, self._reduction_axes, "channel")
         result = native.batch_norm(*args)
         if result is None:
             return None
         outputs, mean, variance = result
-        self._update_moving_statistics(mean, variance)
+        self._update_moving_statistics(
+            mean, variance, kn_ops.has_values(inputs, self._reduction_axes)
+        )
         return outputs
 
     def _channel_mask(self, x, mask):
@@ -235,8 +240,11 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         return ops.expand_dims(mask, axis=-1)
 
     def _batch_moments(self, x, mask=None):
-        """Moments over the batch (of every replica when synchronized)."""
-        return kn_ops.moments(
+        """Moments over the batch (of every replica when synchronized), and
+        whether it held any value (`kn_ops.batch_moments`)."""
+        if self.synchronized:
+            _refuse_named_axes(self)
+        return kn_ops.batch_moments(
             x, self._reduction_axes, mask=mask, synchronized=self.synchronized
         )
 
@@ -269,7 +277,7 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
                 ),
             )
 
-    def _renorm_affine(self, mean, variance, gamma, beta):
+    def _renorm_affine(self, mean, variance, gamma, beta, has_values=True):
         """Fold the stop-gradiented r and d into gamma and beta; update.
 
         `(x_hat * r + d) * gamma + beta = x_hat * (r * gamma) + (d * gamma
@@ -298,13 +306,18 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         new_beta = d if gamma is None else d * gamma
         if beta is not None:
             new_beta = new_beta + beta
-        self._update_renorm_statistics(mean, stddev)
+        self._update_renorm_statistics(mean, stddev, has_values)
         return new_gamma, new_beta
 
-    def _update_renorm_statistics(self, mean, stddev):
+    def _update_renorm_statistics(self, mean, stddev, has_values=True):
+        if has_values is False:  # an empty batch: the state stays
+            return
+
         def blend(variable, value, momentum):
             value = ops.reshape(ops.cast(value, variable.dtype), self._moving_shape)
             new = variable * momentum + value * (1.0 - momentum)
+            if has_values is not True:
+                new = ops.where(has_values, new, variable.value)
             variable.assign(new)
             return new
 
@@ -313,9 +326,12 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         blend(self.moving_mean, mean, self.momentum)
         moving_stddev = blend(self.moving_stddev, stddev, self.momentum)
         # The moving variance follows the moving stddev, as in Keras.
-        self.moving_variance.assign(
-            ops.relu(ops.square(moving_stddev) - self.epsilon)
-        )
+        moving_variance = ops.relu(ops.square(moving_stddev) - self.epsilon)
+        if has_values is not True:
+            moving_variance = ops.where(
+                has_values, moving_variance, self.moving_variance.value
+            )
+        self.moving_variance.assign(moving_variance)
 
     def get_config(self):
         config = super().get_config()
@@ -329,6 +345,26 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             }
         )
         return config
+
+
+def _refuse_named_axes(layer):
+    """Refuse synchronized statistics under a JAX `pmap`/`shard_map`.
+
+    There each device traces its own shard and nothing combines them:
+    the statistics would silently be per device and the moving
+    statistics would drift apart.
+    """
+    names = kn_backend.named_axes()
+    if names:
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' (synchronized batch "
+            "statistics) cannot train inside a JAX `pmap`, `shard_map` or "
+            "`vmap(axis_name=...)`: each device would use its own shard's "
+            "statistics. Train under `keras.distribution.DataParallel` "
+            "(one global program; the statistics are global), or use "
+            "`BatchNormalization` for per-device statistics. Received: "
+            f"axis_names={names}"
+        )
 
 
 def _check_renorm_clipping(renorm_clipping):

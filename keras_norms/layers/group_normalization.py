@@ -25,7 +25,10 @@ class GroupNormalization(_base.Normalization):
     parameters); `groups=-1` or the number of channels equals
     InstanceNormalization. Unlike BatchNormalization it does not depend on
     the batch, so it works at any batch size. Same arguments, defaults and
-    weights as `keras.layers.GroupNormalization`.
+    weights as `keras.layers.GroupNormalization`. As there, a group
+    holding a single value (`groups=-1` on an input without spatial
+    axes, or with one spatial position) has variance 0 and normalizes to
+    `beta`; an empty batch gives an empty output.
 
     Args:
         groups: Number of groups, a positive divisor of the number of
@@ -87,11 +90,6 @@ class GroupNormalization(_base.Normalization):
         self._reduction_axes = tuple(
             a for a in range(1, len(input_shape)) if a != channel_axis
         )
-        view_shape = [input_shape[0], groups, channels // groups]
-        view_shape += [input_shape[a] for a in self._reduction_axes]
-        self._check_reduction_size(
-            view_shape, tuple(range(2, len(view_shape))), "group"
-        )
 
     def _native_call(self, inputs, training):
         return native.group_norm(
@@ -119,7 +117,10 @@ class GroupNormalization(_base.Normalization):
         else:  # rank 2: each channel holds one value
             mean = ops.cast(x, kn_ops.statistics_dtype(x.dtype))
             variance = ops.zeros_like(mean)
-        grouped = (-1, groups, channels // groups)
+        # The batch size, not -1: a reshape of an empty batch cannot infer
+        # it (torch refuses "-1" for 0 elements).
+        batch = x.shape[0] if x.shape[0] is not None else -1
+        grouped = (batch, groups, channels // groups)
         mean, variance = kn_ops.pooled_moments(
             ops.reshape(mean, grouped), ops.reshape(variance, grouped), (2,)
         )
@@ -131,7 +132,7 @@ class GroupNormalization(_base.Normalization):
             self.epsilon,
         )
         stats_shape = [1] * len(x.shape)
-        stats_shape[0] = -1
+        stats_shape[0] = batch
         stats_shape[self._channel_axis] = channels
         per_group = channels // groups
 

@@ -22,6 +22,8 @@ class InstanceNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
     It equals `GroupNormalization(groups=-1)` (one channel per group) and is
     what style transfer uses: it removes each image's contrast. By default
     it behaves the same in training and at inference and keeps no state.
+As there, a single spatial position has variance 0 and normalizes to
+`beta`.
 
     With `track_running_stats=True` (torch's `InstanceNorm2d` option of the
     same name) it also keeps moving averages of the instance statistics,

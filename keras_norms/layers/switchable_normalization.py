@@ -39,7 +39,8 @@ class SwitchableNormalization(_bin.InstanceBatchNormalization):
     and the moving variance starts at 1 as in Keras.
 
     In training the batch moments update the moving statistics like
-    `BatchNormalization`; at inference (and with `trainable=False` or
+    `BatchNormalization` (an empty batch leaves them unchanged); at
+    inference (and with `trainable=False` or
     `use_global_stats=True`) the moving statistics replace the batch
     moments while the instance and layer moments are each sample's own.
     `keras_norms.inspection.switchable_importances(model)` reads the

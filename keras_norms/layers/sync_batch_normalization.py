@@ -55,16 +55,21 @@ class SyncBatchNormalization(batch_normalization.BatchNormalization):
       shards the batch axis): the train step is one global (GSPMD) jit, the
       layer sees the global batch, and BatchNormalization's plain moments
       already are global; XLA inserts the all-reduces. No explicit
-      collective is issued.
+      collective is issued. Inside an explicit `jax.pmap`, `jax.shard_map`
+      or `jax.vmap(axis_name=...)`, where each device traces its own shard
+      and nothing would combine them, training is refused with a
+      `ValueError` naming the axis names (per-device statistics there
+      would be silently wrong and the moving statistics would drift apart
+      between devices): use `keras.distribution`, or
+      `BatchNormalization` for per-device statistics.
 
     As with every synchronized batch norm, all replicas must call the layer
     in training mode the same number of times, in the same order.
 
-    Training on a single value per channel across all replicas is refused
-    with a `ValueError` ("expected more than 1 value per channel when
-    training"), as in torch; in a TensorFlow graph, where the global count
-    is only known at run time, the same message comes as a
-    `tf.errors.InvalidArgumentError`.
+    As BatchNormalization on the global batch (and Keras): a single value
+    per channel over all replicas normalizes to `beta` (variance 0) and
+    moves the moving variance towards 0; no value at all (every shard
+    empty) gives empty outputs and leaves the moving statistics unchanged.
 
     Args:
         axis: Integer, the channel axis: `-1` for channels-last, `1` for

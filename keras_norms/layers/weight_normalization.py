@@ -43,7 +43,8 @@ class WeightNormalization(keras.layers.Wrapper):
     outputs, `g <- 1 / sqrt(var(t) + 1e-6)` and `b <- -mean(t) * g` per
     unit, so that batch's pre-activation outputs have zero mean and unit
     variance per unit. It happens once: a non-trainable flag records it and
-    is saved with the model.
+    is saved with the model. An empty batch (no samples) initializes
+    nothing: the first training batch holding samples does.
 
     Weights: the direction `v` is the wrapped layer's own `kernel` weight
     (so the wrapped layer keeps its name, path and checkpoint layout); the
@@ -271,13 +272,32 @@ class WeightNormalization(keras.layers.Wrapper):
                 ops.convert_to_tensor(self.bias_offset),
             )
 
-        pending = ops.equal(ops.convert_to_tensor(self.data_initialized), 0.0)
-        g_offset, bias_offset = ops.cond(
-            pending, initial_offsets, current_offsets
-        )
-        self.g_offset.assign(g_offset)
-        self.bias_offset.assign(bias_offset)
-        self.data_initialized.assign(ops.ones((), "float32"))
+        # An empty batch has no statistics: the layer stays uninitialized
+        # and the first batch holding samples initializes it.
+        has_values = kn_ops.has_values(t, stat_axes)
+        if has_values is False:
+            g_offset, bias_offset = current_offsets()
+        else:
+            pending = ops.equal(
+                ops.convert_to_tensor(self.data_initialized), 0.0
+            )
+            if has_values is not True:
+                pending = ops.logical_and(pending, has_values)
+            g_offset, bias_offset = ops.cond(
+                pending, initial_offsets, current_offsets
+            )
+            self.g_offset.assign(g_offset)
+            self.bias_offset.assign(bias_offset)
+        if has_values is True:
+            self.data_initialized.assign(ops.ones((), "float32"))
+        elif has_values is not False:
+            self.data_initialized.assign(
+                ops.where(
+                    has_values,
+                    ops.ones((), "float32"),
+                    ops.convert_to_tensor(self.data_initialized),
+                )
+            )
         t = ops.cast(t, "float32") * self._per_unit(g + g_offset, ndim, "float32")
         t = t + self._per_unit(bias + bias_offset, ndim, "float32")
         return ops.cast(t, dtype)

@@ -21,8 +21,11 @@ CASES = {
     "unequal": (3, 5),
     "empty": (0, 6),
 }
-# A global batch holding one value per channel (rank-2 input, one sample).
-SINGLE = (1, 0)
+# Global batches of the rank-2 input `x1`, run apart from CASES: one value
+# per channel (one sample), and none at all (every shard empty). As
+# BatchNormalization on the global batch: the output `beta` and the
+# moving variance moving towards 0; an empty output and unchanged state.
+EDGE_CASES = {"single": (1, 0), "none": (0, 0)}
 MOMENTUM = 0.5
 
 

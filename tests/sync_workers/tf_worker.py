@@ -131,22 +131,16 @@ def main(inputs_path, out_dir):
     for case, sizes in _common.CASES.items():
         for k, v in run_case(strategy, inputs, sizes).items():
             results[f"{case}/{k}"] = v
-    # One value per channel over both replicas: refused, eagerly with a
-    # ValueError, in a graph (the count is known at run time only) with an
-    # InvalidArgumentError carrying the same message.
-    for mode, eager in (("eager", True), ("graph", False)):
-        try:
-            run_case(
-                strategy,
-                inputs,
-                _common.SINGLE,
-                x_key="x1",
-                with_plain=False,
+    # One value per channel, and none, over both replicas: eagerly and in
+    # a graph (where the global count is known at run time only).
+    for case, sizes in _common.EDGE_CASES.items():
+        for mode, eager in (("eager", True), ("graph", False)):
+            edge = run_case(
+                strategy, inputs, sizes, x_key="x1", with_plain=False,
                 eager=eager,
             )
-            results[f"single_{mode}/error"] = ""
-        except (ValueError, tf.errors.InvalidArgumentError) as e:
-            results[f"single_{mode}/error"] = f"{type(e).__name__}: {e}"
+            for k, v in edge.items():
+                results[f"{case}_{mode}/{k}"] = v
     results.update(count_collectives(strategy, inputs))
     for k, v in run_fit(strategy, inputs).items():
         results[f"fit/{k}"] = v

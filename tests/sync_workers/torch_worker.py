@@ -105,11 +105,10 @@ def worker(rank, port, inputs_path, out_dir):
                 results["collectives/forward"] = counts["forward"]
                 results["collectives/train_step"] = counts["train_step"]
                 results["collectives/names"] = "; ".join(counts["names"])
-        try:
-            run_case(rank, inputs, _common.SINGLE, x_key="x1", with_plain=False)
-            results[f"single/{rank}/error"] = ""
-        except ValueError as e:
-            results[f"single/{rank}/error"] = f"{type(e).__name__}: {e}"
+        for case, sizes in _common.EDGE_CASES.items():
+            edge = run_case(rank, inputs, sizes, x_key="x1", with_plain=False)
+            for k, v in edge.items():
+                results[f"{case}/{k}"] = v
         _common.save(out_dir, f"rank{rank}", results)
     finally:
         dist.destroy_process_group()
