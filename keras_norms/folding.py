@@ -360,7 +360,10 @@ def rebuild_model(model, clone_function, *, skip=(), call_function=None):
         model: A built Sequential or functional model.
         clone_function: `clone_function(layer, assignments)` returns the
             layer that takes `layer`'s place (called once per layer, so
-            shared layers stay shared). It may append `(new_layer,
+            shared layers stay shared; never for the operations that are
+            not layers, `keras.ops` calls recorded in a functional graph
+            such as `Add` from `x + y`, which are stateless and kept as
+            they are). It may append `(new_layer,
             weights)` to `assignments` (a list for `set_weights`, or a
             `_WeightsByName`): they are set once the new model is built.
             Nested models are its business (see `copy_layer`).
@@ -395,6 +398,11 @@ def rebuild_model(model, clone_function, *, skip=(), call_function=None):
         def clone(layer):
             if id(layer) in skip:
                 return layer  # never called: `call` passes its input on
+            if not isinstance(layer, keras.layers.Layer):
+                # A `keras.ops` call recorded as a graph node (`Add` from
+                # `x + y`, `Multiply`, `Transpose`, ...): an `Operation`
+                # without weights or state, passed through unchanged.
+                return layer
             return clone_function(layer, assignments)
 
         def call(layer, *args, **kwargs):
