@@ -142,8 +142,10 @@ def fold_batch_norms(model, verbose="auto", return_report=False):
 
     The result computes `model(x, training=False)` (up to float32 rounding)
     and has no BatchNormalization left. Every other layer is a fresh copy
-    with copied weights; the original model is not modified and shares no
-    weights with the result. Sequential and functional models are
+    with copied weights (operations that are not layers, `keras.ops` calls
+    such as `x + y` recorded in a functional graph, are kept as they are);
+    the original model is not modified and shares no weights with the
+    result. Sequential and functional models are
     supported, and so are functional/Sequential models nested as layers
     (folded recursively; a BatchNormalization at the start of a nested
     model sees a model input and becomes an Affine).
