@@ -38,11 +38,11 @@ from tests.helpers import to_numpy
 
 L = keras.layers
 BATCH, SIZE, CLASSES = 4, 32, 5
-# Outputs in inference mode and after one identical training step: float32
-# rounding (reassociation, the fold) relative to the output scale.
+# Outputs relative to their scale: float32 rounding (reassociation, the
+# fold) in inference mode; after a statistics pass in training mode (batch
+# statistics of 4 samples at 1x1 spatial size amplify rounding).
 RTOL = 1e-4
-RTOL_TRAINED = 1e-3
-
+RTOL_STATISTICS = 1e-3
 
 def _assert_close(got, want, rtol, what):
     got, want = np.asarray(got, "float64"), np.asarray(want, "float64")
@@ -84,10 +84,23 @@ def _predict(model, x):
     return to_numpy(model(x, training=False))
 
 
-def _run_pipeline(model, tmp_path):
+def _trainable(model):
+    return np.concatenate(
+        [to_numpy(w).astype("float64").ravel() for w in model.trainable_weights]
+    )
+
+
+def _run_pipeline(model, tmp_path, update_rtol):
     """convert -> train step -> statistics -> optimize -> export -> reload.
 
-    Returns the converted model, after the last stage.
+    The training step is compared by its update: `|dw_converted -
+    dw_original| <= update_rtol * |dw_original|` over all trainable weights.
+    At batch 4 BatchNormalization's gradient is ill-conditioned in deep
+    networks, so two float32 implementations of the same step differ by
+    a sizeable fraction of the update (each as far from a float64
+    reference as from the other). The converted model then takes the
+    original's trained weights, so that the later stages compare from the
+    same state. Returns the converted model, after the last stage.
     """
     x, y = _data(model.inputs[0].shape[1:])
     n_bn = _count(model, L.BatchNormalization)
@@ -99,19 +112,25 @@ def _run_pipeline(model, tmp_path):
     assert _count(converted, KnLayerNormalization) == n_ln
     _assert_close(_predict(converted, x), _predict(model, x), RTOL, "convert")
 
+    before = _trainable(model)
     _compile(model)
     _compile(converted)
     loss = model.train_on_batch(x, y)
     converted_loss = converted.train_on_batch(x, y)
-    np.testing.assert_allclose(converted_loss, loss, rtol=1e-4)
-    want = _predict(model, x)
-    _assert_close(_predict(converted, x), want, RTOL_TRAINED, "train step")
+    np.testing.assert_allclose(converted_loss, loss, rtol=1e-3)
+    update = _trainable(model) - before
+    error = np.linalg.norm(_trainable(converted) - before - update)
+    assert error <= update_rtol * np.linalg.norm(update), (
+        f"train step: update differs by {error / np.linalg.norm(update):.3g} "
+        f"of its norm > {update_rtol:g}"
+    )
+    converted.set_weights(model.get_weights())
 
     for m in (model, converted):
         kn.recompute_batch_norm_statistics(m, x, batch_size=BATCH, verbose=0)
     want = _predict(model, x)
     got = _predict(converted, x)
-    _assert_close(got, want, RTOL_TRAINED, "recomputed statistics")
+    _assert_close(got, want, RTOL_STATISTICS, "recomputed statistics")
 
     optimized = kn.optimize_for_inference(converted, verbose=0)
     assert _count(optimized, (L.BatchNormalization, KnBatchNormalization)) == 0
@@ -194,13 +213,19 @@ def test_every_rewrite_passes_operations_through():
 
 
 def test_small_model_pipeline(tmp_path):
-    converted = _run_pipeline(_small_model(), tmp_path)
+    converted = _run_pipeline(_small_model(), tmp_path, update_rtol=1e-4)
     assert _count(converted, KnLayerNormalization) == 1
 
 
 # ----------------------------------------------------------------------
 # Slow: keras.applications
 # ----------------------------------------------------------------------
+# One SGD step at batch 4 and 1x1 final spatial size: on TensorFlow,
+# ResNet50's float32 update is 13% (Keras) and 3.5% (converted) of its norm
+# away from the float64 one, and the two float32 updates 13% apart; the
+# float64 updates agree exactly. A wrong gradient (sign, scale, missing
+# term) is off by the whole update or more.
+UPDATE_RTOL = 0.5
 APPLICATIONS = {
     "ResNet50": keras.applications.ResNet50,
     "MobileNetV2": keras.applications.MobileNetV2,
@@ -255,7 +280,7 @@ def test_application_pipeline(name, tmp_path):
             lambda m: kn.fold_batch_norms(m, verbose=0),
         ):
             _assert_close(_predict(rewrite(model), x), want, RTOL, name)
-    _run_pipeline(model, tmp_path)
+    _run_pipeline(model, tmp_path, update_rtol=UPDATE_RTOL)
 
 
 @pytest.mark.slow
@@ -268,4 +293,6 @@ def test_application_pipeline_channels_first(name, tmp_path):
             f"the {BACKEND} backend cannot run a channels-first Conv2D here "
             "(TensorFlow's CPU needs oneDNN or XLA for NCHW)"
         )
-    _run_pipeline(_application(name, "channels_first"), tmp_path)
+    _run_pipeline(
+        _application(name, "channels_first"), tmp_path, UPDATE_RTOL
+    )
