@@ -8,9 +8,10 @@
 at every stage is the original Keras model put through the same steps (the
 same training step, the same statistics pass): each stage's outputs must
 match it to a tolerance relative to the output scale,
-`max|got - want| <= rtol * max|want|`.
+`max|got - want| <= rtol * max|want|`, and the training step's update to a
+tolerance relative to the update's norm (see `_run_pipeline`).
 
-The real architectures are `slow` (tens of seconds each per backend); the
+The real architectures are `slow` (minutes each per backend on 2 cores); the
 fast test runs the same pipeline on a small functional model that covers
 the same code paths: `keras.ops` arithmetic recorded as graph nodes (`Add`,
 `Multiply`, as in ConvNeXt), a depthwise convolution (MobileNet,
