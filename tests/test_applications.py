@@ -1,7 +1,7 @@
 """Real architectures through every model rewrite, end to end.
 
 `keras.applications` models nobody here wrote (`weights=None`, CI size:
-32x32 inputs, batch 4, 5 classes) go through the pipeline a user runs:
+64x64 inputs, batch 4, 5 classes) go through the pipeline a user runs:
 `convert` -> one training step -> `recompute_batch_norm_statistics` ->
 `optimize_for_inference` -> `export_saved_model` -> reload with
 `tf.saved_model.load` (`keras_norms.export.run_saved_model`). The reference
