@@ -45,7 +45,10 @@ def convert(model):
     `get_config()` (every argument carries over: the keras_norms layers are
     drop-in replacements, with the same weights in the same order), with
     the weights copied by `set_weights`. Every other layer is a fresh copy
-    with copied weights. The new model computes the same outputs, with
+    with copied weights; operations recorded in a functional graph that are
+    not layers (`keras.ops` calls such as `x + y`, as in
+    `keras.applications.ConvNeXtTiny`) are stateless and kept as they are.
+    The new model computes the same outputs, with
     `training=False` and with `training=True`, and trains the same way; the
     original model is not modified and shares no weights with it.
 
@@ -92,7 +95,8 @@ def convert_sync_batchnorm(model):
     what the original model does, with `training=False` and `training=True`.
     The PyTorch counterpart is `torch.nn.SyncBatchNorm.
     convert_sync_batchnorm`. Other layers are fresh copies with copied
-    weights; the original model is not modified. Nested Sequential and
+    weights (operations that are not layers, `keras.ops` calls recorded in
+    the graph, are kept as they are); the original model is not modified. Nested Sequential and
     functional models are converted recursively.
 
     Args:

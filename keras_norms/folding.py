@@ -149,8 +149,10 @@ def fold_batch_norms(model, verbose="auto", return_report=False):
 
     The result computes `model(x, training=False)` (up to float32 rounding)
     and has no BatchNormalization left. Every other layer is a fresh copy
-    with copied weights; the original model is not modified and shares no
-    weights with the result. Sequential and functional models are
+    with copied weights (operations that are not layers, `keras.ops` calls
+    such as `x + y` recorded in a functional graph, are kept as they are);
+    the original model is not modified and shares no weights with the
+    result. Sequential and functional models are
     supported, and so are functional/Sequential models nested as layers
     (folded recursively; a BatchNormalization at the start of a nested
     model sees a model input and becomes an Affine).
@@ -367,7 +369,10 @@ def rebuild_model(model, clone_function, *, skip=(), call_function=None):
         model: A built Sequential or functional model.
         clone_function: `clone_function(layer, assignments)` returns the
             layer that takes `layer`'s place (called once per layer, so
-            shared layers stay shared). It may append `(new_layer,
+            shared layers stay shared; never for the operations that are
+            not layers, `keras.ops` calls recorded in a functional graph
+            such as `Add` from `x + y`, which are stateless and kept as
+            they are). It may append `(new_layer,
             weights)` to `assignments` (a list for `set_weights`, or a
             `_WeightsByName`): they are set once the new model is built.
             Nested models are its business (see `copy_layer`).
@@ -402,6 +407,11 @@ def rebuild_model(model, clone_function, *, skip=(), call_function=None):
         def clone(layer):
             if id(layer) in skip:
                 return layer  # never called: `call` passes its input on
+            if not isinstance(layer, keras.layers.Layer):
+                # A `keras.ops` call recorded as a graph node (`Add` from
+                # `x + y`, `Multiply`, `Transpose`, ...): an `Operation`
+                # without weights or state, passed through unchanged.
+                return layer
             return clone_function(layer, assignments)
 
         def call(layer, *args, **kwargs):
