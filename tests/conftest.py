@@ -19,3 +19,21 @@ def _fresh_keras_state():
     np.random.seed(0)
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="also run the tests marked slow (real keras.applications "
+        "architectures end to end; CI runs them in a tier of their own)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow tier: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
