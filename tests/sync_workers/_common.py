@@ -11,6 +11,7 @@ own distribution machinery, and writes per-replica results as
 """
 
 import os
+import socket
 
 import numpy as np
 
@@ -49,3 +50,16 @@ def save(out_dir, name, results):
         os.path.join(out_dir, f"{name}.npz"),
         **{k: np.asarray(v) for k, v in results.items()},
     )
+
+
+def spawn_local_processes(worker, nprocs, *args):
+    """torch.multiprocessing.spawn of `worker(rank, port, *args)`.
+
+    `port` is a free port on 127.0.0.1 for the process group's rendezvous.
+    """
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(port, *args), nprocs=nprocs, join=True)

@@ -6,18 +6,11 @@ the global batch and writes its results to OUT_DIR/rank{r}.npz.
 """
 
 import os
-import socket
 import sys
 
 os.environ["KERAS_BACKEND"] = "torch"
 
 WORLD_SIZE = 2
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def collective_counter():
@@ -115,14 +108,9 @@ def worker(rank, port, inputs_path, out_dir):
 
 
 def main(inputs_path, out_dir):
-    import torch.multiprocessing as mp
+    import _common
 
-    mp.spawn(
-        worker,
-        args=(free_port(), inputs_path, out_dir),
-        nprocs=WORLD_SIZE,
-        join=True,
-    )
+    _common.spawn_local_processes(worker, WORLD_SIZE, inputs_path, out_dir)
 
 
 if __name__ == "__main__":
