@@ -46,6 +46,15 @@ def _not_batch_or(axis, ndim):
 # BatchNormalization
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("shape,axis", LAYOUTS)
+
+def _assert_matches_torch(ours, reference):
+    """Output, input gradient and gamma/beta gradients against torch's."""
+    (y, dx, grads), (ry, rdx, rgrads) = ours, reference
+    np.testing.assert_allclose(y, ry, **TOL)
+    np.testing.assert_allclose(dx, rdx, **TOL)
+    np.testing.assert_allclose(grads["gamma"], rgrads["weight"], **TOL)
+    np.testing.assert_allclose(grads["beta"], rgrads["bias"], **TOL)
+
 def test_batch_norm_training_matches_torch(shape, axis):
     x = helpers.random_input(shape, loc=2.0, scale=3.0)
     layer = kn.BatchNormalization(axis=axis, epsilon=EPS)
@@ -62,10 +71,7 @@ def test_batch_norm_training_matches_torch(shape, axis):
         up,
         axis,
     )
-    np.testing.assert_allclose(y, ry, **TOL)
-    np.testing.assert_allclose(dx, rdx, **TOL)
-    np.testing.assert_allclose(grads["gamma"], rgrads["weight"], **TOL)
-    np.testing.assert_allclose(grads["beta"], rgrads["bias"], **TOL)
+    _assert_matches_torch((y, dx, grads), (ry, rdx, rgrads))
 
 
 @pytest.mark.parametrize("shape,axis", [LAYOUTS[0], LAYOUTS[3], LAYOUTS[4]])
@@ -202,10 +208,7 @@ def test_layer_norm_matches_torch(shape, training):
         up,
         1,  # identity move: torch_reference moves axis 1 to 1
     )
-    np.testing.assert_allclose(y, ry, **TOL)
-    np.testing.assert_allclose(dx, rdx, **TOL)
-    np.testing.assert_allclose(grads["gamma"], rgrads["weight"], **TOL)
-    np.testing.assert_allclose(grads["beta"], rgrads["bias"], **TOL)
+    _assert_matches_torch((y, dx, grads), (ry, rdx, rgrads))
 
 
 @pytest.mark.parametrize("axis", [[1, 2, 3], [2, 3], [1, -1], -2])
@@ -255,10 +258,7 @@ def test_instance_norm_matches_torch(shape, axis):
             up,
             axis,
         )
-        np.testing.assert_allclose(y, ry, **TOL)
-        np.testing.assert_allclose(dx, rdx, **TOL)
-        np.testing.assert_allclose(grads["gamma"], rgrads["weight"], **TOL)
-        np.testing.assert_allclose(grads["beta"], rgrads["bias"], **TOL)
+        _assert_matches_torch((y, dx, grads), (ry, rdx, rgrads))
 
 
 @pytest.mark.parametrize("shape,axis", [((3, 6, 4, 5), 1), ((4, 7, 5), -1)])
@@ -314,10 +314,7 @@ def test_instance_norm_running_stats_match_torch(shape, axis):
         up,
         axis,
     )
-    np.testing.assert_allclose(y, ry, **TOL)
-    np.testing.assert_allclose(dx, rdx, **TOL)
-    np.testing.assert_allclose(grads["gamma"], rgrads["weight"], **TOL)
-    np.testing.assert_allclose(grads["beta"], rgrads["bias"], **TOL)
+    _assert_matches_torch((y, dx, grads), (ry, rdx, rgrads))
 
 
 def test_instance_norm_with_running_stats_folds_as_a_fixed_affine():
@@ -375,10 +372,7 @@ def test_group_norm_matches_torch(shape, axis, groups):
         up,
         axis,
     )
-    np.testing.assert_allclose(y, ry, **TOL)
-    np.testing.assert_allclose(dx, rdx, **TOL)
-    np.testing.assert_allclose(grads["gamma"], rgrads["weight"], **TOL)
-    np.testing.assert_allclose(grads["beta"], rgrads["bias"], **TOL)
+    _assert_matches_torch((y, dx, grads), (ry, rdx, rgrads))
 
 
 def test_group_norm_matches_numpy_groups_of_consecutive_channels():
