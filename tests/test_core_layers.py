@@ -42,11 +42,6 @@ def _not_batch_or(axis, ndim):
     return [a for a in range(1, ndim) if a != axis]
 
 
-# ---------------------------------------------------------------------------
-# BatchNormalization
-# ---------------------------------------------------------------------------
-@pytest.mark.parametrize("shape,axis", LAYOUTS)
-
 def _assert_matches_torch(ours, reference):
     """Output, input gradient and gamma/beta gradients against torch's."""
     (y, dx, grads), (ry, rdx, rgrads) = ours, reference
@@ -55,6 +50,11 @@ def _assert_matches_torch(ours, reference):
     np.testing.assert_allclose(grads["gamma"], rgrads["weight"], **TOL)
     np.testing.assert_allclose(grads["beta"], rgrads["bias"], **TOL)
 
+
+# ---------------------------------------------------------------------------
+# BatchNormalization
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
 def test_batch_norm_training_matches_torch(shape, axis):
     x = helpers.random_input(shape, loc=2.0, scale=3.0)
     layer = kn.BatchNormalization(axis=axis, epsilon=EPS)
