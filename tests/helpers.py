@@ -32,6 +32,19 @@ def infer(model, x):
     return to_numpy(kn_backend.call_for_inference(model, x))
 
 
+def all_layers(model):
+    """Every layer of `model`, nested models' layers included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
+
+
+def count_layers(model, classes):
+    """How many layers of `model` (nested included) are `classes`."""
+    return sum(isinstance(layer, classes) for layer in all_layers(model))
+
+
 def skip_without_channels_first_conv():
     """Skip where TensorFlow cannot run an NCHW convolution op by op."""
     import pytest

@@ -61,15 +61,6 @@ def _assert_close(got, want, rtol, what):
     )
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-
-
-def _count(model, classes):
-    return sum(isinstance(l, classes) for l in _all_layers(model))
 
 
 def _data(input_shape, seed=0, samples=BATCH):
@@ -109,13 +100,13 @@ def _run_pipeline(model, tmp_path, update_rtol):
     same state. Returns the converted model, after the last stage.
     """
     x, y = _data(model.inputs[0].shape[1:])
-    n_bn = _count(model, L.BatchNormalization)
-    n_ln = _count(model, L.LayerNormalization)
+    n_bn = helpers.count_layers(model, L.BatchNormalization)
+    n_ln = helpers.count_layers(model, L.LayerNormalization)
 
     converted = kn.convert(model)
-    assert _count(converted, L.BatchNormalization) == 0
-    assert _count(converted, KnBatchNormalization) == n_bn
-    assert _count(converted, KnLayerNormalization) == n_ln
+    assert helpers.count_layers(converted, L.BatchNormalization) == 0
+    assert helpers.count_layers(converted, KnBatchNormalization) == n_bn
+    assert helpers.count_layers(converted, KnLayerNormalization) == n_ln
     _assert_close(_predict(converted, x), _predict(model, x), RTOL, "convert")
 
     before = _trainable(model)
@@ -158,7 +149,7 @@ def _run_pipeline(model, tmp_path, update_rtol):
     optimized = kn.optimize_for_inference(
         converted, verbose=0, sample=x, rtol=rtol
     )
-    assert _count(optimized, (L.BatchNormalization, KnBatchNormalization)) == 0
+    assert helpers.count_layers(optimized, (L.BatchNormalization, KnBatchNormalization)) == 0
     _assert_close(_predict(optimized, x), got, rtol, "optimize_for_inference")
 
     path = kn.export_saved_model(
@@ -237,17 +228,17 @@ def test_every_rewrite_passes_operations_through():
             id(w) for w in new.weights
         }, name
         if name == "convert_sync_batchnorm":
-            assert _count(new, SyncBatchNormalization) == 3
+            assert helpers.count_layers(new, SyncBatchNormalization) == 3
     folded, report = kn.fold_batch_norms(model, verbose=0, return_report=True)
     assert len(report.folded) == 2
     assert [name for name, _ in report.affine] == ["bn_after_add"]
     assert "'add'" in report.affine[0][1] and "Add" in report.affine[0][1]
-    assert _count(folded, Affine) == 1
+    assert helpers.count_layers(folded, Affine) == 1
 
 
 def test_small_model_pipeline(tmp_path):
     converted = _run_pipeline(_small_model(), tmp_path, update_rtol=1e-4)
-    assert _count(converted, KnLayerNormalization) == 1
+    assert helpers.count_layers(converted, KnLayerNormalization) == 1
 
 
 # ----------------------------------------------------------------------

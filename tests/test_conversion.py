@@ -28,6 +28,7 @@ from keras_norms.layers.rms_normalization import (
 )
 from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization
 
+from tests import helpers
 from tests.helpers import to_numpy
 
 L = keras.layers
@@ -45,16 +46,10 @@ OURS = {
 }
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-
 
 def _keras_classes(model):
     """Exact Keras norm classes left in `model`."""
-    return [type(l) for l in _all_layers(model) if type(l) in KERAS_NORMS]
+    return [type(l) for l in helpers.all_layers(model) if type(l) in KERAS_NORMS]
 
 
 def _randomize(model, seed=0):
@@ -159,8 +154,8 @@ def test_convert_replaces_every_keras_norm_and_keeps_outputs(kind):
     # No Keras norm is left; each became ours, with the same config.
     assert _keras_classes(converted) == []
     assert type(converted) is type(model)
-    originals = [l for l in _all_layers(model) if type(l) in KERAS_NORMS]
-    news = {l.name: l for l in _all_layers(converted)}
+    originals = [l for l in helpers.all_layers(model) if type(l) in KERAS_NORMS]
+    news = {l.name: l for l in helpers.all_layers(converted)}
     assert len(originals) == (6 if kind == "functional" else 4)
     for layer in originals:
         new = news[layer.name]
@@ -222,7 +217,7 @@ def test_convert_sync_batchnorm():
         np.testing.assert_array_equal(a, b)
     syncs = [
         l
-        for l in _all_layers(converted)
+        for l in helpers.all_layers(converted)
         if isinstance(l, KnBatchNormalization)
     ]
     assert len(syncs) == 3

@@ -27,17 +27,11 @@ L = keras.layers
 BN_CLASSES = {"keras": L.BatchNormalization, "keras_norms": KnBatchNormalization}
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-
 
 def _randomize_bns(model, seed=0):
     """Random moving statistics (variance > 0) and gamma/beta, by assign."""
     rng = np.random.RandomState(seed)
-    for layer in _all_layers(model):
+    for layer in helpers.all_layers(model):
         if isinstance(layer, tuple(BN_CLASSES.values())):
             c = layer.moving_mean.shape
             layer.moving_mean.assign(rng.randn(*c).astype("float32"))
@@ -54,9 +48,6 @@ def _weights(model):
     return [to_numpy(w).copy() for w in model.weights]
 
 
-def _count(model, cls):
-    return sum(isinstance(layer, cls) for layer in _all_layers(model))
-
 
 def _assert_equivalent(model, x, atol=1e-4, **kwargs):
     """Fold, and check outputs, report, and that `model` is untouched."""
@@ -69,7 +60,7 @@ def _assert_equivalent(model, x, atol=1e-4, **kwargs):
     assert len(before) == len(after)
     for b, a in zip(before, after):
         np.testing.assert_array_equal(a, b)  # bit-identical
-    assert _count(folded, tuple(BN_CLASSES.values())) == 0
+    assert helpers.count_layers(folded, tuple(BN_CLASSES.values())) == 0
     # No weight is shared with the original.
     original_ids = {id(w) for w in model.weights}
     assert not original_ids & {id(w) for w in folded.weights}
@@ -227,7 +218,7 @@ def test_two_consumers_activation_and_input_become_affine():
     assert "model input" in reasons["bn_input"]
     assert "other consumers" in reasons["bn_two_consumers"]
     assert "relu" in reasons["bn_after_relu"]
-    assert _count(folded, Affine) == 3
+    assert helpers.count_layers(folded, Affine) == 3
     assert folded.get_layer("bn_input").__class__ is Affine
 
 

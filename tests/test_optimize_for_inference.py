@@ -35,15 +35,6 @@ MEAN = np.array([3.0, -1.0, 10.0])
 STD = np.array([1.0, 5.0, 0.2])
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-
-
-def _count(model, cls):
-    return sum(isinstance(layer, cls) for layer in _all_layers(model))
 
 
 def _data(shape, seed=0):
@@ -60,7 +51,7 @@ def _adapted(data, **kwargs):
 
 def _randomize_bns(model, seed=0):
     rng = np.random.RandomState(seed)
-    for layer in _all_layers(model):
+    for layer in helpers.all_layers(model):
         if isinstance(layer, BNS):
             c = layer.moving_mean.shape
             layer.moving_mean.assign(rng.randn(*c).astype("float32"))
@@ -90,8 +81,8 @@ def _optimize(model, x, rtol=1e-4):
     assert not {id(w) for w in model.weights} & {
         id(w) for w in optimized.weights
     }
-    assert _count(optimized, BNS) == 0
-    assert _count(optimized, (WeightNormalization, WeightStandardization)) == 0
+    assert helpers.count_layers(optimized, BNS) == 0
+    assert helpers.count_layers(optimized, (WeightNormalization, WeightStandardization)) == 0
     assert isinstance(report, InferenceReport)
     return optimized, report
 
@@ -110,7 +101,7 @@ def test_normalization_folds_into_dense_exactly(kind):
         x = keras.Input((3,))
         model = keras.Model(x, dense(norm(x)))
     optimized, report = _optimize(model, data[:8])
-    assert _count(optimized, (Affine, L.Normalization)) == 0
+    assert helpers.count_layers(optimized, (Affine, L.Normalization)) == 0
     assert report.folded_forward == [(norm.name, "d")]
     # The folded weights, from NumPy statistics of the data.
     mean, std = data.astype("float64").mean(0), data.astype("float64").std(0)
@@ -149,7 +140,7 @@ def test_normalization_folds_into_valid_conv2d(use_bias, data_format):
     x = keras.Input(shape)
     model = keras.Model(x, conv(norm(x)))
     optimized, report = _optimize(model, data[:4])
-    assert _count(optimized, (Affine, L.Normalization)) == 0
+    assert helpers.count_layers(optimized, (Affine, L.Normalization)) == 0
     assert report.folded_forward == [(norm.name, "c")]
     assert optimized.get_layer("c").use_bias
     per_channel = np.moveaxis(data.astype("float64"), axis, -1).reshape(-1, 3)
@@ -181,7 +172,7 @@ def test_no_forward_fold_where_keras_bias_add_is_wrong():
     conv = L.Conv2D(4, 3, data_format="channels_first", use_bias=False)
     model = keras.Sequential([keras.Input((3, 7, 6)), norm, conv])
     optimized, report = _optimize(model, data)  # output (4, 4, 5, 4)
-    assert _count(optimized, Affine) == 1 and report.folded_forward == []
+    assert helpers.count_layers(optimized, Affine) == 1 and report.folded_forward == []
     assert "bias add" in report.affine[0][1]
 
 
@@ -196,8 +187,8 @@ def test_normalization_before_padded_conv_stays_affine(padding, tmp_path):
         [keras.Input(data.shape[1:]), norm, conv, L.Flatten()]
     )
     optimized, report = _optimize(model, data)
-    assert _count(optimized, L.Normalization) == 0
-    assert _count(optimized, Affine) == 1
+    assert helpers.count_layers(optimized, L.Normalization) == 0
+    assert helpers.count_layers(optimized, Affine) == 1
     affine = optimized.layers[0]
     assert isinstance(affine, Affine) and affine.name == norm.name
     np.testing.assert_allclose(
@@ -234,12 +225,12 @@ def test_normalization_other_forms():
     inverse = _adapted(data, invert=True)
     model = keras.Sequential([keras.Input((4, 3)), inverse, L.Dense(2)])
     optimized, report = _optimize(model, data[:4])
-    assert len(report.folded_forward) == 1 and _count(optimized, Affine) == 0
+    assert len(report.folded_forward) == 1 and helpers.count_layers(optimized, Affine) == 0
     # Statistics over two axes (per position and channel): kept as it is.
     per_position = _adapted(data, axis=(1, 2))
     model = keras.Sequential([keras.Input((4, 3)), per_position, L.Dense(2)])
     optimized, report = _optimize(model, data[:4])
-    assert _count(optimized, L.Normalization) == 1
+    assert helpers.count_layers(optimized, L.Normalization) == 1
     assert [n for n, _ in report.kept] == [per_position.name]
     # The kept copy computes with the adapted statistics (Keras'
     # `set_weights` alone would leave it at mean 0, variance 1).
@@ -273,7 +264,7 @@ def test_wn_and_ws_unwrapped_and_bn_folds_into_them():
     types = [type(layer) for layer in optimized.layers]
     assert types.count(L.Conv2D) == 2 and types.count(L.Dense) == 1
     assert KnGroupNormalization in types  # kept: a single-pass norm
-    assert _count(optimized, (Affine, L.Normalization)) == 0
+    assert helpers.count_layers(optimized, (Affine, L.Normalization)) == 0
     assert sorted(report.unwrapped) == [
         ("wn", "WeightNormalization"),
         ("wn_dense", "WeightNormalization"),
@@ -300,7 +291,7 @@ def test_bn_after_activation_folds_forward_into_valid_conv():
     _randomize_bns(model)
     data = np.random.RandomState(0).randn(3, 6, 6, 2).astype("float32")
     optimized, report = _optimize(model, data)
-    assert _count(optimized, Affine) == 0
+    assert helpers.count_layers(optimized, Affine) == 0
     assert report.folded_forward == [("bn", "next")]
     assert report.affine == []
 

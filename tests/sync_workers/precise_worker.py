@@ -23,6 +23,7 @@ WORLD_SIZE = 2
 
 
 def worker(rank, port, inputs_path, out_dir):
+    import _common
     import numpy as np
     import torch.distributed as dist
 
@@ -72,10 +73,7 @@ def worker(rank, port, inputs_path, out_dir):
                 layer.moving_mean.numpy()
             )
         dist.barrier()
-        np.savez(
-            os.path.join(out_dir, f"rank{rank}.npz"),
-            **{k: np.asarray(v) for k, v in results.items()},
-        )
+        _common.save(out_dir, f"rank{rank}", results)
     finally:
         dist.destroy_process_group()
 
