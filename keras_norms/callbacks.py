@@ -8,7 +8,7 @@ import keras
 from keras_norms import export as _export
 from keras_norms import inference as _inference
 from keras_norms import precise as _precise
-from keras_norms.layers import _validation
+from keras_norms import _validation
 
 __all__ = ["FoldAndExport"]
 

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 
 from keras_norms import inference
-from keras_norms.layers import _validation
+from keras_norms import _validation
 
 __all__ = ["export_saved_model", "run_saved_model"]
 

@@ -16,7 +16,7 @@ folded becomes one fixed `keras_norms.layers.affine.Affine` layer.
 import keras
 import numpy as np
 
-from keras_norms.layers import _validation
+from keras_norms import _validation
 from keras_norms.layers import batch_normalization as _kn_bn
 
 __all__ = ["FoldReport", "fold_batch_norms", "batch_norm_scale_and_shift"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from keras_norms import backend as kn_backend
 from keras_norms import folding
-from keras_norms.layers import _validation
+from keras_norms import _validation
 from keras_norms.layers import weight_normalization as _wn
 from keras_norms.layers import weight_standardization as _ws
 from keras_norms.layers.affine import Affine

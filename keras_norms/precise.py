@@ -41,7 +41,7 @@ from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_norms import backend as kn_backend
-from keras_norms.layers import _validation
+from keras_norms import _validation
 from keras_norms.layers import batch_normalization as _kn_bn
 
 __all__ = [

@@ -22,7 +22,7 @@ from keras import regularizers
 
 from keras_norms import ops as kn_ops
 from keras_norms.backend import native
-from keras_norms.layers import _validation
+from keras_norms import _validation
 
 
 # The arguments of `Normalization.__init__`, which subclasses spell out in

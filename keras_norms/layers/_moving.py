@@ -10,7 +10,7 @@ from keras import backend
 from keras import initializers
 from keras import ops
 
-from keras_norms.layers import _validation
+from keras_norms import _validation
 
 
 class MovingStatisticsMixin:

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_norms import ops as kn_ops
-from keras_norms.layers import _validation
+from keras_norms import _validation
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")

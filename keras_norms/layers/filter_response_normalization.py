@@ -8,7 +8,7 @@ from keras import regularizers
 
 from keras_norms import ops as kn_ops
 from keras_norms.layers import _base
-from keras_norms.layers import _validation
+from keras_norms import _validation
 
 # The learned epsilon starts here, as in TensorFlow Addons.
 _LEARNED_EPSILON_INIT = 1e-4

@@ -9,7 +9,7 @@ from keras import regularizers
 from keras_norms import ops as kn_ops
 from keras_norms.backend import native
 from keras_norms.layers import _base
-from keras_norms.layers import _validation
+from keras_norms import _validation
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_norms import ops as kn_ops
-from keras_norms.layers import _validation
+from keras_norms import _validation
 
 # Added to the squared norm of `v` before the reciprocal square root, as in
 # `tf.math.l2_normalize`: an all-zero unit gives a zero kernel, not NaN.

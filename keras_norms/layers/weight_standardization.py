@@ -4,7 +4,7 @@ import keras
 from keras.src.backend.common.stateless_scope import get_stateless_scope
 
 from keras_norms import ops as kn_ops
-from keras_norms.layers import _validation
+from keras_norms import _validation
 
 _SUPPORTED = (
     keras.layers.Dense,
