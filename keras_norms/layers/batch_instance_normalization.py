@@ -20,6 +20,12 @@ class ClipToUnitInterval(keras.constraints.Constraint):
 
     Keras optimizers apply a variable's constraint after every update, on
     every backend, so `rho` stays in [0, 1] however large the step.
+
+    Examples:
+        >>> constraint = kn.ClipToUnitInterval()
+        >>> w = constraint(np.array([-0.5, 0.25, 1.5], dtype="float32"))
+        >>> print(keras.ops.convert_to_numpy(w))
+        [0.   0.25 1.  ]
     """
 
     def __call__(self, w):
@@ -167,6 +173,17 @@ class BatchInstanceNormalization(InstanceBatchNormalization):
 
     Reference:
         - [Nam & Kim, 2018](https://arxiv.org/abs/1805.07925).
+
+    Examples:
+        >>> layer = kn.BatchInstanceNormalization()
+        >>> x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+        >>> y = layer(x, training=True)
+        >>> tuple(y.shape)
+        (4, 8, 8, 3)
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta', 'rho', 'moving_mean', 'moving_variance']
+        >>> print(keras.ops.convert_to_numpy(layer.rho))  # starts as BatchNormalization
+        [1. 1. 1.]
     """
 
     def __init__(

@@ -55,6 +55,15 @@ class RMSNormalization(keras.layers.Layer):
 
     Reference:
         - [Zhang & Sennrich, 2019](https://arxiv.org/abs/1910.07467).
+
+    Examples:
+        >>> layer = kn.RMSNormalization()
+        >>> x = np.array([[3.0, 4.0]], dtype="float32")
+        >>> y = layer(x)  # x / sqrt(mean(x**2)) = x / sqrt(12.5)
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[0.849 1.131]]
+        >>> [w.name for w in layer.weights]
+        ['scale']
     """
 
     def __init__(
