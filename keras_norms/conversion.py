@@ -78,11 +78,12 @@ def convert(model):
         ...     keras.layers.Dense(3),
         ...     keras.layers.BatchNormalization(),
         ... ])
-        >>> converted = kn.convert(model)
-        >>> isinstance(converted.layers[-1], kn.BatchNormalization)
+        >>> new = kn.convert(model)
+        >>> isinstance(new.layers[-1], kn.BatchNormalization)
         True
         >>> x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
-        >>> np.allclose(converted.predict(x, verbose=0), model.predict(x, verbose=0))
+        >>> y, y_new = model.predict(x, verbose=0), new.predict(x, verbose=0)
+        >>> np.allclose(y, y_new)
         True
     """
     folding.check_graph_model(model, "convert the normalization layers of")

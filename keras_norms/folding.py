@@ -98,7 +98,9 @@ class FoldReport:
         ...     keras.layers.Dense(3, name="dense"),
         ...     keras.layers.BatchNormalization(name="bn"),
         ... ])
-        >>> _, report = kn.fold_batch_norms(model, verbose=0, return_report=True)
+        >>> folded, report = kn.fold_batch_norms(
+        ...     model, verbose=0, return_report=True
+        ... )
         >>> report.folded, report.affine
         ([('bn', 'dense')], [])
     """
@@ -192,7 +194,8 @@ def fold_batch_norms(model, verbose="auto", return_report=False):
         >>> [layer.name for layer in folded.layers]
         ['dense']
         >>> x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
-        >>> np.allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+        >>> y = model.predict(x, verbose=0)
+        >>> np.allclose(folded.predict(x, verbose=0), y, atol=1e-5)
         True
     """
     verbose = _validation.check_verbose(verbose)

@@ -83,7 +83,9 @@ class InferenceReport(folding.FoldReport):
         ...     kn.WeightNormalization(keras.layers.Dense(3), name="wn"),
         ...     kn.BatchNormalization(name="bn"),
         ... ])
-        >>> _, report = kn.optimize_for_inference(model, verbose=0, return_report=True)
+        >>> plain, report = kn.optimize_for_inference(
+        ...     model, verbose=0, return_report=True
+        ... )
         >>> report.unwrapped, report.folded
         ([('wn', 'WeightNormalization')], [('bn', 'wn')])
         >>> report.check.passed

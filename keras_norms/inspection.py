@@ -50,8 +50,8 @@ def switchable_importances(model):
         ...     keras.Input((8, 8, 3)),
         ...     kn.SwitchableNormalization(name="sn"),
         ... ])
-        >>> importances = kn.switchable_importances(model)
-        >>> {kind: round(p, 3) for kind, p in importances["sn"]["mean"].items()}
+        >>> mean = kn.switchable_importances(model)["sn"]["mean"]
+        >>> {kind: round(p, 3) for kind, p in mean.items()}
         {'instance': 0.333, 'layer': 0.333, 'batch': 0.333}
     """
     found = []

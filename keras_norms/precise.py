@@ -535,10 +535,10 @@ def recompute_batch_norm_statistics(
         - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576).
 
     Examples:
-        >>> model = keras.Sequential([keras.Input((2,)), kn.BatchNormalization()])
+        >>> bn = kn.BatchNormalization()
+        >>> model = keras.Sequential([keras.Input((2,)), bn])
         >>> x = np.array([[0.0, 10.0], [4.0, 30.0]] * 4, dtype="float32")
         >>> result = kn.recompute_batch_norm_statistics(model, x, verbose=0)
-        >>> bn = model.layers[0]
         >>> print(np.round(keras.ops.convert_to_numpy(bn.moving_mean), 3))
         [ 2. 20.]
         >>> print(np.round(keras.ops.convert_to_numpy(bn.moving_variance), 3))
@@ -628,13 +628,20 @@ def batch_norm_statistics_report(
         "stale": bool}}`, in model order.
 
     Examples:
-        >>> model = keras.Sequential([keras.Input((2,)), kn.BatchNormalization(name="bn")])
+        >>> bn = kn.BatchNormalization(name="bn")
+        >>> model = keras.Sequential([keras.Input((2,)), bn])
         >>> x = np.array([[0.0, 10.0], [4.0, 30.0]] * 4, dtype="float32")
-        >>> report = kn.batch_norm_statistics_report(model, x, print_fn=False)
-        >>> report["bn"]["stale"]  # moving statistics still at their initial values
-        True
+        >>> report = kn.batch_norm_statistics_report(model, x)
+        BatchNormalization statistics vs precise (stale above: ...)
+        ┏━━━━━━━┳━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━┳━━━━━━━┓
+        ┃ Layer ┃ Mean shift ┃ Var. log ratio ┃ Stale ┃
+        ┡━━━━━━━╇━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━╇━━━━━━━┩
+        │ bn    │     2.0000 │         4.6042 │   yes │
+        └───────┴────────────┴────────────────┴───────┘
+         Stale layers: 1 of 1
         >>> _ = kn.recompute_batch_norm_statistics(model, x, verbose=0)
-        >>> kn.batch_norm_statistics_report(model, x, print_fn=False)["bn"]["stale"]
+        >>> report = kn.batch_norm_statistics_report(model, x, print_fn=False)
+        >>> report["bn"]["stale"]
         False
     """
     for name, value in (
@@ -764,12 +771,13 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576).
 
     Examples:
-        >>> model = keras.Sequential([keras.Input((2,)), kn.BatchNormalization()])
+        >>> bn = kn.BatchNormalization()
+        >>> model = keras.Sequential([keras.Input((2,)), bn])
         >>> model.compile(optimizer="sgd", loss="mse")
         >>> x = np.array([[0.0, 10.0], [4.0, 30.0]] * 4, dtype="float32")
         >>> callback = kn.PreciseBatchNorm(x)
         >>> _ = model.fit(x, x, epochs=1, callbacks=[callback], verbose=0)
-        >>> print(np.round(keras.ops.convert_to_numpy(model.layers[0].moving_mean), 3))
+        >>> print(np.round(keras.ops.convert_to_numpy(bn.moving_mean), 3))
         [ 2. 20.]
     """
 

@@ -37,7 +37,7 @@ WITHOUT_EXAMPLE = {
 
 
 def _public_objects():
-    """`(qualified name, object)` of every public object, in `__all__` order."""
+    """`(qualified name, object)` of each public object, in `__all__` order."""
     objects = [
         (f"keras_norms.{name}", getattr(keras_norms, name))
         for name in keras_norms.__all__
@@ -55,7 +55,8 @@ def _doctests(name, obj):
         return []
     finder = doctest.DocTestFinder(exclude_empty=True)
     globs = {"keras": keras, "np": np, "kn": keras_norms}
-    return [test for test in finder.find(obj, name, globs=globs) if test.examples]
+    tests = finder.find(obj, name, globs=globs)
+    return [test for test in tests if test.examples]
 
 
 PUBLIC = _public_objects()

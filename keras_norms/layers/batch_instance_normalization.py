@@ -176,13 +176,14 @@ class BatchInstanceNormalization(InstanceBatchNormalization):
 
     Examples:
         >>> layer = kn.BatchInstanceNormalization()
-        >>> x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(4, 8, 8, 3)).astype("float32")
         >>> y = layer(x, training=True)
         >>> tuple(y.shape)
         (4, 8, 8, 3)
         >>> [w.name for w in layer.weights]
         ['gamma', 'beta', 'rho', 'moving_mean', 'moving_variance']
-        >>> print(keras.ops.convert_to_numpy(layer.rho))  # starts as BatchNormalization
+        >>> print(keras.ops.convert_to_numpy(layer.rho))  # BN at first
         [1. 1. 1.]
     """
 

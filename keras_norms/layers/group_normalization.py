@@ -54,7 +54,7 @@ class GroupNormalization(_base.Normalization):
 
     Examples:
         >>> layer = kn.GroupNormalization(groups=2)
-        >>> x = np.array([[[0.0, 4.0, 10.0, 30.0]]], dtype="float32")  # (N, T, C)
+        >>> x = np.array([[[0.0, 4.0, 10.0, 30.0]]], "float32")  # (N, T, C)
         >>> y = layer(x)  # channels [0, 1] and [2, 3] normalized together
         >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
         [[[-1.  1. -1.  1.]]]

@@ -79,12 +79,13 @@ class SwitchableNormalization(_bin.InstanceBatchNormalization):
 
     Examples:
         >>> layer = kn.SwitchableNormalization()
-        >>> x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(4, 8, 8, 3)).astype("float32")
         >>> y = layer(x, training=True)
         >>> tuple(y.shape)
         (4, 8, 8, 3)
         >>> mean_importances, variance_importances = layer.switch_importances()
-        >>> print(np.round(mean_importances, 3))  # instance, layer, batch: even at first
+        >>> print(np.round(mean_importances, 3))  # IN, LN, BN: even at first
         [0.333 0.333 0.333]
     """
 
