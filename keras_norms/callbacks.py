@@ -81,15 +81,24 @@ class FoldAndExport(keras.callbacks.Callback):
         verbose: `"auto"` or `1` prints one line per export (its path and
             the check's figure), `0` is silent.
 
-    Example:
+    Examples:
+        Keep the best model of a training exported (`x`, `y`, `x_val` and
+        `y_val` are your data):
 
-    ```python
-    model.fit(
-        x, y, epochs=10, validation_data=(x_val, y_val),
-        callbacks=[keras_norms.FoldAndExport("exported/best",
-                                             monitor="val_loss")],
-    )
-    ```
+        ```python
+        model.fit(
+            x, y, epochs=10, validation_data=(x_val, y_val),
+            callbacks=[keras_norms.FoldAndExport("exported/best",
+                                                 monitor="val_loss")],
+        )
+        ```
+
+        `mode="auto"` reads the direction from the metric's name:
+
+        >>> kn.FoldAndExport("exported/best", monitor="val_loss").mode
+        'min'
+        >>> kn.FoldAndExport("exported/best", monitor="val_accuracy").mode
+        'max'
     """
 
     def __init__(

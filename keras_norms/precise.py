@@ -533,6 +533,16 @@ def recompute_batch_norm_statistics(
 
     Reference:
         - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576).
+
+    Examples:
+        >>> bn = kn.BatchNormalization()
+        >>> model = keras.Sequential([keras.Input((2,)), bn])
+        >>> x = np.array([[0.0, 10.0], [4.0, 30.0]] * 4, dtype="float32")
+        >>> result = kn.recompute_batch_norm_statistics(model, x, verbose=0)
+        >>> print(np.round(keras.ops.convert_to_numpy(bn.moving_mean), 3))
+        [ 2. 20.]
+        >>> print(np.round(keras.ops.convert_to_numpy(bn.moving_variance), 3))
+        [  4. 100.]
     """
     layers, skipped, stats, num_batches, num_samples = _precise_statistics(
         model, x, batch_size, steps, verbose, include_frozen
@@ -616,6 +626,23 @@ def batch_norm_statistics_report(
     Returns:
         `{layer name: {"mean_shift": float, "variance_log_ratio": float,
         "stale": bool}}`, in model order.
+
+    Examples:
+        >>> bn = kn.BatchNormalization(name="bn")
+        >>> model = keras.Sequential([keras.Input((2,)), bn])
+        >>> x = np.array([[0.0, 10.0], [4.0, 30.0]] * 4, dtype="float32")
+        >>> report = kn.batch_norm_statistics_report(model, x)
+        BatchNormalization statistics vs precise (stale above: ...)
+        ┏━━━━━━━┳━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━┳━━━━━━━┓
+        ┃ Layer ┃ Mean shift ┃ Var. log ratio ┃ Stale ┃
+        ┡━━━━━━━╇━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━╇━━━━━━━┩
+        │ bn    │     2.0000 │         4.6042 │   yes │
+        └───────┴────────────┴────────────────┴───────┘
+         Stale layers: 1 of 1
+        >>> _ = kn.recompute_batch_norm_statistics(model, x, verbose=0)
+        >>> report = kn.batch_norm_statistics_report(model, x, print_fn=False)
+        >>> report["bn"]["stale"]
+        False
     """
     for name, value in (
         ("mean_threshold", mean_threshold),
@@ -742,6 +769,16 @@ class PreciseBatchNorm(keras.callbacks.Callback):
 
     Reference:
         - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576).
+
+    Examples:
+        >>> bn = kn.BatchNormalization()
+        >>> model = keras.Sequential([keras.Input((2,)), bn])
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> x = np.array([[0.0, 10.0], [4.0, 30.0]] * 4, dtype="float32")
+        >>> callback = kn.PreciseBatchNorm(x)
+        >>> _ = model.fit(x, x, epochs=1, callbacks=[callback], verbose=0)
+        >>> print(np.round(keras.ops.convert_to_numpy(bn.moving_mean), 3))
+        [ 2. 20.]
     """
 
     def __init__(

@@ -14,6 +14,12 @@ class ClipToUnitInterval(keras.constraints.Constraint):
 
     Keras optimizers apply a variable's constraint after every update, on
     every backend, so `rho` stays in [0, 1] however large the step.
+
+    Examples:
+        >>> constraint = kn.ClipToUnitInterval()
+        >>> w = constraint(np.array([-0.5, 0.25, 1.5], dtype="float32"))
+        >>> print(keras.ops.convert_to_numpy(w))
+        [0.   0.25 1.  ]
     """
 
     def __call__(self, w):
@@ -88,6 +94,18 @@ class BatchInstanceNormalization(_mixed_statistics.MixedStatisticsNormalization)
 
     Reference:
         - [Nam & Kim, 2018](https://arxiv.org/abs/1805.07925).
+
+    Examples:
+        >>> layer = kn.BatchInstanceNormalization()
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(4, 8, 8, 3)).astype("float32")
+        >>> y = layer(x, training=True)
+        >>> tuple(y.shape)
+        (4, 8, 8, 3)
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta', 'rho', 'moving_mean', 'moving_variance']
+        >>> print(keras.ops.convert_to_numpy(layer.rho))  # BN at first
+        [1. 1. 1.]
     """
 
     def __init__(

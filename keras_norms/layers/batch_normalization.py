@@ -84,6 +84,18 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167).
         - [Ioffe, 2017, Batch Renormalization](
           https://arxiv.org/abs/1702.03275).
+
+    Examples:
+        >>> layer = kn.BatchNormalization()
+        >>> x = np.array([[0.0, 10.0], [4.0, 30.0]], dtype="float32")
+        >>> y = layer(x, training=True)  # batch statistics: mean [2, 20]
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[-1. -1.]
+         [ 1.  1.]]
+        >>> print(np.round(keras.ops.convert_to_numpy(layer.moving_mean), 3))
+        [0.02 0.2 ]
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta', 'moving_mean', 'moving_variance']
     """
 
     def __init__(

@@ -74,6 +74,15 @@ class FilterResponseNormalization(_base.Normalization):
 
     Reference:
         - [Singh & Krishnan, 2020](https://arxiv.org/abs/1911.09737).
+
+    Examples:
+        >>> layer = kn.FilterResponseNormalization()
+        >>> x = np.array([-3.0, 1.0, 1.0, 1.0], "float32").reshape(1, 2, 2, 1)
+        >>> y = layer(x)  # x / sqrt(mean(x**2)) = x / sqrt(3), then max(y, 0)
+        >>> print(np.round(keras.ops.convert_to_numpy(y).ravel(), 3))
+        [0.    0.577 0.577 0.577]
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta', 'tau']
     """
 
     def __init__(

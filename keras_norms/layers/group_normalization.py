@@ -50,6 +50,15 @@ class GroupNormalization(_base.Normalization):
 
     Reference:
         - [Wu & He, 2018](https://arxiv.org/abs/1803.08494).
+
+    Examples:
+        >>> layer = kn.GroupNormalization(groups=2)
+        >>> x = np.array([[[0.0, 4.0, 10.0, 30.0]]], "float32")  # (N, T, C)
+        >>> y = layer(x)  # channels [0, 1] and [2, 3] normalized together
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[[-1.  1. -1.  1.]]]
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta']
     """
 
     def __init__(

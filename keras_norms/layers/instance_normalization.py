@@ -21,8 +21,8 @@ class InstanceNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
     It equals `GroupNormalization(groups=-1)` (one channel per group) and is
     what style transfer uses: it removes each image's contrast. By default
     it behaves the same in training and at inference and keeps no state.
-As there, a single spatial position has variance 0 and normalizes to
-`beta`.
+    As there, a single spatial position has variance 0 and normalizes to
+    `beta`.
 
     With `track_running_stats=True` (torch's `InstanceNorm2d` option of the
     same name) it also keeps moving averages of the instance statistics,
@@ -74,6 +74,18 @@ As there, a single spatial position has variance 0 and normalizes to
 
     Reference:
         - [Ulyanov et al., 2016](https://arxiv.org/abs/1607.08022).
+
+    Examples:
+        >>> layer = kn.InstanceNormalization()
+        >>> x = np.array([[[0, 10], [1, 20], [2, 30], [3, 40]]], "float32")
+        >>> tuple(x.shape)  # (N, T, C)
+        (1, 4, 2)
+        >>> y = layer(x)  # over T, per sample and channel
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[[-1.341 -1.342]
+          [-0.447 -0.447]
+          [ 0.447  0.447]
+          [ 1.341  1.342]]]
     """
 
     def __init__(

@@ -52,6 +52,15 @@ class LayerNormalization(_base.Normalization):
 
     Reference:
         - [Ba et al., 2016](https://arxiv.org/abs/1607.06450).
+
+    Examples:
+        >>> layer = kn.LayerNormalization()
+        >>> x = np.array([[1.0, 2.0, 3.0, 4.0]], dtype="float32")
+        >>> y = layer(x)  # each row: mean 0, variance 1
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[-1.341 -0.447  0.447  1.341]]
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta']
     """
 
     _axis_may_be_list = True

@@ -52,6 +52,15 @@ class RMSNormalization(_base.Normalization):
 
     Reference:
         - [Zhang & Sennrich, 2019](https://arxiv.org/abs/1910.07467).
+
+    Examples:
+        >>> layer = kn.RMSNormalization()
+        >>> x = np.array([[3.0, 4.0]], dtype="float32")
+        >>> y = layer(x)  # x / sqrt(mean(x**2)) = x / sqrt(12.5)
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[0.849 1.131]]
+        >>> [w.name for w in layer.weights]
+        ['scale']
     """
 
     _axis_may_be_list = True
