@@ -159,7 +159,9 @@ def rms_norm(x, axes, scale, epsilon, dtype):
 
     shape = tuple(x.shape[a] for a in axes)
     (scale,) = params
-    return F.rms_norm(x, shape, scale.reshape(shape), epsilon)
+    if scale is not None:
+        scale = scale.reshape(shape)
+    return F.rms_norm(x, shape, scale, epsilon)
 
 
 def group_norm(x, groups, channel_axis, gamma, beta, epsilon, dtype):
@@ -235,11 +237,11 @@ def batch_norm(
     gamma, beta, mean, variance = params
     channels = x.shape[channel_axis]
     count = x.numel() // max(channels, 1)
-    if mean is None and count < 2:
+    if mean is None and (count < 2 or not epsilon > 0):
         # Training on an empty batch or one value per channel: the kernel
         # refuses it ("expected more than 1 value per channel"); the
         # keras.ops path gives Keras' answer (variance 0: the output is
-        # beta; empty: no statistics).
+        # beta; empty: no statistics). Nor does it take epsilon 0 then.
         return None
     if x.numel() == 0:
         return None
