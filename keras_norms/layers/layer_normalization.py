@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_norms import ops as kn_ops
 from keras_norms.layers import _base
+from keras_norms.layers import _rank_free
 from keras_norms import _validation
 
 
@@ -106,7 +107,7 @@ class LayerNormalization(_base.Normalization):
             finally:
                 self.center, self.scale = center, scale
         # Only the sizes along `axis` are fixed, not the rank (as Keras).
-        _base.build_rank_free(self, input_shape)
+        _rank_free.build(self, input_shape)
 
     def _layout(self, input_shape):
         return self._param_axes
@@ -116,7 +117,7 @@ class LayerNormalization(_base.Normalization):
         # the other by the op, never folded into an input-sized scale.
         return kn_ops.layer_normalization(
             x,
-            _base.rank_free_axes(self, len(x.shape)),
+            _rank_free.axes(self, len(x.shape)),
             self.gamma,
             self.beta,
             self.epsilon,

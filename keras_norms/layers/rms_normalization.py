@@ -7,6 +7,7 @@ from keras import regularizers
 
 from keras_norms import ops as kn_ops
 from keras_norms.layers import _base
+from keras_norms.layers import _rank_free
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")
@@ -93,7 +94,7 @@ class RMSNormalization(_base.Normalization):
         # As in Keras, `layer.scale` is the weight (the base's `gamma`).
         self.scale = self.gamma
         # Only the sizes along `axis` are fixed, not the rank (as Keras).
-        _base.build_rank_free(self, input_shape)
+        _rank_free.build(self, input_shape)
 
     def _layout(self, input_shape):
         return self._param_axes
@@ -103,7 +104,7 @@ class RMSNormalization(_base.Normalization):
         # one full-size factor would be kept for the backward pass.
         return kn_ops.rms_normalization(
             x,
-            _base.rank_free_axes(self, len(x.shape)),
+            _rank_free.axes(self, len(x.shape)),
             self.gamma,
             self.epsilon,
             self.compute_dtype,
