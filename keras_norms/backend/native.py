@@ -68,6 +68,7 @@ __all__ = [
     "group_norm",
     "batch_norm",
     "rms_norm",
+    "local_response_norm",
 ]
 
 _state = {"enabled": True}
@@ -264,3 +265,35 @@ def batch_norm(
     # variance; Keras and the papers use the biased one.
     batch_variance = batch_variance * ((count - 1) / count)
     return y.reshape(x.shape), batch_mean, batch_variance
+
+
+def local_response_norm(x, channel_axis, depth_radius, bias, alpha, beta, dtype):
+    """`F.local_response_norm`, or TensorFlow's `LRN` kernel, or `None`.
+
+    torch: any rank >= 3 with channels at 1 or last (a channels-last
+    input runs on its channels-first view), with TensorFlow's arguments
+    mapped to torch's (`size = 2 * depth_radius + 1`, `alpha * size`:
+    torch averages the window where TensorFlow sums it). TensorFlow:
+    `tf.nn.local_response_normalization` for rank-4 channels-last float32
+    outside XLA, the one case its kernel takes.
+    """
+    if _state["enabled"] and keras.backend.backend() == "tensorflow":
+        from keras_norms.backend import tf_fused
+
+        return tf_fused.local_response_norm(
+            x, channel_axis, depth_radius, bias, alpha, beta, dtype
+        )
+    params = _tensors(x, dtype)
+    if params is None or x.ndim < 3 or x.numel() == 0:
+        return None
+    ndim = x.ndim
+    channel_axis %= ndim
+    if channel_axis not in (1, ndim - 1):
+        return None
+    import torch
+    import torch.nn.functional as F
+
+    size = 2 * depth_radius + 1
+    view = x if channel_axis == 1 else torch.movedim(x, -1, 1)
+    y = F.local_response_norm(view, size, alpha * size, beta, bias)
+    return y if channel_axis == 1 else torch.movedim(y, 1, -1)

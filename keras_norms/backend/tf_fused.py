@@ -23,7 +23,7 @@ use. Large means are safe: the CPU kernel's variance is two-pass
 
 import tensorflow as tf
 
-__all__ = ["batch_norm", "MIN_EPSILON"]
+__all__ = ["batch_norm", "local_response_norm", "MIN_EPSILON"]
 
 # cuDNN refuses a smaller epsilon; TF's own wrapper clamps to this value.
 # A layer asking for less keeps the keras.ops path instead of a changed eps.
@@ -136,3 +136,20 @@ def batch_norm(
     # The kernel's variance output is unbiased (n / (n - 1)); Keras'
     # moving variance, like the papers', takes the biased one.
     return y, batch_mean, batch_variance * bessel
+
+
+def local_response_norm(x, channel_axis, depth_radius, bias, alpha, beta, dtype):
+    """TensorFlow's `LRN` kernel for rank-4 channels-last float32 outside
+    XLA (the one case it takes), else `None`."""
+    if (
+        not isinstance(x, tf.Tensor)
+        or x.dtype != tf.float32
+        or dtype != "float32"
+        or x.shape.rank != 4
+        or channel_axis % 4 != 3
+        or _in_xla_context()
+    ):
+        return None
+    return tf.nn.local_response_normalization(
+        x, depth_radius, bias, alpha, beta
+    )
