@@ -4,7 +4,8 @@ Layers (one statistics kernel, `keras_norms.ops`, serves them all):
 BatchNormalization, SyncBatchNormalization, LayerNormalization,
 InstanceNormalization, GroupNormalization, BatchInstanceNormalization,
 SwitchableNormalization, WeightNormalization, RMSNormalization,
-FilterResponseNormalization, WeightStandardization. Folding and export:
+FilterResponseNormalization, WeightStandardization, EvoNormS0, EvoNormB0,
+LocalResponseNormalization. Folding and export:
 `fold_batch_norms`, `optimize_for_inference`, `export_saved_model`,
 `FoldAndExport`. Drop-in conversion: `convert`, `convert_sync_batchnorm`. Precise
 statistics: `recompute_batch_norm_statistics`, `PreciseBatchNorm`,
@@ -26,10 +27,13 @@ from keras_norms.layers import Affine
 from keras_norms.layers import BatchInstanceNormalization
 from keras_norms.layers import BatchNormalization
 from keras_norms.layers import ClipToUnitInterval
+from keras_norms.layers import EvoNormB0
+from keras_norms.layers import EvoNormS0
 from keras_norms.layers import FilterResponseNormalization
 from keras_norms.layers import GroupNormalization
 from keras_norms.layers import InstanceNormalization
 from keras_norms.layers import LayerNormalization
+from keras_norms.layers import LocalResponseNormalization
 from keras_norms.layers import RMSNormalization
 from keras_norms.layers import SwitchableNormalization
 from keras_norms.layers import SyncBatchNormalization
@@ -46,6 +50,8 @@ __all__ = [
     "BatchInstanceNormalization",
     "BatchNormalization",
     "ClipToUnitInterval",
+    "EvoNormB0",
+    "EvoNormS0",
     "FilterResponseNormalization",
     "FoldAndExport",
     "FoldReport",
@@ -53,6 +59,7 @@ __all__ = [
     "InferenceReport",
     "InstanceNormalization",
     "LayerNormalization",
+    "LocalResponseNormalization",
     "PreciseBatchNorm",
     "RMSNormalization",
     "SwitchableNormalization",

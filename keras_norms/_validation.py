@@ -42,6 +42,31 @@ def check_positive_float(name, value):
     return value
 
 
+def check_float(name, value):
+    """A finite float (LRN's `bias`, `alpha`, `beta`), as a Python float."""
+    if not is_real(value):
+        raise TypeError(
+            f"Argument `{name}` must be a float. Received: {name}={value!r}"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(
+            f"Argument `{name}` must be a finite float. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_non_negative_int(name, value):
+    """An int `>= 0` (LRN's `depth_radius`), as a Python int."""
+    if not is_integer(value) or value < 0:
+        raise ValueError(
+            f"Argument `{name}` must be a non-negative int. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
 def check_unit_interval(name, value):
     """A float in [0, 1] (momentum), returned as a Python float."""
     if not is_real(value):

@@ -1212,13 +1212,12 @@ def local_response_normalization(
     x = _as_tensor(x)
     ndim = len(x.shape)
     channel = _channel_axis(axis, ndim)
-    depth_radius = _check_depth_radius(depth_radius)
-    for name, value in (("bias", bias), ("alpha", alpha), ("beta", beta)):
-        if not _validation.is_real(value):
-            raise TypeError(
-                f"Argument `{name}` must be a float. "
-                f"Received: {name}={value!r}"
-            )
+    depth_radius = _validation.check_non_negative_int(
+        "depth_radius", depth_radius
+    )
+    bias = _validation.check_float("bias", bias)
+    alpha = _validation.check_float("alpha", alpha)
+    beta = _validation.check_float("beta", beta)
     dtype = _output_dtype(x, dtype)
     outputs = native.local_response_norm(
         x, channel, depth_radius, bias, alpha, beta, dtype
@@ -1233,17 +1232,8 @@ def local_response_normalization(
     elif beta == 1:
         factor = 1.0 / base
     else:
-        factor = ops.power(base, -float(beta))
+        factor = ops.power(base, -beta)
     return ops.cast(xs * factor, dtype)
-
-
-def _check_depth_radius(depth_radius):
-    if not _validation.is_integer(depth_radius) or depth_radius < 0:
-        raise ValueError(
-            "Argument `depth_radius` must be a non-negative int. "
-            f"Received: depth_radius={depth_radius!r}"
-        )
-    return int(depth_radius)
 
 
 def _window_sum(values, radius, axis):
