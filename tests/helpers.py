@@ -199,3 +199,31 @@ def assert_saves_and_loads(model, x, tmp_path=None):
         atol=1e-6,
     )
     return loaded
+
+
+def numeric_gradients(loss, arrays, eps=1e-6):
+    """Central finite differences of the scalar `loss()` w.r.t. each array.
+
+    `arrays` are float64 NumPy arrays that `loss` reads; each is perturbed
+    in place one value at a time and restored. The gradient reference for
+    a NumPy formula with no closed-form gradient at hand.
+    """
+    grads = []
+    for array in arrays:
+        grad = np.zeros_like(array)
+        flat, gflat = array.reshape(-1), grad.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + eps
+            hi = loss()
+            flat[i] = old - eps
+            lo = loss()
+            flat[i] = old
+            gflat[i] = (hi - lo) / (2 * eps)
+        grads.append(grad)
+    return grads
+
+
+def channels_at(x, axis):
+    """A channels-last array with its channels moved to `axis` (contiguous)."""
+    return np.ascontiguousarray(np.moveaxis(x, -1, axis % x.ndim))

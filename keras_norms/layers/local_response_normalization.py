@@ -52,6 +52,7 @@ class LocalResponseNormalization(keras.layers.Layer):
     Call arguments:
         inputs: Input tensor of rank 2 or more, with a known size along
             `axis`.
+        training: Ignored: the layer behaves the same in both modes.
 
     Reference:
         - [Krizhevsky et al., 2012, ImageNet Classification with Deep
@@ -97,7 +98,7 @@ class LocalResponseNormalization(keras.layers.Layer):
             axes={self._channel_axis: input_shape[self._channel_axis]},
         )
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         return kn_ops.local_response_normalization(
             inputs,
             self.depth_radius,
