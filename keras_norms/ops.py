@@ -25,8 +25,9 @@ On top of these, one function per normalization (`batch_normalization`,
 epsilon and returns the normalized tensor: what each layer's `call` runs,
 and what a user can call without a layer. Inside these functions, and only
 there, a backend's fused kernel is chosen where a benchmark proved it pays
-(torch's `F.batch_norm`, `F.layer_norm`, `F.group_norm`, `F.rms_norm`;
-TensorFlow's fused batch norm outside XLA; see
+(torch's `F.batch_norm`, `F.layer_norm`, `F.group_norm`, `F.rms_norm`,
+`F.local_response_norm`; TensorFlow's fused batch norm and LRN kernel
+outside XLA; see
 `keras_norms/backend/native.py`), as `keras.ops.layer_normalization` picks
 `F.layer_norm` on torch; everywhere else they run the `keras.ops`
 implementation built from the three steps. Both give the same result (the

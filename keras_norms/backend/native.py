@@ -40,12 +40,17 @@ the arguments allow it, the layers call torch's fused kernels instead:
 - `rms_norm`: `F.rms_norm` when the normalized axes are the trailing axes
   (RMSNormalization's usual `axis=-1`); the one fused kernel Keras' own
   RMSNormalization also calls on torch.
+- `local_response_norm`: `F.local_response_norm` (TensorFlow's LRN
+  arguments mapped to torch's), channels-first or, on the channels-first
+  view, channels-last; measured 1.1-1.6x faster forward and backward than
+  the `keras.ops` path's shifted slices on 16x32x32x64 and 64x128x96.
 - Not `torch.var_mean` for the moments BatchInstanceNormalization and
   SwitchableNormalization need: over their spatial axes it measured 3x
   slower than the two `keras.ops` passes.
 
-On TensorFlow, `batch_norm` hands over to `tf_fused.py` (the fused batch
-norm kernel, outside XLA only).
+On TensorFlow, `batch_norm` and `local_response_norm` hand over to
+`tf_fused.py` (the fused batch norm kernel and `tf.nn.lrn`, outside XLA
+only).
 
 Each function returns `None` where it does not apply (another backend,
 half-precision or mixed dtypes, axes the kernel cannot take), and the op
