@@ -8,7 +8,7 @@ table:
     python benchmarks/bench_norms.py --full     # every shape x layout
     python benchmarks/bench_norms.py --backends torch --layers GN BN
 
-For each layer (BN, LN, IN, GN, BIN, SN, RMS, FRN), shape, layout (channels-last
+For each layer (BN, LN, IN, GN, BIN, SN, RMS, FRN, LRN), shape, layout (channels-last
 `cl`, channels-first `cf`), execution (eager; compiled: `jax.jit`,
 `tf.function(jit_compile=True)`; torch runs eager only) and mode (`infer`,
 `train` forward, `grad` = forward + backward), on identical inputs in one
@@ -16,11 +16,12 @@ process, the contenders run interleaved over repeated rounds and the
 medians are reported (see `_harness.py`):
 
 - `ours/keras`: keras_norms over the `keras.layers` built-in (GN with
-  groups=C stands in for IN; BIN, SN and FRN have none);
+  groups=C stands in for IN; BIN, SN, FRN and LRN have none);
 - `ours/native`: over the backend's own kernel (`torch.nn.functional.*`,
-  `F.rms_norm` for RMS and a plain torch expression for FRN + TLU;
-  `tf.nn.fused_batch_norm` for 4-D BN and TF ops otherwise; flax-style
-  jnp), run in the same execution mode;
+  `F.rms_norm` for RMS, a plain torch expression for FRN + TLU,
+  `F.local_response_norm` for LRN; `tf.nn.fused_batch_norm` for 4-D BN,
+  `tf.nn.local_response_normalization` for LRN and TF ops otherwise;
+  flax-style jnp, none for LRN), run in the same execution mode;
 - `floor`: the fraction of the memory-bandwidth floor reached, (bytes that
   must move / time) / (bandwidth of a negation of the same tensor measured
   in the same rounds); 100% = as fast as moving the bytes can be;
@@ -49,11 +50,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("torch", "jax", "tensorflow")
-LAYERS = ("BN", "LN", "IN", "GN", "BIN", "SN", "RMS", "FRN")
-GRID_LAYERS = LAYERS[:6]  # every shape; RMS and FRN on their own shapes
+LAYERS = ("BN", "LN", "IN", "GN", "BIN", "SN", "RMS", "FRN", "LRN")
+GRID_LAYERS = LAYERS[:6]  # every shape; RMS, FRN, LRN on their own shapes
 # Layers whose training forward is the inference forward (no batch
 # statistics, no moving statistics): no separate `train` mode.
-NO_TRAIN = ("LN", "IN", "GN", "RMS", "FRN")
+NO_TRAIN = ("LN", "IN", "GN", "RMS", "FRN", "LRN")
 MODES = ("infer", "train", "grad")
 SHAPES = {  # channels-last shapes
     "small": (8, 16, 16, 32),
@@ -89,6 +90,8 @@ def cases(preset, layers):
         for name in ("medium", "large"):
             out.append(("FRN", name, SHAPES[name], "cl", 8))
     out.append(("RMS", SEQUENCE[0], SEQUENCE[1], "cl", 1))
+    for layout in ("cl", "cf"):  # LRN (TF's defaults) against tf.nn.lrn/F's
+        out.append(("LRN", "medium", SHAPES["medium"], layout, 8))
     return [c for c in out if c[0] in layers]
 
 
@@ -201,14 +204,22 @@ def summary(rows, keras_target=1.0, native_target=1.25):
         sub = [r for r in rows if r["backend"] == backend]
         rk = [ratios(r)["keras"] for r in sub if ratios(r)["keras"] is not None]
         rn = [ratios(r)["native"] for r in sub if ratios(r)["native"] is not None]
-        miss_k = sum(v > keras_target for v in rk)
-        miss_n = sum(v > native_target for v in rn)
-        lines.append(
-            f"{backend}: ours/keras median {statistics.median(rk):.2f} "
-            f"(max {max(rk):.2f}, {miss_k}/{len(rk)} above {keras_target}); "
-            f"ours/native median {statistics.median(rn):.2f} "
-            f"(max {max(rn):.2f}, {miss_n}/{len(rn)} above {native_target})"
-        )
+        parts = []
+        # A selection of layers may have no keras twin (FRN, LRN) or no
+        # native kernel (LRN on JAX): say so rather than fail.
+        for label, values, target in (
+            ("ours/keras", rk, keras_target),
+            ("ours/native", rn, native_target),
+        ):
+            if not values:
+                parts.append(f"{label}: none")
+                continue
+            miss = sum(v > target for v in values)
+            parts.append(
+                f"{label} median {statistics.median(values):.2f} "
+                f"(max {max(values):.2f}, {miss}/{len(values)} above {target})"
+            )
+        lines.append(f"{backend}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
