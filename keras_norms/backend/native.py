@@ -40,10 +40,8 @@ the arguments allow it, the layers call torch's fused kernels instead:
 - `rms_norm`: `F.rms_norm` when the normalized axes are the trailing axes
   (RMSNormalization's usual `axis=-1`); the one fused kernel Keras' own
   RMSNormalization also calls on torch.
-- `local_response_norm`: `F.local_response_norm` (TensorFlow's LRN
-  arguments mapped to torch's), channels-first or, on the channels-first
-  view, channels-last; measured 1.1-1.6x faster forward and backward than
-  the `keras.ops` path's shifted slices on 16x32x32x64 and 64x128x96.
+- Not `F.local_response_norm`: the same average pool as the `keras.ops`
+  path, measured no faster (forward faster, backward slower).
 - Not `torch.var_mean` for the moments BatchInstanceNormalization and
   SwitchableNormalization need: over their spatial axes it measured 3x
   slower than the two `keras.ops` passes.
@@ -273,14 +271,12 @@ def batch_norm(
 
 
 def local_response_norm(x, channel_axis, depth_radius, bias, alpha, beta, dtype):
-    """`F.local_response_norm`, or TensorFlow's `LRN` kernel, or `None`.
+    """TensorFlow's LRN kernel (`tf_fused.local_response_norm`), or `None`.
 
-    torch: any rank >= 3 with channels at 1 or last (a channels-last
-    input runs on its channels-first view), with TensorFlow's arguments
-    mapped to torch's (`size = 2 * depth_radius + 1`, `alpha * size`:
-    torch averages the window where TensorFlow sums it). TensorFlow:
-    `tf.nn.local_response_normalization` for rank-4 channels-last float32
-    outside XLA, the one case its kernel takes.
+    No torch kernel: `F.local_response_norm` runs the same average pool
+    over the padded squares as the `keras.ops` path, and measured no
+    faster (0.87-1.41x either way, forward faster, backward slower, on
+    16x32x32x64 both layouts and 64x128x96).
     """
     if _state["enabled"] and keras.backend.backend() == "tensorflow":
         from keras_norms.backend import tf_fused
@@ -288,17 +284,4 @@ def local_response_norm(x, channel_axis, depth_radius, bias, alpha, beta, dtype)
         return tf_fused.local_response_norm(
             x, channel_axis, depth_radius, bias, alpha, beta, dtype
         )
-    params = _tensors(x, dtype)
-    if params is None or x.ndim < 3 or x.numel() == 0:
-        return None
-    ndim = x.ndim
-    channel_axis %= ndim
-    if channel_axis not in (1, ndim - 1):
-        return None
-    import torch
-    import torch.nn.functional as F
-
-    size = 2 * depth_radius + 1
-    view = x if channel_axis == 1 else torch.movedim(x, -1, 1)
-    y = F.local_response_norm(view, size, alpha * size, beta, bias)
-    return y if channel_axis == 1 else torch.movedim(y, 1, -1)
+    return None

@@ -33,9 +33,8 @@ class LocalResponseNormalization(keras.layers.Layer):
     `depth_radius = n // 2`, `bias = k` and `alpha`, `beta` unchanged.
 
     Computed in float32 for half-precision inputs (mixed precision); the
-    output has the layer's compute dtype. Uses PyTorch's
-    `F.local_response_norm` on torch and TensorFlow's LRN kernel for
-    float32 channels-last images outside XLA (both measured faster than
+    output has the layer's compute dtype. Uses TensorFlow's LRN kernel
+    for float32 channels-last images outside XLA (measured faster than
     the `keras.ops` path); see `keras_norms.ops.local_response_normalization`.
 
     Args:

@@ -74,7 +74,7 @@ def test_matches_numpy_forward_and_gradients(shape, axis):
 
 
 def test_every_case_and_the_keras_ops_path_agree():
-    """The op's fused kernels (torch, TF eager NHWC) and its `keras.ops`
+    """The op's fused kernel (TF eager NHWC float32) and its `keras.ops`
     path both equal the reference, channels-last and channels-first."""
     for case in CASES:
         for axis in (-1, 1):
@@ -129,6 +129,33 @@ def test_equals_torch_local_response_norm_after_mapping(axis):
         y, dx, _ = helpers.forward_and_grads(layer, x, upstream)
         np.testing.assert_allclose(y, ref_y, rtol=2e-5, atol=1e-6)
         np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    helpers.BACKEND != "tensorflow", reason="TensorFlow's LRN kernel"
+)
+def test_tf_kernel_runs_where_it_applies_only(monkeypatch):
+    """tf.nn.lrn for eager rank-4 channels-last float32; not for
+    channels-first, float16, rank 3, or with the fast paths disabled."""
+    import tensorflow as tf
+
+    calls = []
+    kernel = tf.nn.local_response_normalization
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(tf.nn, "local_response_normalization", counting)
+    x = helpers.random_input((2, 3, 3, 8), seed=10)
+    kn.ops.local_response_normalization(x)
+    assert len(calls) == 1
+    kn.ops.local_response_normalization(np.moveaxis(x, -1, 1), axis=1)
+    kn.ops.local_response_normalization(x.astype("float16"))
+    kn.ops.local_response_normalization(x[:, 0])
+    with native.disabled():
+        kn.ops.local_response_normalization(x)
+    assert len(calls) == 1
 
 
 @pytest.mark.skipif(
