@@ -115,6 +115,10 @@ EMPTY_LAYERS = {
     "layer": lambda: kn.LayerNormalization(),
     "rms": lambda: kn.RMSNormalization(),
     "frn": lambda: kn.FilterResponseNormalization(),
+    "evo_s0": lambda: kn.EvoNormS0(groups=2),
+    "evo_b0": lambda: kn.EvoNormB0(momentum=0.5),
+    "evo_b0_cf": lambda: kn.EvoNormB0(axis=1, momentum=0.5),
+    "lrn": lambda: kn.LocalResponseNormalization(depth_radius=1),
     "affine": lambda: kn.Affine(),
     "weight_norm": lambda: kn.WeightNormalization(
         keras.layers.Conv2D(4, 3, padding="same"), data_init=True
@@ -192,6 +196,7 @@ def test_empty_batch_in_a_graph_of_unknown_batch_size_keeps_state():
         EMPTY_LAYERS["batch"],
         EMPTY_LAYERS["batch_renorm"],
         EMPTY_LAYERS["switchable"],
+        EMPTY_LAYERS["evo_b0"],
     ):
         layer = make()
         x = helpers.random_input((2, 3, 3, 4), seed=7)
