@@ -67,9 +67,10 @@ def test_matches_numpy_forward_and_gradients(shape, axis):
         np.testing.assert_allclose(
             y, lrn_reference(x64, *args), rtol=2e-5, atol=1e-6
         )
-        (ref_dx,) = helpers.numeric_gradients(
-            lambda: np.sum(lrn_reference(x64, *args) * upstream), [x64]
-        )
+        def loss(x64=x64, args=args, upstream=upstream):
+            return np.sum(lrn_reference(x64, *args) * upstream)
+
+        (ref_dx,) = helpers.numeric_gradients(loss, [x64])
         np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-5)
 
 
@@ -119,9 +120,11 @@ def test_equals_torch_local_response_norm_after_mapping(axis):
         size = 2 * depth_radius + 1
         x = _input((2, 3, 4, 12), axis, seed=3)
         upstream = helpers.random_input(x.shape, seed=4)
+        def peer(t, size=size, alpha=alpha, beta=beta, bias=bias):
+            return F.local_response_norm(t, size, alpha * size, beta, bias)
+
         ref_y, ref_dx, _ = helpers.torch_reference(
-            lambda t: F.local_response_norm(t, size, alpha * size, beta, bias),
-            x, {}, upstream, axis % x.ndim,
+            peer, x, {}, upstream, axis % x.ndim
         )
         layer = kn.LocalResponseNormalization(
             depth_radius, bias, alpha, beta, axis=axis
