@@ -530,6 +530,7 @@ def batch_normalization(
     mask=None,
     synchronized=False,
     dtype=None,
+    virtual_batch_size=None,
 ):
     """Batch normalization of `x` along its channel `axis`.
 
@@ -562,6 +563,13 @@ def batch_normalization(
             replica's shard of the batch (`cross_replica_moments`) where
             the backend's distribution machinery runs several replicas.
         dtype: Output dtype; defaults to the dtype of `x`.
+        virtual_batch_size: Optional int `k` (ghost batch normalization,
+            Hoffer et al., 2017): with batch statistics, the batch is split
+            into `batch // k` consecutive groups of `k` samples, each
+            normalized with its own statistics, and the returned moments
+            are the means over the groups of their means and of their
+            biased variances. The batch must be a multiple of `k`. Ignored
+            with given `mean` and `variance`. Not with `synchronized`.
 
     Returns:
         A `BatchNormResult(outputs, mean, variance, has_values)`.
@@ -588,6 +596,11 @@ def batch_normalization(
             f"variance={variance is not None}"
         )
     training = mean is None
+    if training and virtual_batch_size is not None:
+        return _ghost_batch_normalization(
+            x, channel, gamma, beta, epsilon, mask, synchronized, dtype,
+            virtual_batch_size,
+        )
     combines = synchronized and kn_backend.num_replicas() > 1
     if training and synchronized:
         _refuse_named_axes()
@@ -628,6 +641,69 @@ def batch_normalization(
         ops.reshape(variance, channels),
         nonempty,
     )
+
+
+def _ghost_batch_normalization(
+    x, channel, gamma, beta, epsilon, mask, synchronized, dtype, size
+):
+    """Batch statistics per group of `size` consecutive samples.
+
+    `x` is viewed as `(batch // size, size, ...)` (no copy), the moments
+    reduce over every axis but the group axis and the channel axis, and
+    the output is viewed back: one pass more than plain batch
+    normalization, no transposes. Always the `keras.ops` implementation.
+    """
+    if synchronized:
+        raise ValueError(
+            "`virtual_batch_size` (ghost batch normalization) normalizes "
+            "groups of samples of one replica's batch, which synchronized "
+            "statistics would mix across replicas: use one or the other. "
+            f"Received: virtual_batch_size={size}, synchronized=True"
+        )
+    if not _validation.is_integer(size):
+        raise TypeError(
+            "Argument `virtual_batch_size` must be an int. "
+            f"Received: virtual_batch_size={size!r}"
+        )
+    batch = x.shape[0]
+    if size <= 0 or (batch is not None and batch % size):
+        raise ValueError(
+            "In training, the batch size must be a multiple of "
+            "`virtual_batch_size` (ghost batch normalization splits the "
+            f"batch into groups of that many samples). Received: "
+            f"virtual_batch_size={size}, batch size={batch}"
+        )
+    ndim = len(x.shape)
+    rest = tuple(x.shape[1:])
+    groups = batch // size if batch is not None else -1
+    view = (groups, size) + tuple(-1 if d is None else d for d in rest)
+    if sum(d == -1 for d in view) > 1:  # unknown batch and other sizes
+        dynamic = ops.shape(x)
+        view = (dynamic[0] // size, size) + tuple(dynamic[1:])
+    grouped = ops.reshape(x, view)
+    channel += 1  # the group axis comes first
+    axes = tuple(a for a in range(1, ndim + 1) if a != channel)
+    if mask is not None:
+        mask = ops.reshape(_broadcast_mask(mask, x), view)
+    mean, variance = moments(grouped, axes, mask=mask)
+    stats_dtype = mean.dtype
+    scale, shift = scale_and_shift(
+        mean,
+        variance,
+        broadcast_weight(gamma, ndim + 1, (channel,), stats_dtype),
+        broadcast_weight(beta, ndim + 1, (channel,), stats_dtype),
+        epsilon,
+    )
+    outputs = normalize(grouped, scale, shift, _output_dtype(x, dtype))
+    outputs = ops.reshape(outputs, ops.shape(x))
+    channels = (x.shape[channel - 1],)
+    nonempty = has_values(grouped, (0,))
+    mean, variance = (
+        ops.reshape(ops.mean(m, axis=0), channels) for m in (mean, variance)
+    )
+    if nonempty is not True:  # no groups: zeros, not the NaN of a mean
+        mean, variance = _zero_where_empty((mean, variance), nonempty)
+    return BatchNormResult(outputs, mean, variance, nonempty)
 
 
 def _refuse_named_axes():
