@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_norms import callbacks
 from keras_norms import precise
 from keras_norms.layers.batch_normalization import BatchNormalization
 from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization
@@ -399,11 +400,11 @@ def test_non_finite_statistics_are_refused_with_a_warning(bad):
 def test_callback_rejects_generators_and_bad_period():
     x, y = _data(10)
     with pytest.raises(TypeError, match="re-iterable"):
-        precise.PreciseBatchNorm(_as_generator(x, y, 4))
+        callbacks.PreciseBatchNorm(_as_generator(x, y, 4))
     with pytest.raises(ValueError, match="every_n_epochs"):
-        precise.PreciseBatchNorm(x, every_n_epochs=0)
+        callbacks.PreciseBatchNorm(x, every_n_epochs=0)
     with pytest.raises(ValueError, match="steps"):
-        precise.PreciseBatchNorm(x, steps=0)
+        callbacks.PreciseBatchNorm(x, steps=0)
 
 
 # ----------------------------------------------------------------------
@@ -423,7 +424,7 @@ def test_callback_validation_uses_precise_statistics(bn):
     xv, yv = _data(8, seed=7)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     recorder = _RecordStatistics()  # runs before PreciseBatchNorm
-    callback = precise.PreciseBatchNorm(x, batch_size=4, steps=None)
+    callback = callbacks.PreciseBatchNorm(x, batch_size=4, steps=None)
     history = model.fit(
         x,
         y,
@@ -453,7 +454,7 @@ def test_callback_period_without_validation_and_at_train_end():
     model = _model("ours")
     x, y = _data(16)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    callback = precise.PreciseBatchNorm(x, batch_size=8, every_n_epochs=2)
+    callback = callbacks.PreciseBatchNorm(x, batch_size=8, every_n_epochs=2)
     model.fit(
         x, y, batch_size=8, epochs=3, shuffle=False, callbacks=[callback],
         verbose=0,
@@ -524,7 +525,7 @@ tf.config.set_logical_device_configuration(
 import keras
 import numpy as np
 sys.path.insert(0, os.getcwd())
-from keras_norms import precise
+from keras_norms import callbacks, precise
 from tests import test_precise_statistics as t
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -550,7 +551,7 @@ def check(batch_size):
 
 precise.recompute_batch_norm_statistics(model, x, batch_size=4, verbose=0)
 check(4)
-callback = precise.PreciseBatchNorm(x, batch_size=8, steps=None)
+callback = callbacks.PreciseBatchNorm(x, batch_size=8, steps=None)
 history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False,
                     validation_data=(xv, yv), callbacks=[callback], verbose=0)
 check(8)
