@@ -149,6 +149,47 @@ def test_recompute_replaces_non_finite_statistics_and_keeps_seed_state():
             np.testing.assert_array_equal(_np(v), old, v.path)
 
 
+def test_recompute_restores_what_a_training_forward_pass_writes():
+    # The pass snapshots only the state a training-mode forward may write
+    # (non-trainable variables): a WeightNormalization(data_init=True) not
+    # yet initialized sets its flag and offsets on its first training
+    # batch, a frozen BatchNormalization made trainable by
+    # `include_frozen` moves its statistics. All of it comes back; only
+    # the recomputed statistics change.
+    from keras_norms.layers.weight_normalization import WeightNormalization
+
+    inp = keras.Input((3,))
+    h = WeightNormalization(keras.layers.Dense(5), data_init=True, name="wn")(
+        inp
+    )
+    h = BatchNormalization(name="bn1")(h)
+    h = keras.layers.Dense(4)(h)
+    h = keras.layers.GaussianNoise(0.1, seed=5)(h)
+    out = BatchNormalization(name="bn2")(h)
+    model = keras.Model(inp, out)
+    model.get_layer("bn1").trainable = False
+    wn = model.get_layer("wn")
+    assert float(_np(wn.data_initialized)) == 0.0
+    before = {v.path: _np(v) for v in model.variables}
+    trainable_before = [v.trainable for v in model.variables]
+    x, _ = _data(12)
+    result = precise.recompute_batch_norm_statistics(
+        model, x, batch_size=4, verbose=0, include_frozen=True
+    )
+    assert sorted(result["layers"]) == ["bn1", "bn2"]
+    assert float(_np(wn.data_initialized)) == 0.0  # still uninitialized
+    assert [v.trainable for v in model.variables] == trainable_before
+    changed = set()
+    for v in model.variables:
+        if not np.array_equal(_np(v), before[v.path]):
+            changed.add(v.path)
+    assert changed == {
+        f"{bn}/{stat}"
+        for bn in ("bn1", "bn2")
+        for stat in ("moving_mean", "moving_variance")
+    }
+
+
 def _as_generator(x, y, batch_size):
     for start in range(0, len(x), batch_size):
         yield x[start : start + batch_size], y[start : start + batch_size]
