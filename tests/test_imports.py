@@ -9,14 +9,13 @@ name appears only in `keras_norms/_compat.py`.
 """
 
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import keras
 import pytest
+
+from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "keras_norms"
@@ -40,15 +39,7 @@ print(json.dumps({"before": len(before), "added": sorted(after - before),
 
 
 def test_import_keras_norms_adds_no_framework_module():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE % (_FRAMEWORKS,)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = helpers.run_python(_PROBE % (_FRAMEWORKS,))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     # The probe imported this checkout, and `import keras` did load Keras.
