@@ -484,7 +484,8 @@ def recompute_batch_norm_statistics(
         statistics were not finite, left alone; see below).
 
     Raises:
-        ValueError: `x` is empty or `steps <= 0`.
+        TypeError: `steps` or `batch_size` is not an integer (or None).
+        ValueError: `x` is empty, or `steps` or `batch_size` is `<= 0`.
         RuntimeError: Under `torch.distributed`, a model with synchronized
             layers and a process that does not call it too (see above).
 
