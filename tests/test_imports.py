@@ -106,3 +106,28 @@ def test_compat_imports_nothing_private_at_module_level():
         if line.startswith(("import ", "from "))
     ]
     assert top_level_imports == ["import importlib"]
+
+
+def test_compat_backend_helpers():
+    # The helpers the backend modules call: each answers on its backend.
+    from keras_norms import _compat
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        seen = []
+
+        def probe(x):
+            seen.append(_compat.tf_in_xla_context())
+            return x + 1
+
+        assert _compat.tf_in_xla_context() is False  # eager
+        tf.function(probe, jit_compile=True)(tf.constant(1.0))
+        tf.function(probe, jit_compile=False)(tf.constant(1.0))
+        assert seen == [True, False]
+    elif backend == "torch":
+        fc = _compat.torch_functional_collectives()
+        assert fc is None or callable(fc.all_reduce)
+    else:
+        pytest.skip("no JAX helper in keras_norms._compat")
