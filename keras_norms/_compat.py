@@ -70,7 +70,9 @@ def flatten_layers(layer, include_self=True):
     `Layer._flatten_layers(recursive=True)`: sublayers tracked as
     attributes, models' layers and wrapped layers, depth first.
     """
-    return list(layer._flatten_layers(include_self=include_self, recursive=True))
+    return list(
+        layer._flatten_layers(include_self=include_self, recursive=True)
+    )
 
 
 def tracked_sublayers(layer):

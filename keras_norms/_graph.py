@@ -28,12 +28,19 @@ import keras
 from keras_norms import _compat
 from keras_norms.layers import batch_normalization as _kn_bn
 from keras_norms.layers import instance_normalization as _kn_in
-from keras_norms.layers.affine import float64_numpy as numpy64  # noqa: F401
+from keras_norms.layers.affine import float64_numpy
+
+# Weights as float64 NumPy arrays: the folds compute in float64 and round
+# once to the kernel dtype.
+numpy64 = float64_numpy
 
 # ----------------------------------------------------------------------
 # Layer kinds
 # ----------------------------------------------------------------------
-BATCH_NORM_CLASSES = (keras.layers.BatchNormalization, _kn_bn.BatchNormalization)
+BATCH_NORM_CLASSES = (
+    keras.layers.BatchNormalization,
+    _kn_bn.BatchNormalization,
+)
 
 # Layers a following per-channel scale and shift folds into, by kernel
 # layout. None of these groups subclasses another.
@@ -160,7 +167,8 @@ def check_graph_model(model, action):
 
 
 Usage = collections.namedtuple("Usage", "nodes calls consumers outputs")
-Usage.__doc__ = """How the operations and tensors of a functional graph are used.
+Usage.__doc__ = """How the operations and tensors of a functional graph are
+used.
 
 `nodes`: every node; `calls[id(operation)]`: how many nodes call it;
 `consumers[id(keras_tensor)]`: the nodes taking that tensor (absent: none);

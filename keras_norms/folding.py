@@ -157,9 +157,8 @@ def _fold_sequential(model, report):
     while i < len(layers):
         layer = layers[i]
         following = layers[i + 1] if i + 1 < len(layers) else None
-        if isinstance(layer, _graph.FOLDABLE) and _graph.is_batch_normalization(
-            following
-        ):
+        foldable = isinstance(layer, _graph.FOLDABLE)
+        if foldable and _graph.is_batch_normalization(following):
             shape = _graph.output_shape(layer)
             if _refusal(layer, following, shape) is None:
                 new, shift = _folded_copy(layer, following, shape, assignments)

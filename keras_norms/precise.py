@@ -244,7 +244,8 @@ def _forward_state(model):
 
 def _ensure_built(model, inputs):
     if model.built and all(
-        layer.built for layer in _compat.flatten_layers(model, include_self=False)
+        layer.built
+        for layer in _compat.flatten_layers(model, include_self=False)
     ):
         return
     model(_to_tensors(inputs), training=False)
@@ -268,7 +269,9 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
     if isinstance(x, (list, tuple)) and len(x) == 0:
         raise ValueError("`x` holds no samples. Received: x=[]")
     if hasattr(x, "shape") and len(x.shape) > 0 and x.shape[0] == 0:
-        raise ValueError(f"`x` holds no samples. Received: x={_validation.describe(x)}")
+        raise ValueError(
+            f"`x` holds no samples. Received: x={_validation.describe(x)}"
+        )
 
     total, batches = _batches(x, batch_size, steps)
     try:
@@ -352,7 +355,9 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
         for v, value in zip(variables, snapshot):
             v.assign(value)
     if num_samples == 0:
-        raise ValueError(f"`x` holds no samples. Received: x={_validation.describe(x)}")
+        raise ValueError(
+            f"`x` holds no samples. Received: x={_validation.describe(x)}"
+        )
     if progbar is not None and total is None:
         progbar.update(num_batches, finalize=True)
     stats = [
@@ -428,9 +433,13 @@ def recompute_batch_norm_statistics(
     batch variances (what each layer normalized with in training), not the
     variance of the whole data set.
 
-    Trainable weights, optimizer and metric state and every other variable
-    (seed generator states included) stay exactly as they were; the
-    layers' `momentum` is untouched. Under a TensorFlow distribution
+    Everything else stays exactly as it was: a training-mode forward pass
+    writes only non-trainable state (Keras' contract: `stateless_call`
+    returns no other), which is saved before the pass and restored after
+    it (seed generator states, the data-init state of
+    `WeightNormalization`, frozen layers' statistics); trainable weights,
+    optimizer and metric state are never written. The layers' `momentum`
+    is untouched. Under a TensorFlow distribution
     strategy or a `keras.distribution`, call it outside the replica
     context: the model sees whole batches, so the statistics are global
     ones, as SyncBatchNormalization computes them.

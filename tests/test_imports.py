@@ -19,15 +19,19 @@ from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "keras_norms"
-_FRAMEWORKS = ("keras.src", "tensorflow", "jax", "jaxlib", "torch")
+# `keras.src` and its modules; TensorFlow, JAX and torch with theirs.
+_FRAMEWORKS = ("tensorflow", "jax", "jaxlib", "torch")
 
 _PROBE = """
 import json, sys
-_FRAMEWORKS = %r
+
 
 def loaded():
-    return {m for m in sys.modules if m.split(".")[0] in ("keras", "tensorflow",
-            "jax", "jaxlib", "torch") and m.startswith(_FRAMEWORKS)}
+    return {
+        m for m in sys.modules
+        if m.split(".")[:2] == ["keras", "src"]
+        or m.split(".")[0] in %r
+    }
 
 import keras
 before = loaded()
