@@ -24,6 +24,7 @@ from keras_norms.layers.affine import batch_norm_scale_and_shift
 
 __all__ = ["FoldReport", "fold_batch_norms", "batch_norm_scale_and_shift"]
 
+
 class FoldReport:
     """What `fold_batch_norms` did.
 
@@ -315,9 +316,14 @@ def _folded_copy(layer, bn, output_shape, assignments):
     bias = numpy64(layer.bias) if layer.use_bias else np.zeros_like(a)
     shift = None
     if separate_shift:
-        shift = Affine.from_batch_normalization(bn)
-        shift.scale.assign(np.ones_like(a).astype(shift.scale.dtype))
-        shift.offset.assign((bias * a + b).astype(shift.offset.dtype))
+        shift = Affine.from_scale_and_offset(
+            np.ones_like(a),
+            bias * a + b,
+            axis=bn.axis,
+            ndim=batch_norm_input_rank(bn),
+            name=bn.name,
+            dtype=bn.dtype_policy,
+        )
     else:
         weights["bias"] = bias * a + b
     assignments.append((new, _graph.WeightsByName(weights)))

@@ -503,14 +503,14 @@ def _normalization_affine(layer):
                 f"{mean[worst]:.6g}, variance {variance[worst]:.3g}): in "
                 "float32 a fixed scale and shift would lose that feature"
             )
-    affine = Affine(
-        axis=axis - ndim, name=layer.name, dtype=layer.dtype_policy
+    affine = Affine.from_scale_and_offset(
+        scale,
+        offset,
+        axis=axis - ndim,
+        ndim=ndim,
+        name=layer.name,
+        dtype=layer.dtype_policy,
     )
-    affine.build(
-        tuple(mean.shape[0] if a == axis else None for a in range(ndim))
-    )
-    affine.scale.assign(scale.astype(affine.scale.dtype))
-    affine.offset.assign(offset.astype(affine.offset.dtype))
     return affine, None
 
 

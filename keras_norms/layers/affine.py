@@ -107,18 +107,37 @@ class Affine(keras.layers.Layer):
         `gamma`, `beta` and `epsilon`, then rounded once to float32.
         """
         scale, offset = batch_norm_scale_and_shift(layer)
-        ndim = batch_norm_input_rank(layer)
-        affine = cls(
+        return cls.from_scale_and_offset(
+            scale,
+            offset,
             axis=layer.axis,
+            ndim=batch_norm_input_rank(layer),
             name=name or layer.name,
             dtype=layer.dtype_policy,
         )
-        (axis,) = _validation.canonical_axes(layer.axis, ndim)
+
+    @classmethod
+    def from_scale_and_offset(
+        cls, scale, offset, *, axis, ndim, name=None, dtype=None
+    ):
+        """The built `Affine` computing `x * scale + offset` along `axis`.
+
+        Args:
+            scale, offset: 1-D arrays of one value per channel (any float
+                dtype; rounded once to the weights' float32).
+            axis: The channel axis, as the layer's `axis` argument.
+            ndim: The rank of the inputs it is built for.
+            name, dtype: As for the layer.
+        """
+        affine = cls(axis=axis, name=name, dtype=dtype)
+        (channel_axis,) = _validation.canonical_axes(affine.axis, ndim)
         affine.build(
-            tuple(scale.shape[0] if a == axis else None for a in range(ndim))
+            tuple(
+                len(scale) if a == channel_axis else None for a in range(ndim)
+            )
         )
-        affine.scale.assign(scale.astype(affine.scale.dtype))
-        affine.offset.assign(offset.astype(affine.offset.dtype))
+        affine.scale.assign(np.asarray(scale).astype(affine.scale.dtype))
+        affine.offset.assign(np.asarray(offset).astype(affine.offset.dtype))
         return affine
 
 
