@@ -266,6 +266,7 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
         "batch_size", batch_size, allow_none=True
     )
     verbose = _validation.check_verbose(verbose)
+    include_frozen = _validation.check_bool("include_frozen", include_frozen)
     if isinstance(x, (list, tuple)) and len(x) == 0:
         raise ValueError("`x` holds no samples. Received: x=[]")
     if hasattr(x, "shape") and len(x.shape) > 0 and x.shape[0] == 0:
