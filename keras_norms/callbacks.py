@@ -59,6 +59,16 @@ class PreciseBatchNorm(keras.callbacks.Callback):
 
     Reference:
         - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576).
+
+    Examples:
+        >>> bn = kn.BatchNormalization()
+        >>> model = keras.Sequential([keras.Input((2,)), bn])
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> x = np.array([[0.0, 10.0], [4.0, 30.0]] * 4, dtype="float32")
+        >>> callback = kn.PreciseBatchNorm(x)
+        >>> _ = model.fit(x, x, epochs=1, callbacks=[callback], verbose=0)
+        >>> print(np.round(keras.ops.convert_to_numpy(bn.moving_mean), 3))
+        [ 2. 20.]
     """
 
     def __init__(
@@ -207,15 +217,24 @@ class FoldAndExport(keras.callbacks.Callback):
         verbose: `"auto"` or `1` prints one line per export (its path and
             the check's figure), `0` is silent.
 
-    Example:
+    Examples:
+        Keep the best model of a training exported (`x`, `y`, `x_val` and
+        `y_val` are your data):
 
-    ```python
-    model.fit(
-        x, y, epochs=10, validation_data=(x_val, y_val),
-        callbacks=[keras_norms.FoldAndExport("exported/best",
-                                             monitor="val_loss")],
-    )
-    ```
+        ```python
+        model.fit(
+            x, y, epochs=10, validation_data=(x_val, y_val),
+            callbacks=[keras_norms.FoldAndExport("exported/best",
+                                                 monitor="val_loss")],
+        )
+        ```
+
+        `mode="auto"` reads the direction from the metric's name:
+
+        >>> kn.FoldAndExport("exported/best", monitor="val_loss").mode
+        'min'
+        >>> kn.FoldAndExport("exported/best", monitor="val_accuracy").mode
+        'max'
     """
 
     def __init__(

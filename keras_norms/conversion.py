@@ -71,6 +71,20 @@ def convert(model):
     Raises:
         ValueError: If the model is not built, or is a subclassed model
             whose layer graph cannot be read.
+
+    Examples:
+        >>> model = keras.Sequential([
+        ...     keras.Input((4,)),
+        ...     keras.layers.Dense(3),
+        ...     keras.layers.BatchNormalization(),
+        ... ])
+        >>> new = kn.convert(model)
+        >>> isinstance(new.layers[-1], kn.BatchNormalization)
+        True
+        >>> x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+        >>> y, y_new = model.predict(x, verbose=0), new.predict(x, verbose=0)
+        >>> np.allclose(y, y_new)
+        True
     """
     _graph.check_graph_model(model, "convert the normalization layers of")
     pairs = _keras_to_keras_norms()
@@ -108,6 +122,16 @@ def convert_sync_batchnorm(model):
     Raises:
         ValueError: If the model is not built, or is a subclassed model
             whose layer graph cannot be read.
+
+    Examples:
+        >>> model = keras.Sequential([
+        ...     keras.Input((4,)),
+        ...     keras.layers.Dense(3),
+        ...     keras.layers.BatchNormalization(),
+        ... ])
+        >>> synced = kn.convert_sync_batchnorm(model)
+        >>> isinstance(synced.layers[-1], kn.SyncBatchNormalization)
+        True
     """
     _graph.check_graph_model(
         model, "convert the BatchNormalization layers of"

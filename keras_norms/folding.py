@@ -36,6 +36,18 @@ class FoldReport:
             not be folded.
     Names of layers inside nested models are prefixed with
     `"outer_model_name/"`.
+
+    Examples:
+        >>> model = keras.Sequential([
+        ...     keras.Input((4,)),
+        ...     keras.layers.Dense(3, name="dense"),
+        ...     keras.layers.BatchNormalization(name="bn"),
+        ... ])
+        >>> folded, report = kn.fold_batch_norms(
+        ...     model, verbose=0, return_report=True
+        ... )
+        >>> report.folded, report.affine
+        ([('bn', 'dense')], [])
     """
 
     def __init__(self):
@@ -114,6 +126,22 @@ def fold_batch_norms(model, verbose="auto", return_report=False):
     Raises:
         ValueError: If the model is not built, or is a subclassed model
             whose layer graph cannot be read.
+
+    Examples:
+        >>> model = keras.Sequential([
+        ...     keras.Input((4,)),
+        ...     keras.layers.Dense(3, name="dense"),
+        ...     keras.layers.BatchNormalization(name="bn"),
+        ... ])
+        >>> folded = kn.fold_batch_norms(model)
+        Folded 1 BatchNormalization layer(s); 0 became fixed Affine layer(s).
+          folded bn -> dense
+        >>> [layer.name for layer in folded.layers]
+        ['dense']
+        >>> x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+        >>> y = model.predict(x, verbose=0)
+        >>> np.allclose(folded.predict(x, verbose=0), y, atol=1e-5)
+        True
     """
     verbose = _validation.check_verbose(verbose)
     _check_foldable_model(model)

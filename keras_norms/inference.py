@@ -69,6 +69,20 @@ class InferenceReport(folding.FoldReport):
             sample batch (a `Check`), or `None` before it ran.
     Names of layers inside nested models are prefixed with
     `"outer_model_name/"`.
+
+    Examples:
+        >>> model = keras.Sequential([
+        ...     keras.Input((4,)),
+        ...     kn.WeightNormalization(keras.layers.Dense(3), name="wn"),
+        ...     kn.BatchNormalization(name="bn"),
+        ... ])
+        >>> plain, report = kn.optimize_for_inference(
+        ...     model, verbose=0, return_report=True
+        ... )
+        >>> report.unwrapped, report.folded
+        ([('wn', 'WeightNormalization')], [('bn', 'wn')])
+        >>> report.check.passed
+        True
     """
 
     def __init__(self):
@@ -194,6 +208,16 @@ def optimize_for_inference(
             layer graph cannot be read, or holds a `Normalization` that
             was never built; or, with `on_mismatch="raise"`, if the new
             model differs from the original on the sample.
+
+    Examples:
+        >>> model = keras.Sequential([
+        ...     keras.Input((4,)),
+        ...     kn.WeightNormalization(keras.layers.Dense(3), name="wn"),
+        ...     kn.BatchNormalization(name="bn"),
+        ... ])
+        >>> plain = kn.optimize_for_inference(model, verbose=0)
+        >>> [type(layer).__name__ for layer in plain.layers]
+        ['Dense']
     """
     verbose = _validation.check_verbose(verbose)
     atol, rtol, on_mismatch = check_tolerance(atol, rtol, on_mismatch)

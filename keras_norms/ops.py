@@ -16,15 +16,33 @@ per-row normalization and the per-feature affine one after the other.
 
 The functions are written in `keras.ops`, so one implementation serves the
 TensorFlow, JAX and PyTorch backends.
+
+On top of these, one function per normalization (`batch_normalization`,
+`batch_renormalization`, `layer_normalization`, `rms_normalization`,
+`group_normalization`, `instance_normalization`,
+`filter_response_normalization`) takes a tensor, its axes, weights and
+epsilon and returns the normalized tensor: what each layer's `call` runs,
+and what a user can call without a layer. Inside these functions, and only
+there, a backend's fused kernel is chosen where a benchmark proved it pays
+(torch's `F.batch_norm`, `F.layer_norm`, `F.group_norm`, `F.rms_norm`;
+TensorFlow's fused batch norm outside XLA; see
+`keras_norms/backend/native.py`), as `keras.ops.layer_normalization` picks
+`F.layer_norm` on torch; everywhere else they run the `keras.ops`
+implementation built from the three steps. Both give the same result (the
+tests compare them). Nothing is compiled or cached behind the caller: the
+result depends on the arguments only.
 """
 
+import collections
 import math
 
 from keras import backend
 from keras import config
 from keras import ops
 
+from keras_norms import _validation
 from keras_norms import backend as kn_backend
+from keras_norms.backend import native
 
 __all__ = [
     "statistics_dtype",
@@ -38,6 +56,15 @@ __all__ = [
     "scale_and_shift",
     "normalize",
     "normalize_moments",
+    "broadcast_weight",
+    "BatchNormResult",
+    "batch_normalization",
+    "batch_renormalization",
+    "layer_normalization",
+    "rms_normalization",
+    "group_normalization",
+    "instance_normalization",
+    "filter_response_normalization",
     "conv",
 ]
 
@@ -399,6 +426,587 @@ def normalize_moments(
     if backend.standardize_dtype(y.dtype) != out_dtype:
         y = ops.cast(y, out_dtype)
     return y
+
+
+def broadcast_weight(weight, ndim, axes, dtype=None):
+    """A per-channel weight shaped to broadcast against a rank-`ndim` input.
+
+    The one helper every normalization uses for its `gamma`, `beta` and
+    statistics: `weight` holds one value per position along `axes` (its
+    shape is the input's sizes along the sorted `axes`, as a layer's
+    weights are built), and comes back with ones on every other axis,
+    cast to `dtype`. A weight already of rank `ndim` is only cast. A
+    per-channel weight on the last axis already broadcasts, so it skips
+    the reshape (and the cast where the dtype matches): fewer small ops
+    for eager backends to dispatch.
+
+    Args:
+        weight: A tensor or variable, or `None` (returned as is).
+        ndim: Rank of the input.
+        axes: Canonical (non-negative, sorted) axes the weight runs along.
+        dtype: Optional dtype to cast to.
+    """
+    if weight is None:
+        return None
+    if dtype is not None and backend.standardize_dtype(
+        weight.dtype
+    ) != backend.standardize_dtype(dtype):
+        weight = ops.cast(weight, dtype)
+    shape = tuple(weight.shape)
+    if len(shape) == ndim:
+        return ops.convert_to_tensor(weight)
+    view = [1] * ndim
+    for axis, size in zip(sorted(axes), shape):
+        view[axis] = size
+    if tuple(view[ndim - len(shape):]) == shape and all(
+        s == 1 for s in view[: ndim - len(shape)]
+    ):
+        return ops.convert_to_tensor(weight)
+    return ops.reshape(weight, view)
+
+
+BatchNormResult = collections.namedtuple(
+    "BatchNormResult", ["outputs", "mean", "variance", "has_values"]
+)
+BatchNormResult.__doc__ = """What `batch_normalization` returns.
+
+Fields:
+    outputs: The normalized tensor.
+    mean, variance: The per-channel statistics it was normalized with,
+        shape `(channels,)`: the (biased) batch moments in training,
+        else the statistics passed in.
+    has_values: Whether the batch held any value (`True`/`False`, or a
+        scalar boolean tensor where that is known only at run time): a
+        layer updates its moving statistics only where it holds.
+"""
+
+
+def _channel_axis(axis, ndim):
+    """The canonical channel axis of a one-axis normalization."""
+    if not _validation.is_integer(axis):
+        raise TypeError(
+            f"Argument `axis` must be an int (the channel axis). "
+            f"Received: axis={axis!r}"
+        )
+    (axis,) = _validation.canonical_axes(axis, ndim)
+    return axis
+
+
+def _spatial_axes(ndim, channel_axis):
+    """Every axis but the batch axis 0 and the channel axis."""
+    axes = tuple(a for a in range(1, ndim) if a != channel_axis)
+    if not axes:
+        raise ValueError(
+            "Instance statistics reduce over the axes besides the batch "
+            "and channel axes, and this input has none. Received: "
+            f"ndim={ndim}, channel axis={channel_axis}"
+        )
+    return axes
+
+
+def _as_tensor(x):
+    """`x` as a backend tensor (the ops take NumPy arrays too)."""
+    return x if ops.is_tensor(x) else ops.convert_to_tensor(x)
+
+
+def _output_dtype(x, dtype):
+    return backend.standardize_dtype(dtype or x.dtype)
+
+
+def _is_variable(value):
+    from keras import Variable
+
+    return isinstance(value, Variable)
+
+
+def batch_normalization(
+    x,
+    axis=-1,
+    gamma=None,
+    beta=None,
+    mean=None,
+    variance=None,
+    epsilon=1e-3,
+    mask=None,
+    synchronized=False,
+    dtype=None,
+):
+    """Batch normalization of `x` along its channel `axis`.
+
+    `y = gamma * (x - mean) / sqrt(variance + epsilon) + beta`, per channel,
+    with the statistics over every other axis (the batch and spatial
+    axes). Without `mean` and `variance` (training), the statistics are
+    the biased moments of this batch, and come back in the result for a
+    moving average. With them (inference: the moving statistics), `x` is
+    normalized with those.
+
+    Kernel: torch's `F.batch_norm`, or TensorFlow's fused batch norm
+    outside XLA, where the dtype and layout allow it (float32/float64 on
+    torch; inference only where `mean` and `variance` are variables, which
+    the fused kernels do not differentiate); else the `keras.ops`
+    implementation (two-pass moments, one scale and shift). A `mask` or
+    synchronized statistics always take the `keras.ops` path.
+
+    Args:
+        x: Input tensor of rank 2 or more.
+        axis: Integer, the channel axis (`-1` channels-last, `1`
+            channels-first).
+        gamma: Optional per-channel scale, shape `(channels,)`.
+        beta: Optional per-channel offset, shape `(channels,)`.
+        mean, variance: Optional per-channel statistics to normalize with
+            (both or neither), shape `(channels,)`.
+        epsilon: Small float added to the variance.
+        mask: Optional boolean tensor broadcastable to `x`: the batch
+            statistics cover the positions where it is true only.
+        synchronized: If `True`, the batch statistics cover every
+            replica's shard of the batch (`cross_replica_moments`) where
+            the backend's distribution machinery runs several replicas.
+        dtype: Output dtype; defaults to the dtype of `x`.
+
+    Returns:
+        A `BatchNormResult(outputs, mean, variance, has_values)`.
+
+    Examples:
+
+    >>> x = np.array([[0.0, 0.0], [20.0, 200.0]], "float32")
+    >>> result = kn.ops.batch_normalization(x)
+    >>> np.round(keras.ops.convert_to_numpy(result.outputs), 3)
+    array([[-1., -1.],
+           [ 1.,  1.]], dtype=float32)
+    >>> keras.ops.convert_to_numpy(result.mean)
+    array([ 10., 100.], dtype=float32)
+    """
+    x = _as_tensor(x)
+    ndim = len(x.shape)
+    channel = _channel_axis(axis, ndim)
+    axes = tuple(a for a in range(ndim) if a != channel)
+    dtype = _output_dtype(x, dtype)
+    if (mean is None) != (variance is None):
+        raise ValueError(
+            "Pass both `mean` and `variance` (inference) or neither "
+            f"(batch statistics). Received: mean={mean is not None}, "
+            f"variance={variance is not None}"
+        )
+    training = mean is None
+    combines = synchronized and kn_backend.num_replicas() > 1
+    if training and synchronized:
+        _refuse_named_axes()
+    if mask is None and not combines:
+        if training:
+            fused = native.batch_norm(x, channel, gamma, beta, epsilon, dtype)
+            if fused is not None:
+                outputs, batch_mean, batch_variance = fused
+                return BatchNormResult(
+                    outputs, batch_mean, batch_variance, has_values(x, axes)
+                )
+        elif _is_variable(mean) and _is_variable(variance):
+            outputs = native.batch_norm(
+                x, channel, gamma, beta, epsilon, dtype, mean, variance
+            )
+            if outputs is not None:
+                return BatchNormResult(outputs, mean, variance, True)
+    stats_dtype = statistics_dtype(x.dtype)
+    if training:
+        mean, variance, nonempty = batch_moments(
+            x, axes, mask=mask, synchronized=synchronized
+        )
+    else:
+        nonempty = True
+        mean = broadcast_weight(mean, ndim, (channel,), stats_dtype)
+        variance = broadcast_weight(variance, ndim, (channel,), stats_dtype)
+    scale, shift = scale_and_shift(
+        mean,
+        variance,
+        broadcast_weight(gamma, ndim, (channel,), stats_dtype),
+        broadcast_weight(beta, ndim, (channel,), stats_dtype),
+        epsilon,
+    )
+    channels = (x.shape[channel],)
+    return BatchNormResult(
+        normalize(x, scale, shift, dtype),
+        ops.reshape(mean, channels),
+        ops.reshape(variance, channels),
+        nonempty,
+    )
+
+
+def _refuse_named_axes():
+    """Refuse synchronized statistics under a JAX `pmap`/`shard_map`.
+
+    There each device traces its own shard and nothing combines them: the
+    statistics would silently be per device and the moving statistics
+    would drift apart.
+    """
+    names = kn_backend.named_axes()
+    if names:
+        raise ValueError(
+            "Synchronized batch statistics cannot be computed inside a JAX "
+            "`pmap`, `shard_map` or `vmap(axis_name=...)`: each device "
+            "would use its own shard's statistics. Train under "
+            "`keras.distribution.DataParallel` (one global program; the "
+            "statistics are global), or use `BatchNormalization` for "
+            f"per-device statistics. Received: axis_names={names}"
+        )
+
+
+def batch_renormalization(
+    x,
+    axis=-1,
+    renorm_mean=None,
+    renorm_stddev=None,
+    gamma=None,
+    beta=None,
+    epsilon=1e-3,
+    clipping=None,
+    mask=None,
+    synchronized=False,
+    dtype=None,
+):
+    """Batch renormalization (Ioffe, 2017) of `x` in training.
+
+    The batch-normalized values are corrected by
+    `r = clip(sigma_batch / sigma_renorm)` and
+    `d = clip((mean_batch - mean_renorm) / sigma_renorm)`, both
+    stop-gradiented, as Keras computes them:
+    `y = (x_hat * r + d) * gamma + beta`, folded into one scale and shift.
+    Always the `keras.ops` implementation.
+
+    Args:
+        x: Input tensor of rank 2 or more.
+        axis: Integer, the channel axis.
+        renorm_mean, renorm_stddev: The per-channel moving mean and standard
+            deviation the batch is corrected towards, shape `(channels,)`.
+        gamma, beta: Optional per-channel scale and offset.
+        epsilon: Small float added to the variance.
+        clipping: Optional dict with keys among `"rmax"`, `"rmin"`,
+            `"dmax"` bounding `r` and `d`.
+        mask, synchronized, dtype: As in `batch_normalization`.
+
+    Returns:
+        A `BatchNormResult` with the (uncorrected) biased batch moments.
+    """
+    x = _as_tensor(x)
+    ndim = len(x.shape)
+    channel = _channel_axis(axis, ndim)
+    axes = tuple(a for a in range(ndim) if a != channel)
+    if synchronized:
+        _refuse_named_axes()
+    mean, variance, nonempty = batch_moments(
+        x, axes, mask=mask, synchronized=synchronized
+    )
+    stats_dtype = mean.dtype
+    stddev = ops.sqrt(variance + epsilon)
+    renorm_mean = broadcast_weight(renorm_mean, ndim, (channel,), stats_dtype)
+    renorm_stddev = ops.maximum(
+        broadcast_weight(renorm_stddev, ndim, (channel,), stats_dtype),
+        ops.sqrt(ops.cast(epsilon, stats_dtype)),
+    )
+    r = stddev / renorm_stddev
+    d = (mean - renorm_mean) / renorm_stddev
+    clipping = clipping or {}
+    if clipping.get("rmin") is not None:
+        r = ops.maximum(r, clipping["rmin"])
+    if clipping.get("rmax") is not None:
+        r = ops.minimum(r, clipping["rmax"])
+    if clipping.get("dmax") is not None:
+        d = ops.clip(d, -clipping["dmax"], clipping["dmax"])
+    r = ops.stop_gradient(r)
+    d = ops.stop_gradient(d)
+    gamma = broadcast_weight(gamma, ndim, (channel,), stats_dtype)
+    beta = broadcast_weight(beta, ndim, (channel,), stats_dtype)
+    # (x_hat * r + d) * gamma + beta = x_hat * (r * gamma) + (d * gamma + beta)
+    new_gamma = r if gamma is None else r * gamma
+    new_beta = d if gamma is None else d * gamma
+    if beta is not None:
+        new_beta = new_beta + beta
+    scale, shift = scale_and_shift(mean, variance, new_gamma, new_beta, epsilon)
+    channels = (x.shape[channel],)
+    return BatchNormResult(
+        normalize(x, scale, shift, _output_dtype(x, dtype)),
+        ops.reshape(mean, channels),
+        ops.reshape(variance, channels),
+        nonempty,
+    )
+
+
+def layer_normalization(
+    x, axis=-1, gamma=None, beta=None, epsilon=1e-3, rms_scaling=False,
+    dtype=None,
+):
+    """Layer normalization of `x` over `axis` (an int or a list of ints).
+
+    `y = gamma * (x - mean) / sqrt(variance + epsilon) + beta` with one
+    mean and variance per row (over `axis`) and `gamma`, `beta` per
+    position along `axis`: applied one after the other
+    (`normalize_moments`), never folded into an input-sized scale.
+
+    Kernel: torch's `F.layer_norm` where the dtypes allow it (axes not
+    trailing are moved last for it); else the `keras.ops` implementation.
+
+    Args:
+        x: Input tensor.
+        axis: Integer or list of integers, the axes to normalize over.
+        gamma, beta: Optional weights of shape `x.shape` along the sorted
+            `axis` (or already broadcastable against `x`).
+        epsilon: Small float added to the variance.
+        rms_scaling: Keras' deprecated option: `x * rsqrt(variance +
+            epsilon) * gamma`, no centering (not RMS normalization).
+        dtype: Output dtype; defaults to the dtype of `x`.
+
+    Examples:
+
+    >>> x = np.array([[1.0, 2.0, 3.0]], "float32")
+    >>> y = kn.ops.layer_normalization(x, epsilon=0.0)
+    >>> np.round(keras.ops.convert_to_numpy(y), 3)
+    array([[-1.225,  0.   ,  1.225]], dtype=float32)
+    """
+    x = _as_tensor(x)
+    ndim = len(x.shape)
+    axes = _validation.canonical_axes(axis, ndim)
+    dtype = _output_dtype(x, dtype)
+    if not rms_scaling:
+        outputs = native.layer_norm(x, axes, gamma, beta, epsilon, dtype)
+        if outputs is not None:
+            return outputs
+    mean, variance = moments(x, axes)
+    stats_dtype = variance.dtype
+    return normalize_moments(
+        x,
+        None if rms_scaling else mean,
+        variance,
+        broadcast_weight(gamma, ndim, axes, stats_dtype),
+        broadcast_weight(beta, ndim, axes, stats_dtype),
+        epsilon,
+        dtype,
+    )
+
+
+def rms_normalization(x, axis=-1, scale=None, epsilon=1e-6, dtype=None):
+    """Root mean square normalization of `x` over `axis`.
+
+    `y = x / sqrt(mean(x**2) + epsilon) * scale` (Zhang & Sennrich, 2019),
+    the per-row factor applied first and the per-feature scale second.
+
+    Kernel: torch's `F.rms_norm` where the normalized axes are trailing and
+    the dtypes allow it; else the `keras.ops` implementation.
+
+    Args:
+        x: Input tensor.
+        axis: Integer or list of integers, the axes to normalize over.
+        scale: Optional weight of shape `x.shape` along the sorted `axis`.
+        epsilon: Small float added to the mean square.
+        dtype: Output dtype; defaults to the dtype of `x`.
+
+    Examples:
+
+    >>> x = np.array([[3.0, 4.0]], "float32")
+    >>> y = kn.ops.rms_normalization(x, epsilon=0.0)
+    >>> np.round(keras.ops.convert_to_numpy(y), 3)
+    array([[0.849, 1.131]], dtype=float32)
+    """
+    x = _as_tensor(x)
+    ndim = len(x.shape)
+    axes = _validation.canonical_axes(axis, ndim)
+    dtype = _output_dtype(x, dtype)
+    outputs = native.rms_norm(x, axes, scale, epsilon, dtype)
+    if outputs is not None:
+        return outputs
+    mean_sq = mean_square(x, axes)
+    return normalize_moments(
+        x,
+        None,
+        mean_sq,
+        broadcast_weight(scale, ndim, axes, mean_sq.dtype),
+        None,
+        epsilon,
+        dtype,
+    )
+
+
+def group_normalization(
+    x, groups, axis=-1, gamma=None, beta=None, epsilon=1e-3, dtype=None
+):
+    """Group normalization (Wu & He, 2018) of `x`.
+
+    The channels along `axis` are split into `groups` groups of
+    consecutive channels; each (sample, group) is normalized with the
+    moments over its channels and every spatial axis, then scaled and
+    shifted per channel. `groups=1` is layer normalization over channels
+    and spatial axes; `groups=channels` is instance normalization.
+
+    Kernel: torch's `F.group_norm` where the dtypes and layout allow it;
+    else the `keras.ops` implementation: the moments of each channel over
+    the spatial axes (two-pass), pooled into groups (`pooled_moments`),
+    the input never reshaped or transposed (XLA's CPU reduction over a
+    split channel axis measured 3-4x slower).
+
+    Args:
+        x: Input tensor of rank 2 or more.
+        groups: Number of groups; divides the number of channels.
+        axis: Integer, the channel axis.
+        gamma, beta: Optional per-channel scale and offset, `(channels,)`.
+        epsilon: Small float added to the variance.
+        dtype: Output dtype; defaults to the dtype of `x`.
+
+    Examples:
+
+    >>> x = np.array([[1.0, 3.0, 10.0, 30.0]], "float32")
+    >>> y = kn.ops.group_normalization(x, groups=2, epsilon=0.0)
+    >>> np.round(keras.ops.convert_to_numpy(y), 3)
+    array([[-1.,  1., -1.,  1.]], dtype=float32)
+    """
+    x = _as_tensor(x)
+    ndim = len(x.shape)
+    channel = _channel_axis(axis, ndim)
+    channels = x.shape[channel]
+    if not _validation.is_integer(groups):
+        raise TypeError(
+            f"Argument `groups` must be an int. Received: groups={groups!r}"
+        )
+    if groups <= 0 or groups > channels or channels % groups:
+        raise ValueError(
+            f"Argument `groups` must divide the number of channels "
+            f"({channels}, along axis {axis}). Received: groups={groups}"
+        )
+    dtype = _output_dtype(x, dtype)
+    outputs = native.group_norm(x, groups, channel, gamma, beta, epsilon, dtype)
+    if outputs is not None:
+        return outputs
+    reduction = tuple(a for a in range(1, ndim) if a != channel)
+    if reduction:
+        mean, variance = moments(x, reduction)
+    else:  # rank 2: each channel holds one value
+        mean = ops.cast(x, statistics_dtype(x.dtype))
+        variance = ops.zeros_like(mean)
+    # The batch size, not -1: a reshape of an empty batch cannot infer it
+    # (torch refuses "-1" for 0 elements).
+    batch = x.shape[0] if x.shape[0] is not None else -1
+    per_group = channels // groups
+    grouped = (batch, groups, per_group)
+    mean, variance = pooled_moments(
+        ops.reshape(mean, grouped), ops.reshape(variance, grouped), (2,)
+    )
+
+    def by_group(weight):  # a (C,) weight as (1, G, C / G)
+        if weight is None:
+            return None
+        return ops.reshape(
+            ops.cast(weight, mean.dtype), (1, groups, per_group)
+        )
+
+    scale, shift = scale_and_shift(
+        mean, variance, by_group(gamma), by_group(beta), epsilon
+    )
+    stats_shape = [1] * ndim
+    stats_shape[0] = batch
+    stats_shape[channel] = channels
+
+    def per_channel(factor):  # (N, G, 1) without gamma/beta
+        if factor.shape[2] != per_group:
+            factor = ops.repeat(factor, per_group, axis=2)
+        return ops.reshape(factor, stats_shape)
+
+    return normalize(x, per_channel(scale), per_channel(shift), dtype)
+
+
+def instance_normalization(
+    x, axis=-1, gamma=None, beta=None, epsilon=1e-3, mean=None,
+    variance=None, dtype=None,
+):
+    """Instance normalization (Ulyanov et al., 2016) of `x`.
+
+    Each (sample, channel) is normalized with the moments over the spatial
+    axes (every axis but the batch axis 0 and the channel `axis`), then
+    scaled and shifted per channel. With `mean` and `variance` (running
+    statistics, shape `(channels,)`, as torch's `track_running_stats`),
+    every sample is normalized with those instead.
+
+    Kernel: torch's `F.group_norm` with one group per channel where the
+    dtypes and layout allow it; else the `keras.ops` implementation.
+
+    Args:
+        x: Input tensor with at least one spatial axis.
+        axis: Integer, the channel axis.
+        gamma, beta: Optional per-channel scale and offset, `(channels,)`.
+        epsilon: Small float added to the variance.
+        mean, variance: Optional per-channel statistics (both or neither).
+        dtype: Output dtype; defaults to the dtype of `x`.
+
+    Examples:
+
+    >>> x = np.array([[[1.0], [3.0]]], "float32")  # (batch, time, channels)
+    >>> y = kn.ops.instance_normalization(x, epsilon=0.0)
+    >>> np.round(keras.ops.convert_to_numpy(y)[0, :, 0], 3)
+    array([-1.,  1.], dtype=float32)
+    """
+    x = _as_tensor(x)
+    ndim = len(x.shape)
+    channel = _channel_axis(axis, ndim)
+    reduction = _spatial_axes(ndim, channel)
+    if mean is not None or variance is not None:
+        return batch_normalization(
+            x, channel, gamma, beta, mean, variance, epsilon, dtype=dtype
+        ).outputs
+    dtype = _output_dtype(x, dtype)
+    outputs = native.group_norm(
+        x, x.shape[channel], channel, gamma, beta, epsilon, dtype
+    )
+    if outputs is not None:
+        return outputs
+    mean, variance = moments(x, reduction)
+    scale, shift = scale_and_shift(
+        mean,
+        variance,
+        broadcast_weight(gamma, ndim, (channel,), mean.dtype),
+        broadcast_weight(beta, ndim, (channel,), mean.dtype),
+        epsilon,
+    )
+    return normalize(x, scale, shift, dtype)
+
+
+def filter_response_normalization(
+    x, axis=-1, gamma=None, beta=None, tau=None, epsilon=1e-6, dtype=None
+):
+    """Filter response normalization with its TLU (Singh & Krishnan, 2020).
+
+    `y = max(gamma * x / sqrt(nu2 + epsilon) + beta, tau)` with
+    `nu2 = mean(x**2)` per (sample, channel) over the spatial axes: no mean
+    subtracted, no batch dependence. `epsilon` may be a tensor (a learned
+    epsilon). Always the `keras.ops` implementation.
+
+    Args:
+        x: Input tensor with at least one spatial axis.
+        axis: Integer, the channel axis.
+        gamma, beta, tau: Optional per-channel weights, `(channels,)`;
+            without `tau`, no TLU.
+        epsilon: Small float (or scalar tensor) added to `nu2`.
+        dtype: Output dtype; defaults to the dtype of `x`.
+
+    Examples:
+
+    >>> x = np.array([[[3.0], [-4.0]]], "float32")
+    >>> y = kn.ops.filter_response_normalization(x, epsilon=0.0)
+    >>> np.round(keras.ops.convert_to_numpy(y)[0, :, 0], 3)
+    array([ 0.849, -1.131], dtype=float32)
+    """
+    x = _as_tensor(x)
+    ndim = len(x.shape)
+    channel = _channel_axis(axis, ndim)
+    nu2 = mean_square(x, _spatial_axes(ndim, channel))
+    stats_dtype = nu2.dtype
+    scale, shift = scale_and_shift(
+        0.0,
+        nu2,
+        broadcast_weight(gamma, ndim, (channel,), stats_dtype),
+        broadcast_weight(beta, ndim, (channel,), stats_dtype),
+        epsilon,
+    )
+    outputs = normalize(x, scale, shift, stats_dtype)
+    if tau is not None:
+        outputs = ops.maximum(
+            outputs, broadcast_weight(tau, ndim, (channel,), stats_dtype)
+        )
+    return ops.cast(outputs, _output_dtype(x, dtype))
 
 
 def conv(x, kernel, strides=1, padding="valid", data_format=None,

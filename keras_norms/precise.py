@@ -510,6 +510,16 @@ def recompute_batch_norm_statistics(
 
     Reference:
         - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576).
+
+    Examples:
+        >>> bn = kn.BatchNormalization()
+        >>> model = keras.Sequential([keras.Input((2,)), bn])
+        >>> x = np.array([[0.0, 10.0], [4.0, 30.0]] * 4, dtype="float32")
+        >>> result = kn.recompute_batch_norm_statistics(model, x, verbose=0)
+        >>> print(np.round(keras.ops.convert_to_numpy(bn.moving_mean), 3))
+        [ 2. 20.]
+        >>> print(np.round(keras.ops.convert_to_numpy(bn.moving_variance), 3))
+        [  4. 100.]
     """
     layers, skipped, stats, num_batches, num_samples = _precise_statistics(
         model, x, batch_size, steps, verbose, include_frozen
@@ -593,6 +603,23 @@ def batch_norm_statistics_report(
     Returns:
         `{layer name: {"mean_shift": float, "variance_log_ratio": float,
         "stale": bool}}`, in model order.
+
+    Examples:
+        >>> bn = kn.BatchNormalization(name="bn")
+        >>> model = keras.Sequential([keras.Input((2,)), bn])
+        >>> x = np.array([[0.0, 10.0], [4.0, 30.0]] * 4, dtype="float32")
+        >>> report = kn.batch_norm_statistics_report(model, x)
+        BatchNormalization statistics vs precise (stale above: ...)
+        ┏━━━━━━━┳━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━┳━━━━━━━┓
+        ┃ Layer ┃ Mean shift ┃ Var. log ratio ┃ Stale ┃
+        ┡━━━━━━━╇━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━╇━━━━━━━┩
+        │ bn    │     2.0000 │         4.6042 │   yes │
+        └───────┴────────────┴────────────────┴───────┘
+         Stale layers: 1 of 1
+        >>> _ = kn.recompute_batch_norm_statistics(model, x, verbose=0)
+        >>> report = kn.batch_norm_statistics_report(model, x, print_fn=False)
+        >>> report["bn"]["stale"]
+        False
     """
     mean_threshold = _validation.check_non_negative_float(
         "mean_threshold", mean_threshold, finite=False

@@ -1,11 +1,11 @@
 """Backend-specific code: all of keras_norms' lives in this package.
 
-Here, the cross-replica reductions; beside them, the fast paths a
-benchmark proved worth it, each answering `None` where it does not apply
-so the layers fall back to the one `keras.ops` implementation:
-`native.py` (torch's fused kernels; TensorFlow's fused batch norm through
-`tf_fused.py`) and `compiled.py` (repeated eager calls compiled on JAX and
-TensorFlow).
+Here, the cross-replica reductions; beside them, the fused kernels a
+benchmark proved worth it, reached only from the functional ops of
+`keras_norms.ops`, each answering `None` where it does not apply so the op
+runs its one `keras.ops` implementation: `native.py` (torch's fused
+kernels; TensorFlow's fused batch norm through `tf_fused.py`). Nothing
+here compiles or caches a program behind the caller.
 
 `SyncBatchNormalization` asks two questions of the running backend:
 

@@ -1,7 +1,9 @@
 """Native fast paths: a backend's own normalization kernels, where they pay.
 
-The default path of every layer is the one `keras.ops` implementation in
-`keras_norms.ops`. On the torch backend, eager PyTorch runs every
+Reached only from the functional ops of `keras_norms.ops`
+(`batch_normalization`, `layer_normalization`, `group_normalization`,
+`instance_normalization`, `rms_normalization`), whose default is the one
+`keras.ops` implementation. On the torch backend, eager PyTorch runs every
 `keras.ops` call as a separate kernel (and a separate autograd node), so a
 normalization written as a dozen small ops makes a dozen passes over the
 tensor forward and more backward; `benchmarks/bench_norms.py` measured it
@@ -42,17 +44,20 @@ the arguments allow it, the layers call torch's fused kernels instead:
   SwitchableNormalization need: over their spatial axes it measured 3x
   slower than the two `keras.ops` passes.
 
-Each function returns `None` where it does not apply (another backend,
-half-precision or mixed dtypes, axes the kernel cannot take), and the
-caller then runs the `keras.ops` path. Every test of the layers runs
-through these paths on torch; `tests/test_native_fast_paths.py` also
-compares them with the `keras.ops` path directly.
+On TensorFlow, `batch_norm` hands over to `tf_fused.py` (the fused batch
+norm kernel, outside XLA only).
 
-`disabled()` turns them off (benchmarks measure both; tests compare both).
+Each function returns `None` where it does not apply (another backend,
+half-precision or mixed dtypes, axes the kernel cannot take), and the op
+then runs the `keras.ops` path. Every test of the layers runs through
+these paths on torch; `tests/test_native_fast_paths.py` also compares them
+with the `keras.ops` path directly.
+
+`disabled()` turns them off, explicitly and for the `with` block only
+(benchmarks measure both; tests compare both).
 """
 
 import contextlib
-import math
 
 import keras
 
@@ -63,20 +68,17 @@ __all__ = [
     "group_norm",
     "batch_norm",
     "rms_norm",
-    "compiled_call",
 ]
 
 _state = {"enabled": True}
 
 
 def enabled():
-    """Whether the fast paths are on (every backend has some: torch's
-    fused kernels, TensorFlow's fused batch norm, compiled eager calls on
-    JAX and TensorFlow)."""
+    """Whether the fused kernels are on and this backend has some (torch's
+    fused kernels; TensorFlow's fused batch norm)."""
     return _state["enabled"] and keras.backend.backend() in (
         "torch",
         "tensorflow",
-        "jax",
     )
 
 
@@ -89,16 +91,6 @@ def disabled():
         yield
     finally:
         _state["enabled"] = previous
-
-
-def compiled_call(layer, inputs, **call_kwargs):
-    """JAX and TensorFlow: a repeated eager call of `layer` as one compiled
-    program, or `None` (see `keras_norms.backend.compiled`)."""
-    if not _state["enabled"]:
-        return None
-    from keras_norms.backend import compiled
-
-    return compiled.compiled_call(layer, inputs, **call_kwargs)
 
 
 def _tensors(x, dtype, *params):
@@ -167,7 +159,9 @@ def rms_norm(x, axes, scale, epsilon, dtype):
 
     shape = tuple(x.shape[a] for a in axes)
     (scale,) = params
-    return F.rms_norm(x, shape, scale.reshape(shape), epsilon)
+    if scale is not None:
+        scale = scale.reshape(shape)
+    return F.rms_norm(x, shape, scale, epsilon)
 
 
 def group_norm(x, groups, channel_axis, gamma, beta, epsilon, dtype):
@@ -243,11 +237,11 @@ def batch_norm(
     gamma, beta, mean, variance = params
     channels = x.shape[channel_axis]
     count = x.numel() // max(channels, 1)
-    if mean is None and count < 2:
+    if mean is None and (count < 2 or not epsilon > 0):
         # Training on an empty batch or one value per channel: the kernel
         # refuses it ("expected more than 1 value per channel"); the
         # keras.ops path gives Keras' answer (variance 0: the output is
-        # beta; empty: no statistics).
+        # beta; empty: no statistics). Nor does it take epsilon 0 then.
         return None
     if x.numel() == 0:
         return None

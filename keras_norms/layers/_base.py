@@ -1,17 +1,41 @@
-"""The private base class every keras_norms normalization layer derives from.
+"""The base class of keras_norms' normalization layers.
 
-A layer declares:
+How to add a normalization
+--------------------------
+Every norm here is the same three steps (`keras_norms.ops`): pick the
+reduction axes, compute moments over them, apply one scale and shift.
+Derive from `Normalization`, which owns the Keras arguments (`axis`,
+`epsilon`, `center`, `scale` and the `gamma`/`beta` initializers,
+regularizers and constraints), the weights, mixed precision (weights and
+statistics in float32), masking support and the config, and override at
+most three methods:
 
-- its parameter (channel) axes, from the `axis` argument;
-- `_statistics(x, training)`: the mean and variance it normalizes with, as
-  tensors that broadcast against the input (or, where it combines several,
-  `_scale_and_shift`: GroupNormalization pools channel moments into groups,
-  BatchInstanceNormalization mixes two normalizations);
-- optionally extra state weights (moving statistics).
+1. `_layout(input_shape)`: the axes the statistics reduce over. Called
+   once from `build`, after `self._param_axes` (the canonical `axis`) is
+   set: validate the shape here and record any other layout (groups).
+2. `_scale_and_shift(x, training, mask)`: the `(scale, shift)` with
+   `y = x * scale + shift`, broadcastable against `x`. The default folds
+   the moments over the reduction axes with `gamma` and `beta`
+   (`_fold`); a norm that mixes statistics (SwitchableNormalization) or
+   normalizations (BatchInstanceNormalization) overrides it.
+3. `_normalize(x, training, mask)`: the output. The default applies
+   `_scale_and_shift`. Override it to call the norm's functional op in
+   `keras_norms.ops` (the op, and only the op, picks a backend's fused
+   kernel), or where statistics and weights vary along different axes
+   and must not be folded (LayerNormalization, RMSNormalization).
 
-The base class does the rest: argument validation, the `gamma`/`beta`
-weights, mixed precision (weights and statistics in float32), the single
-scale-and-shift, and the config.
+Extra weights (moving statistics, `rho`) go in Keras' own `build`, after
+`super().build(input_shape)`; extra constructor arguments go in
+`get_config`. Register the class for saving
+(`keras.saving.register_keras_serializable(package="keras_norms")`) and
+export it from `keras_norms/layers/__init__.py` and `keras_norms/__init__.py`.
+Helpers, not override points: `_param_in_view` (a per-channel weight
+broadcast against the input, `keras_norms.ops.broadcast_weight`),
+`_spatial_axes` (instance statistics' axes) and, for layers with moving
+statistics, `keras_norms.layers._moving`.
+
+`call` runs `_normalize`, one path: no fast path in the layer, nothing
+compiled or cached behind the caller.
 """
 
 import keras
@@ -20,9 +44,8 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
-from keras_norms import ops as kn_ops
-from keras_norms.backend import native
 from keras_norms import _validation
+from keras_norms import ops as kn_ops
 
 
 # The arguments of `Normalization.__init__`, which subclasses spell out in
@@ -49,9 +72,8 @@ def base_arguments(arguments):
 def parameter_layout(layer, input_shape):
     """Where a layer's per-`axis` weights sit in a rank-`ndim` input.
 
-    Returns `(axes, param_shape, param_shape_in_view)`: the canonical axes
-    of `layer.axis`, the weights' shape, and that shape with ones elsewhere
-    (to broadcast against the input). Refuses an unknown size along `axis`.
+    Returns `(axes, param_shape)`: the canonical axes of `layer.axis` and
+    the weights' shape. Refuses an unknown size along `axis`.
     """
     input_shape = tuple(input_shape)
     axes = _validation.canonical_axes(layer.axis, len(input_shape))
@@ -62,58 +84,7 @@ def parameter_layout(layer, input_shape):
                 f"`axis`, but axis {axis} of the input is unknown. "
                 f"Received: axis={layer.axis}, input_shape={input_shape}"
             )
-    in_view = [1] * len(input_shape)
-    for axis in axes:
-        in_view[axis] = input_shape[axis]
-    return axes, tuple(input_shape[a] for a in axes), tuple(in_view)
-
-
-def build_rank_free(layer, input_shape):
-    """Fix only the sizes along `layer.axis`, not the input rank (Keras).
-
-    For LayerNormalization and RMSNormalization, whose weights have the
-    input's sizes along `axis` and nothing else, as Keras' own: built on
-    `(2, 2, 2)`, `axis=-1`, they take a `(3, 2, 2, 2)` input too. Sets the
-    input spec (`min_ndim`, and the sizes keyed by the axes as given, so a
-    negative axis counts from the end and a positive one from the batch axis
-    at any rank), records the sizes for `rank_free_layout`, and sets
-    `layer.axis` to Keras' built form (a sorted list: `-1` becomes `[-1]`)
-    so that the configs compare equal.
-    """
-    entries = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
-    layer._axis_sizes = {a: input_shape[a] for a in entries}
-    layer._axis_order = _axis_order(entries, len(input_shape))
-    layer.input_spec = keras.layers.InputSpec(
-        min_ndim=max(a + 1 if a >= 0 else 1 - a for a in entries),
-        axes=dict(layer._axis_sizes),
-    )
-    layer.axis = sorted(entries)
-
-
-def _axis_order(entries, ndim):
-    """The axis entries in the order of the input positions they name."""
-    return tuple(sorted(entries, key=lambda a: a % ndim))
-
-
-def rank_free_layout(layer, ndim):
-    """`(axes, param_shape_in_view)` of `build_rank_free`'s weights at rank
-    `ndim`: the canonical axes to reduce over and the weights' shape with
-    ones elsewhere. Refuses an `axis` that names the batch axis or one axis
-    twice at this rank, or whose entries come in another order than at
-    build (a list mixing signs: the weights would be transposed).
-    """
-    axes = _validation.canonical_axes(layer.axis, ndim)
-    if _axis_order(layer._axis_sizes, ndim) != layer._axis_order:
-        raise ValueError(
-            f"{type(layer).__name__}'s `axis` names the input axes in "
-            f"another order at rank {ndim} than at build, so its weights "
-            f"would not line up; use axes of one sign. Received: "
-            f"axis={layer.axis}, ndim={ndim}"
-        )
-    view = [1] * ndim
-    for a, size in layer._axis_sizes.items():
-        view[a % ndim] = size
-    return axes, tuple(view)
+    return axes, tuple(input_shape[a] for a in axes)
 
 
 class Normalization(keras.layers.Layer):
@@ -167,20 +138,20 @@ class Normalization(keras.layers.Layer):
         self.gamma = None
         self.beta = None
 
-    # ------------------------------------------------------------------
-    # Build
-    # ------------------------------------------------------------------
+    # The name of the `gamma` weight (RMSNormalization: "scale", as Keras).
+    _gamma_name = "gamma"
+
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        ndim = len(input_shape)
-        self._param_axes, param_shape, self._param_shape_in_view = (
-            parameter_layout(self, input_shape)
+        self._param_axes, self._param_shape = parameter_layout(
+            self, input_shape
         )
-        self._build_layout(input_shape)
+        self._ndim = len(input_shape)
+        self._reduction_axes = self._layout(input_shape)
         if self.scale:
             self.gamma = self.add_weight(
-                shape=param_shape,
-                name="gamma",
+                shape=self._param_shape,
+                name=self._gamma_name,
                 initializer=self.gamma_initializer,
                 regularizer=self.gamma_regularizer,
                 constraint=self.gamma_constraint,
@@ -189,7 +160,7 @@ class Normalization(keras.layers.Layer):
             )
         if self.center:
             self.beta = self.add_weight(
-                shape=param_shape,
+                shape=self._param_shape,
                 name="beta",
                 initializer=self.beta_initializer,
                 regularizer=self.beta_regularizer,
@@ -197,60 +168,36 @@ class Normalization(keras.layers.Layer):
                 trainable=True,
                 autocast=False,
             )
-        self._build_state(param_shape)
         self.input_spec = keras.layers.InputSpec(
-            ndim=ndim, axes={a: input_shape[a] for a in self._param_axes}
+            ndim=len(input_shape),
+            axes={a: input_shape[a] for a in self._param_axes},
         )
 
-    def _build_layout(self, input_shape):
-        """Validate the input shape and record the reduction layout.
+    def call(self, inputs, training=None, mask=None):
+        return self._normalize(inputs, training, mask)
 
-        Sets `self._reduction_axes`, the axes the statistics reduce over.
-        """
-        self._reduction_axes = self._reduction_axes_for(input_shape)
-
-    def _reduction_axes_for(self, input_shape):
-        """The axes statistics reduce over; layers override this."""
+    # ------------------------------------------------------------------
+    # The three override points (see the module docstring).
+    # ------------------------------------------------------------------
+    def _layout(self, input_shape):
+        """The axes the statistics reduce over (validate the shape here)."""
         raise NotImplementedError
 
-    def _build_state(self, param_shape):
-        """Create non-trainable state (moving statistics); none by default."""
+    def _scale_and_shift(self, x, training, mask):
+        """`(scale, shift)` broadcastable against `x`: `y = x * scale +
+        shift`. By default the moments over the reduction axes, folded."""
+        return self._fold(*kn_ops.moments(x, self._reduction_axes))
 
-    # ------------------------------------------------------------------
-    # Call
-    # ------------------------------------------------------------------
-    def call(self, inputs, training=None):
-        outputs = native.compiled_call(self, inputs, training=training)
-        if outputs is not None:
-            return outputs
-        outputs = self._native_call(inputs, training)
-        if outputs is not None:
-            return outputs
-        return self._normalize(inputs, training)
-
-    def _native_call(self, inputs, training):
-        """The output by a backend's fused kernel, or `None` (the default).
-
-        Layers override this to call `keras_norms.backend.native`, which
-        answers `None` wherever its kernels do not apply (every backend but
-        torch, half precision, unusual axes); `call` then runs the one
-        `keras.ops` implementation.
-        """
-        return None
-
-    def _normalize(self, x, training):
-        """`x` normalized with one scale and shift (`_scale_and_shift`)."""
-        scale, shift = self._scale_and_shift(x, training)
+    def _normalize(self, x, training, mask):
+        """The layer's output; by default `x` scaled and shifted once."""
+        scale, shift = self._scale_and_shift(x, training, mask)
         return kn_ops.normalize(x, scale, shift, self.compute_dtype)
 
-    def _scale_and_shift(self, x, training):
-        """The `(scale, shift)` pair `x` is normalized with.
-
-        By default the layer's statistics folded with `gamma` and `beta`;
-        layers that mix several normalizations (BatchInstanceNormalization)
-        override this to mix their scales and shifts instead.
-        """
-        mean, variance = self._statistics(x, training)
+    # ------------------------------------------------------------------
+    # Helpers
+    # ------------------------------------------------------------------
+    def _fold(self, mean, variance):
+        """Statistics and `gamma`/`beta` as one `(scale, shift)`."""
         return kn_ops.scale_and_shift(
             mean,
             variance,
@@ -259,29 +206,12 @@ class Normalization(keras.layers.Layer):
             self.epsilon,
         )
 
-    def _statistics(self, x, training):
-        """`(mean, variance)` that broadcast against `x`."""
-        return kn_ops.moments(x, self._reduction_axes)
-
-    def _param_in_view(self, weight, dtype, view=None):
-        """`weight` (a variable or tensor) cast to `dtype`, broadcastable
-        against the input (shaped `view`, by default the build's
-        `_param_shape_in_view`); a per-channel weight on the last axis
-        already broadcasts, so it skips the reshape (and the cast where the
-        dtype matches): fewer small ops for eager backends to dispatch."""
-        if weight is None:
-            return None
-        if keras.backend.standardize_dtype(weight.dtype) != (
-            keras.backend.standardize_dtype(dtype)
-        ):
-            weight = ops.cast(weight, dtype)
-        shape = tuple(weight.shape)
-        view = self._param_shape_in_view if view is None else view
-        if view[len(view) - len(shape):] == shape and all(
-            s == 1 for s in view[: len(view) - len(shape)]
-        ):
-            return ops.convert_to_tensor(weight)
-        return ops.reshape(weight, view)
+    def _param_in_view(self, weight, dtype):
+        """A per-channel weight (or `None`) cast to `dtype` and shaped to
+        broadcast against the input (`kn_ops.broadcast_weight`)."""
+        return kn_ops.broadcast_weight(
+            weight, self._ndim, self._param_axes, dtype
+        )
 
     def _spatial_axes(self, input_shape):
         """The axes besides batch and channel: instance statistics' axes.

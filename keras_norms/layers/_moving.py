@@ -13,13 +13,40 @@ from keras import ops
 from keras_norms import _validation
 
 
+def moving_average(variable, value, momentum, has_values=True):
+    """`variable = variable * momentum + value * (1 - momentum)`; the new value.
+
+    The one moving-average update of the package (moving statistics of
+    BatchNormalization, InstanceNormalization's running statistics,
+    BatchInstance/Switchable's batch part, batch renormalization's
+    statistics). `value` holds one value per entry of `variable` in any
+    shape; it is reshaped and cast only where needed (eager backends pay
+    ~15-80 us for each small op, as much as a fused kernel on a mid-size
+    batch). `has_values` (from `keras_norms.ops.batch_moments` /
+    `has_values`): whether the batch held any value; an empty batch leaves
+    `variable` as it is (a Python `False` skips the update, a boolean
+    tensor selects the old value inside a trace).
+    """
+    if has_values is False:
+        return variable.value
+    if tuple(value.shape) != tuple(variable.shape):
+        value = ops.reshape(value, variable.shape)
+    if backend.standardize_dtype(value.dtype) != variable.dtype:
+        value = ops.cast(value, variable.dtype)
+    new = variable.value * momentum + value * (1.0 - momentum)
+    if has_values is not True:
+        new = ops.where(has_values, new, variable.value)
+    variable.assign(new)
+    return new
+
+
 class MovingStatisticsMixin:
     """Adds `momentum`, `use_global_stats` and the two moving weights.
 
-    The class using it calls `_init_moving_statistics` from `__init__`,
-    `_add_moving_statistics` from `_build_state`, and reads
-    `_uses_batch_statistics`, `_update_moving_statistics` and
-    `_moving_statistics` from its `_statistics`.
+    The class using it calls `_init_moving_statistics` from `__init__` and
+    `_add_moving_statistics` from `build`, asks `_uses_batch_statistics`
+    which statistics to use and calls `_update_moving_statistics` with the
+    batch moments in training.
     """
 
     def _init_moving_statistics(
@@ -41,7 +68,6 @@ class MovingStatisticsMixin:
         self.moving_variance = None
 
     def _add_moving_statistics(self, param_shape):
-        self._moving_shape = tuple(param_shape)
         self.moving_mean = self.add_weight(
             shape=param_shape,
             name="moving_mean",
@@ -68,36 +94,11 @@ class MovingStatisticsMixin:
         return bool(training) and self.trainable and not self.use_global_stats
 
     def _update_moving_statistics(self, mean, variance, has_values=True):
-        """Blend batch statistics (any shape holding one value a channel).
-
-        `has_values` (from `keras_norms.ops.batch_moments` / `has_values`):
-        whether the batch held any value; an empty batch leaves the moving
-        statistics as they are (a Python `False` skips the update, a
-        boolean tensor selects the old values inside a trace).
-        """
-        if has_values is False:
-            return
-        momentum = self.momentum
-        for moving, batch in (
-            (self.moving_mean, mean),
-            (self.moving_variance, variance),
-        ):
-            # Only the ops needed: eager backends pay ~15-80 us for each
-            # small op here, as much as a fused kernel on a mid-size batch.
-            if tuple(batch.shape) != tuple(self._moving_shape):
-                batch = ops.reshape(batch, self._moving_shape)
-            if backend.standardize_dtype(batch.dtype) != moving.dtype:
-                batch = ops.cast(batch, moving.dtype)
-            new = moving.value * momentum + batch * (1.0 - momentum)
-            if has_values is not True:
-                new = ops.where(has_values, new, moving.value)
-            moving.assign(new)
-
-    def _moving_statistics(self, shape, dtype):
-        """The moving statistics reshaped to broadcast as `shape`."""
-        return tuple(
-            ops.reshape(ops.cast(w, dtype), shape)
-            for w in (self.moving_mean, self.moving_variance)
+        """Blend the batch moments (one value a channel, any shape) into
+        the moving statistics with `momentum` (`moving_average`)."""
+        moving_average(self.moving_mean, mean, self.momentum, has_values)
+        moving_average(
+            self.moving_variance, variance, self.momentum, has_values
         )
 
     def _moving_statistics_config(self):

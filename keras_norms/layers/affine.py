@@ -39,6 +39,16 @@ class Affine(keras.layers.Layer):
     Reference:
         - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167), section
           3.1: the inference-time transform of batch normalization.
+
+    Examples:
+        >>> bn = kn.BatchNormalization()
+        >>> bn.build((None, 2))
+        >>> gamma, beta, mean, variance = [1, 1], [0, 0], [1, 2], [4, 16]
+        >>> bn.set_weights(np.array([gamma, beta, mean, variance], "float32"))
+        >>> affine = kn.Affine.from_batch_normalization(bn)
+        >>> x = np.array([[3.0, 6.0]], dtype="float32")
+        >>> print(np.round(keras.ops.convert_to_numpy(affine(x)), 3))
+        [[1. 1.]]
     """
 
     def __init__(self, axis=-1, **kwargs):

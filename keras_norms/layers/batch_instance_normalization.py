@@ -1,17 +1,11 @@
-"""BatchInstanceNormalization: a learned per-channel blend of BN and IN.
-
-Also home of the private base class shared with SwitchableNormalization:
-both compute the instance moments once, derive the batch moments from those
-small tensors, and keep moving statistics of the batch part.
-"""
+"""BatchInstanceNormalization: a learned per-channel blend of BN and IN."""
 
 import keras
 from keras import initializers
 from keras import ops
 
 from keras_norms import ops as kn_ops
-from keras_norms.layers import _base
-from keras_norms.layers import _moving
+from keras_norms.layers import _mixed_statistics
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")
@@ -20,6 +14,12 @@ class ClipToUnitInterval(keras.constraints.Constraint):
 
     Keras optimizers apply a variable's constraint after every update, on
     every backend, so `rho` stays in [0, 1] however large the step.
+
+    Examples:
+        >>> constraint = kn.ClipToUnitInterval()
+        >>> w = constraint(np.array([-0.5, 0.25, 1.5], dtype="float32"))
+        >>> print(keras.ops.convert_to_numpy(w))
+        [0.   0.25 1.  ]
     """
 
     def __call__(self, w):
@@ -30,81 +30,8 @@ class ClipToUnitInterval(keras.constraints.Constraint):
         return {}
 
 
-class InstanceBatchNormalization(
-    _moving.MovingStatisticsMixin, _base.Normalization
-):
-    """Private base: instance moments once, batch moments derived from them.
-
-    The statistics reduce over the spatial axes (every axis but the batch
-    axis 0 and the channel `axis`), per sample and channel. The batch
-    moments pool those over the batch, so the input is read once for
-    statistics. In training the batch moments update the moving statistics
-    (`moving = moving * momentum + batch * (1 - momentum)`, biased
-    variance); at inference, with `trainable=False` or with
-    `use_global_stats=True` the moving statistics replace them.
-    """
-
-    def __init__(
-        self,
-        axis=-1,
-        momentum=0.99,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        moving_mean_initializer="zeros",
-        moving_variance_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        use_global_stats=False,
-        **kwargs,
-    ):
-        super().__init__(**_base.base_arguments(locals()), **kwargs)
-        self._init_moving_statistics(
-            momentum,
-            moving_mean_initializer,
-            moving_variance_initializer,
-            use_global_stats,
-        )
-
-    def _reduction_axes_for(self, input_shape):
-        return self._spatial_axes(input_shape)
-
-    def _build_state(self, param_shape):
-        self._add_moving_statistics(param_shape)
-
-    def _instance_and_batch_moments(self, x, training):
-        """`(mean_in, var_in, mean_bn, var_bn)` for the view `x`.
-
-        Instance moments have shape `(N, 1, ..., C)`, batch moments
-        `(1, 1, ..., C)` (channels-last shown). In training the batch
-        moments are pooled from the instance ones and update the moving
-        statistics; otherwise they are the moving statistics.
-        """
-        mean_in, var_in = kn_ops.moments(x, self._reduction_axes)
-        if self._uses_batch_statistics(training):
-            mean_bn, var_bn = kn_ops.pooled_moments(mean_in, var_in, (0,))
-            # An empty batch keeps the moving statistics as they are.
-            self._update_moving_statistics(
-                mean_bn, var_bn, kn_ops.has_values(mean_in, (0,))
-            )
-        else:
-            mean_bn, var_bn = self._moving_statistics(
-                self._param_shape_in_view, mean_in.dtype
-            )
-        return mean_in, var_in, mean_bn, var_bn
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(self._moving_statistics_config())
-        return config
-
-
 @keras.saving.register_keras_serializable(package="keras_norms")
-class BatchInstanceNormalization(InstanceBatchNormalization):
+class BatchInstanceNormalization(_mixed_statistics.MixedStatisticsNormalization):
     """Batch-Instance normalization (Nam & Kim, 2018).
 
     A learned per-channel blend of batch and instance normalization, for
@@ -167,6 +94,18 @@ class BatchInstanceNormalization(InstanceBatchNormalization):
 
     Reference:
         - [Nam & Kim, 2018](https://arxiv.org/abs/1805.07925).
+
+    Examples:
+        >>> layer = kn.BatchInstanceNormalization()
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(4, 8, 8, 3)).astype("float32")
+        >>> y = layer(x, training=True)
+        >>> tuple(y.shape)
+        (4, 8, 8, 3)
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta', 'rho', 'moving_mean', 'moving_variance']
+        >>> print(keras.ops.convert_to_numpy(layer.rho))  # BN at first
+        [1. 1. 1.]
     """
 
     def __init__(
@@ -208,10 +147,10 @@ class BatchInstanceNormalization(InstanceBatchNormalization):
         self.rho_initializer = initializers.get(rho_initializer)
         self.rho = None
 
-    def _build_state(self, param_shape):
-        super()._build_state(param_shape)
+    def build(self, input_shape):
+        super().build(input_shape)
         self.rho = self.add_weight(
-            shape=param_shape,
+            shape=self._param_shape,
             name="rho",
             initializer=self.rho_initializer,
             constraint=ClipToUnitInterval(),
@@ -219,7 +158,7 @@ class BatchInstanceNormalization(InstanceBatchNormalization):
             autocast=False,
         )
 
-    def _scale_and_shift(self, x, training):
+    def _scale_and_shift(self, x, training, mask):
         mean_in, var_in, mean_bn, var_bn = self._instance_and_batch_moments(
             x, training
         )

@@ -3,12 +3,10 @@
 import keras
 from keras import ops
 
-from keras_norms import backend as kn_backend
+from keras_norms import _validation
 from keras_norms import ops as kn_ops
-from keras_norms.backend import native
 from keras_norms.layers import _base
 from keras_norms.layers import _moving
-from keras_norms import _validation
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")
@@ -86,6 +84,18 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167).
         - [Ioffe, 2017, Batch Renormalization](
           https://arxiv.org/abs/1702.03275).
+
+    Examples:
+        >>> layer = kn.BatchNormalization()
+        >>> x = np.array([[0.0, 10.0], [4.0, 30.0]], dtype="float32")
+        >>> y = layer(x, training=True)  # batch statistics: mean [2, 20]
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[-1. -1.]
+         [ 1.  1.]]
+        >>> print(np.round(keras.ops.convert_to_numpy(layer.moving_mean), 3))
+        [0.02 0.2 ]
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta', 'moving_mean', 'moving_variance']
     """
 
     def __init__(
@@ -124,94 +134,64 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         )
         self.synchronized = _validation.check_bool("synchronized", synchronized)
 
-    def _reduction_axes_for(self, input_shape):
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._add_moving_statistics(self._param_shape)
+        if self.renorm:
+            self._add_renorm_statistics(self._param_shape)
+
+    def _layout(self, input_shape):
+        # Every axis but the channel axis.
         return tuple(
             a for a in range(len(input_shape)) if a not in self._param_axes
         )
 
-    def _build_state(self, param_shape):
-        self._add_moving_statistics(param_shape)
-        if self.renorm:
-            self._add_renorm_statistics(param_shape)
-
-    def call(self, inputs, training=None, mask=None):
-        if mask is None:
-            outputs = self._fast_call(inputs, training)
-            if outputs is not None:
-                return outputs
-        scale, shift = self._scale_and_shift(inputs, training, mask)
-        return kn_ops.normalize(inputs, scale, shift, self.compute_dtype)
-
-    def _scale_and_shift(self, x, training, mask=None):
-        dtype = kn_ops.statistics_dtype(x.dtype)
-        gamma = self._param_in_view(self.gamma, dtype)
-        beta = self._param_in_view(self.beta, dtype)
+    def _normalize(self, x, training, mask):
+        """The moving statistics, or this batch's (updating the moving
+        ones): `kn_ops.batch_normalization` picks the kernel."""
+        (axis,) = self._param_axes
         if not self._uses_batch_statistics(training):
-            mean = self._param_in_view(self.moving_mean, dtype)
-            variance = self._param_in_view(self.moving_variance, dtype)
-            return kn_ops.scale_and_shift(
-                mean, variance, gamma, beta, self.epsilon
-            )
-        mean, variance, has_values = self._batch_moments(
-            x, self._channel_mask(x, mask)
-        )
+            return kn_ops.batch_normalization(
+                x,
+                axis,
+                self.gamma,
+                self.beta,
+                self.moving_mean,
+                self.moving_variance,
+                self.epsilon,
+                dtype=self.compute_dtype,
+            ).outputs
+        mask = self._channel_mask(x, mask)
         if self.renorm:
-            gamma, beta = self._renorm_affine(
-                mean, variance, gamma, beta, has_values
+            result = kn_ops.batch_renormalization(
+                x,
+                axis,
+                self.renorm_mean,
+                self.renorm_stddev,
+                self.gamma,
+                self.beta,
+                self.epsilon,
+                self.renorm_clipping,
+                mask=mask,
+                synchronized=self.synchronized,
+                dtype=self.compute_dtype,
             )
+            self._update_renorm_statistics(result)
         else:
-            self._update_moving_statistics(mean, variance, has_values)
-        return kn_ops.scale_and_shift(mean, variance, gamma, beta, self.epsilon)
-
-    def _fast_call(self, inputs, training):
-        """The output by a fast path, or `None` (keras_norms.backend).
-
-        A fused kernel (torch; TensorFlow outside XLA) or, on JAX and
-        eager TensorFlow, the repeated call compiled. TensorFlow's fused
-        kernel is the faster eagerly channels-last, but transposes a
-        channels-first input on CPU, where the compiled call measured
-        1.5-2x faster (benchmarks/bench_norms.py): tried first there.
-        """
-        (channel_axis,) = self._param_axes
-
-        def compiled():
-            return native.compiled_call(self, inputs, training=training)
-
-        def fused():
-            return None if self.renorm else self._native_call(inputs, training)
-
-        if channel_axis == len(inputs.shape) - 1:
-            first, second = fused, compiled
-        else:
-            first, second = compiled, fused
-        outputs = first()
-        return outputs if outputs is not None else second()
-
-    def _native_call(self, inputs, training):
-        """`F.batch_norm` on torch (see `keras_norms.backend.native`)."""
-        (channel_axis,) = self._param_axes
-        args = (
-            inputs,
-            channel_axis,
-            self.gamma,
-            self.beta,
-            self.epsilon,
-            self.compute_dtype,
-        )
-        if not self._uses_batch_statistics(training):
-            return native.batch_norm(
-                *args, mean=self.moving_mean, variance=self.moving_variance
+            result = kn_ops.batch_normalization(
+                x,
+                axis,
+                self.gamma,
+                self.beta,
+                epsilon=self.epsilon,
+                mask=mask,
+                synchronized=self.synchronized,
+                dtype=self.compute_dtype,
             )
-        if self._combines_replicas():
-            return None
-        result = native.batch_norm(*args)
-        if result is None:
-            return None
-        outputs, mean, variance = result
-        self._update_moving_statistics(
-            mean, variance, kn_ops.has_values(inputs, self._reduction_axes)
-        )
-        return outputs
+            self._update_moving_statistics(
+                result.mean, result.variance, result.has_values
+            )
+        return result.outputs
 
     def _channel_mask(self, x, mask):
         """Keras' mask, expanded at the LAST axis whatever `axis` is.
@@ -239,18 +219,6 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             )
         return ops.expand_dims(mask, axis=-1)
 
-    def _batch_moments(self, x, mask=None):
-        """Moments over the batch (of every replica when synchronized), and
-        whether it held any value (`kn_ops.batch_moments`)."""
-        if self.synchronized:
-            _refuse_named_axes(self)
-        return kn_ops.batch_moments(
-            x, self._reduction_axes, mask=mask, synchronized=self.synchronized
-        )
-
-    def _combines_replicas(self):
-        return self.synchronized and kn_backend.num_replicas() > 1
-
     # ------------------------------------------------------------------
     # Batch renormalization (Ioffe, 2017), numerically as Keras does it.
     # ------------------------------------------------------------------
@@ -277,54 +245,19 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
                 ),
             )
 
-    def _renorm_affine(self, mean, variance, gamma, beta, has_values=True):
-        """Fold the stop-gradiented r and d into gamma and beta; update.
-
-        `(x_hat * r + d) * gamma + beta = x_hat * (r * gamma) + (d * gamma
-        + beta)`, where `x_hat` is normalized with the batch statistics.
-        """
-        shape = self._param_shape_in_view
-        dtype = mean.dtype
-        stddev = ops.sqrt(variance + self.epsilon)
-        renorm_mean = ops.reshape(ops.cast(self.renorm_mean, dtype), shape)
-        renorm_stddev = ops.maximum(
-            ops.reshape(ops.cast(self.renorm_stddev, dtype), shape),
-            ops.sqrt(ops.cast(self.epsilon, dtype)),
+    def _update_renorm_statistics(self, result):
+        """Batch renormalization's four moving averages, as Keras does."""
+        stddev = ops.sqrt(result.variance + self.epsilon)
+        has_values = result.has_values
+        update = _moving.moving_average
+        update(self.renorm_mean, result.mean, self.renorm_momentum, has_values)
+        update(self.renorm_stddev, stddev, self.renorm_momentum, has_values)
+        update(self.moving_mean, result.mean, self.momentum, has_values)
+        moving_stddev = update(
+            self.moving_stddev, stddev, self.momentum, has_values
         )
-        r = stddev / renorm_stddev
-        d = (mean - renorm_mean) / renorm_stddev
-        clipping = self.renorm_clipping or {}
-        if clipping.get("rmin") is not None:
-            r = ops.maximum(r, clipping["rmin"])
-        if clipping.get("rmax") is not None:
-            r = ops.minimum(r, clipping["rmax"])
-        if clipping.get("dmax") is not None:
-            d = ops.clip(d, -clipping["dmax"], clipping["dmax"])
-        r = ops.stop_gradient(r)
-        d = ops.stop_gradient(d)
-        new_gamma = r if gamma is None else r * gamma
-        new_beta = d if gamma is None else d * gamma
-        if beta is not None:
-            new_beta = new_beta + beta
-        self._update_renorm_statistics(mean, stddev, has_values)
-        return new_gamma, new_beta
-
-    def _update_renorm_statistics(self, mean, stddev, has_values=True):
-        if has_values is False:  # an empty batch: the state stays
+        if has_values is False:
             return
-
-        def blend(variable, value, momentum):
-            value = ops.reshape(ops.cast(value, variable.dtype), self._moving_shape)
-            new = variable * momentum + value * (1.0 - momentum)
-            if has_values is not True:
-                new = ops.where(has_values, new, variable.value)
-            variable.assign(new)
-            return new
-
-        blend(self.renorm_mean, mean, self.renorm_momentum)
-        blend(self.renorm_stddev, stddev, self.renorm_momentum)
-        blend(self.moving_mean, mean, self.momentum)
-        moving_stddev = blend(self.moving_stddev, stddev, self.momentum)
         # The moving variance follows the moving stddev, as in Keras.
         moving_variance = ops.relu(ops.square(moving_stddev) - self.epsilon)
         if has_values is not True:
@@ -345,26 +278,6 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             }
         )
         return config
-
-
-def _refuse_named_axes(layer):
-    """Refuse synchronized statistics under a JAX `pmap`/`shard_map`.
-
-    There each device traces its own shard and nothing combines them:
-    the statistics would silently be per device and the moving
-    statistics would drift apart.
-    """
-    names = kn_backend.named_axes()
-    if names:
-        raise ValueError(
-            f"{type(layer).__name__} '{layer.name}' (synchronized batch "
-            "statistics) cannot train inside a JAX `pmap`, `shard_map` or "
-            "`vmap(axis_name=...)`: each device would use its own shard's "
-            "statistics. Train under `keras.distribution.DataParallel` "
-            "(one global program; the statistics are global), or use "
-            "`BatchNormalization` for per-device statistics. Received: "
-            f"axis_names={names}"
-        )
 
 
 def _check_renorm_clipping(renorm_clipping):

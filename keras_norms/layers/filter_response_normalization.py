@@ -74,6 +74,15 @@ class FilterResponseNormalization(_base.Normalization):
 
     Reference:
         - [Singh & Krishnan, 2020](https://arxiv.org/abs/1911.09737).
+
+    Examples:
+        >>> layer = kn.FilterResponseNormalization()
+        >>> x = np.array([-3.0, 1.0, 1.0, 1.0], "float32").reshape(1, 2, 2, 1)
+        >>> y = layer(x)  # x / sqrt(mean(x**2)) = x / sqrt(3), then max(y, 0)
+        >>> print(np.round(keras.ops.convert_to_numpy(y).ravel(), 3))
+        [0.    0.577 0.577 0.577]
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta', 'tau']
     """
 
     def __init__(
@@ -108,7 +117,7 @@ class FilterResponseNormalization(_base.Normalization):
         self.tau = None
         self.epsilon_l = None
 
-    def _reduction_axes_for(self, input_shape):
+    def _layout(self, input_shape):
         ndim = len(input_shape)
         if not 3 <= ndim <= 5:
             raise ValueError(
@@ -121,9 +130,10 @@ class FilterResponseNormalization(_base.Normalization):
         # output is then close to sign(x), which `learned_epsilon` softens.
         return tuple(a for a in range(1, ndim) if a not in self._param_axes)
 
-    def _build_state(self, param_shape):
+    def build(self, input_shape):
+        super().build(input_shape)
         self.tau = self.add_weight(
-            shape=param_shape,
+            shape=self._param_shape,
             name="tau",
             initializer=self.tau_initializer,
             regularizer=self.tau_regularizer,
@@ -141,25 +151,22 @@ class FilterResponseNormalization(_base.Normalization):
                 autocast=False,
             )
 
-    def _scale_and_shift(self, x, training):
-        nu2 = kn_ops.mean_square(x, self._reduction_axes)
+    def _normalize(self, x, training, mask):
+        (axis,) = self._param_axes
         epsilon = self.epsilon
         if self.learned_epsilon:
-            epsilon = epsilon + ops.abs(ops.cast(self.epsilon_l, nu2.dtype))
-        return kn_ops.scale_and_shift(
-            0.0,
-            nu2,
-            self._param_in_view(self.gamma, nu2.dtype),
-            self._param_in_view(self.beta, nu2.dtype),
+            epsilon = epsilon + ops.abs(
+                ops.cast(self.epsilon_l, kn_ops.statistics_dtype(x.dtype))
+            )
+        return kn_ops.filter_response_normalization(
+            x,
+            axis,
+            self.gamma,
+            self.beta,
+            self.tau,
             epsilon,
+            self.compute_dtype,
         )
-
-    def _normalize(self, inputs, training):
-        # The base `call` (fast paths, then this): FRN + TLU.
-        scale, shift = self._scale_and_shift(inputs, training)
-        outputs = kn_ops.normalize(inputs, scale, shift, scale.dtype)
-        tau = self._param_in_view(self.tau, outputs.dtype)
-        return ops.cast(ops.maximum(outputs, tau), self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()

@@ -4,7 +4,6 @@ import keras
 from keras import ops
 
 from keras_norms import ops as kn_ops
-from keras_norms.backend import native
 from keras_norms.layers import _base
 from keras_norms import _validation
 
@@ -51,6 +50,15 @@ class GroupNormalization(_base.Normalization):
 
     Reference:
         - [Wu & He, 2018](https://arxiv.org/abs/1803.08494).
+
+    Examples:
+        >>> layer = kn.GroupNormalization(groups=2)
+        >>> x = np.array([[[0.0, 4.0, 10.0, 30.0]]], "float32")  # (N, T, C)
+        >>> y = layer(x)  # channels [0, 1] and [2, 3] normalized together
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[[-1.  1. -1.  1.]]]
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta']
     """
 
     def __init__(
@@ -72,7 +80,7 @@ class GroupNormalization(_base.Normalization):
         super().__init__(**_base.base_arguments(locals()), **kwargs)
         self.groups = groups
 
-    def _build_layout(self, input_shape):
+    def _layout(self, input_shape):
         (channel_axis,) = self._param_axes
         channels = input_shape[channel_axis]
         groups = channels if self.groups == -1 else self.groups
@@ -83,73 +91,20 @@ class GroupNormalization(_base.Normalization):
                 f"Received: groups={self.groups}"
             )
         self._num_groups = groups
-        self._channel_axis = channel_axis
-        # Statistics per (sample, channel) over the spatial axes, pooled
-        # into groups: the input is never reshaped or transposed (XLA's CPU
-        # reduction over a split channel axis measured 3-4x slower).
-        self._reduction_axes = tuple(
+        return tuple(
             a for a in range(1, len(input_shape)) if a != channel_axis
         )
 
-    def _native_call(self, inputs, training):
-        return native.group_norm(
-            inputs,
+    def _normalize(self, x, training, mask):
+        (axis,) = self._param_axes
+        return kn_ops.group_normalization(
+            x,
             self._num_groups,
-            self._channel_axis,
+            axis,
             self.gamma,
             self.beta,
             self.epsilon,
             self.compute_dtype,
-        )
-
-    def _scale_and_shift(self, x, training):
-        """Per-(sample, channel) scale and shift from the group moments.
-
-        The moments of each channel over the spatial axes (two-pass), then
-        of each group from its channels' (`kn_ops.pooled_moments`, exact
-        for equal-size channels and free of cancellation), folded with
-        gamma and beta into `(N, C)` factors in the input's layout.
-        """
-        groups = self._num_groups
-        channels = x.shape[self._channel_axis]
-        if self._reduction_axes:
-            mean, variance = kn_ops.moments(x, self._reduction_axes)
-        else:  # rank 2: each channel holds one value
-            mean = ops.cast(x, kn_ops.statistics_dtype(x.dtype))
-            variance = ops.zeros_like(mean)
-        # The batch size, not -1: a reshape of an empty batch cannot infer
-        # it (torch refuses "-1" for 0 elements).
-        batch = x.shape[0] if x.shape[0] is not None else -1
-        grouped = (batch, groups, channels // groups)
-        mean, variance = kn_ops.pooled_moments(
-            ops.reshape(mean, grouped), ops.reshape(variance, grouped), (2,)
-        )
-        scale, shift = kn_ops.scale_and_shift(
-            mean,
-            variance,
-            self._grouped(self.gamma, mean.dtype),
-            self._grouped(self.beta, mean.dtype),
-            self.epsilon,
-        )
-        stats_shape = [1] * len(x.shape)
-        stats_shape[0] = batch
-        stats_shape[self._channel_axis] = channels
-        per_group = channels // groups
-
-        def per_channel(factor):  # (N, G, 1) without gamma/beta
-            if factor.shape[2] != per_group:
-                factor = ops.repeat(factor, per_group, axis=2)
-            return ops.reshape(factor, stats_shape)
-
-        return per_channel(scale), per_channel(shift)
-
-    def _grouped(self, weight, dtype):
-        """A per-channel weight as `(1, groups, channels per group)`."""
-        if weight is None:
-            return None
-        groups = self._num_groups
-        return ops.reshape(
-            ops.cast(weight, dtype), (1, groups, weight.shape[0] // groups)
         )
 
     def get_config(self):

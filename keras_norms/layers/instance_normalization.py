@@ -4,7 +4,6 @@ import keras
 from keras import ops
 
 from keras_norms import ops as kn_ops
-from keras_norms.backend import native
 from keras_norms.layers import _base
 from keras_norms.layers import _moving
 from keras_norms import _validation
@@ -22,8 +21,8 @@ class InstanceNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
     It equals `GroupNormalization(groups=-1)` (one channel per group) and is
     what style transfer uses: it removes each image's contrast. By default
     it behaves the same in training and at inference and keeps no state.
-As there, a single spatial position has variance 0 and normalizes to
-`beta`.
+    As there, a single spatial position has variance 0 and normalizes to
+    `beta`.
 
     With `track_running_stats=True` (torch's `InstanceNorm2d` option of the
     same name) it also keeps moving averages of the instance statistics,
@@ -75,6 +74,18 @@ As there, a single spatial position has variance 0 and normalizes to
 
     Reference:
         - [Ulyanov et al., 2016](https://arxiv.org/abs/1607.08022).
+
+    Examples:
+        >>> layer = kn.InstanceNormalization()
+        >>> x = np.array([[[0, 10], [1, 20], [2, 30], [3, 40]]], "float32")
+        >>> tuple(x.shape)  # (N, T, C)
+        (1, 4, 2)
+        >>> y = layer(x)  # over T, per sample and channel
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[[-1.341 -1.342]
+          [-0.447 -0.447]
+          [ 0.447  0.447]
+          [ 1.341  1.342]]]
     """
 
     def __init__(
@@ -99,58 +110,50 @@ As there, a single spatial position has variance 0 and normalizes to
         )
         self._init_moving_statistics(momentum, "zeros", "ones", False)
 
-    def _reduction_axes_for(self, input_shape):
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.track_running_stats:
+            self._add_moving_statistics(self._param_shape)
+
+    def _layout(self, input_shape):
         return self._spatial_axes(input_shape)
 
-    def _build_state(self, param_shape):
+    def _normalize(self, x, training, mask):
+        (axis,) = self._param_axes
+        running = {}
         if self.track_running_stats:
-            self._add_moving_statistics(param_shape)
-
-    def _statistics(self, x, training):
-        if not self.track_running_stats:
-            return kn_ops.moments(x, self._reduction_axes)
-        dtype = kn_ops.statistics_dtype(x.dtype)
-        if not self._uses_batch_statistics(training):
-            return self._moving_statistics(self._param_shape_in_view, dtype)
-        mean, variance = kn_ops.moments(x, self._reduction_axes)
-        shape = ops.shape(x)
-        count = 1
-        for a in self._reduction_axes:
-            count = count * shape[a]
-        count = ops.cast(count, dtype)
-        unbiased = variance * (count / (count - 1))
-        batch = ops.cast(shape[0], dtype)
-        stored = [
-            ops.cast(w, dtype)
-            for w in (self.moving_mean, self.moving_variance)
-        ]
-        # Means over the batch; an empty batch keeps the stored values.
-        self._update_moving_statistics(
-            *(
-                ops.where(
-                    batch > 0,
-                    ops.sum(s, axis=0) / ops.maximum(batch, 1),
-                    ops.reshape(old, ops.shape(s)[1:]),
-                )
-                for s, old in zip((mean, unbiased), stored)
-            )
-        )
-        return mean, variance
-
-    def _native_call(self, inputs, training):
-        if self.track_running_stats:
-            # The moving statistics need the moments: the keras.ops path.
-            return None
-        # One group per channel: GroupNormalization(groups=-1).
-        (channel_axis,) = self._param_axes
-        return native.group_norm(
-            inputs,
-            inputs.shape[channel_axis],
-            channel_axis,
+            if self._uses_batch_statistics(training):
+                self._update_running_statistics(x)
+            else:
+                running = {
+                    "mean": self.moving_mean,
+                    "variance": self.moving_variance,
+                }
+        return kn_ops.instance_normalization(
+            x,
+            axis,
             self.gamma,
             self.beta,
             self.epsilon,
-            self.compute_dtype,
+            dtype=self.compute_dtype,
+            **running,
+        )
+
+    def _update_running_statistics(self, x):
+        """torch's running statistics: the batch means of the instance
+        mean and of the instance variance, unbiased (as torch keeps it).
+        An empty batch keeps the stored values."""
+        mean, variance = kn_ops.moments(
+            ops.stop_gradient(x), self._reduction_axes
+        )
+        count = ops.cast(
+            kn_ops.reduction_size(x, self._reduction_axes), variance.dtype
+        )
+        unbiased = variance * (count / (count - 1))
+        self._update_moving_statistics(
+            ops.mean(mean, axis=0),
+            ops.mean(unbiased, axis=0),
+            kn_ops.has_values(x, (0,)),
         )
 
     def get_config(self):

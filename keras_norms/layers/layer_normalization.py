@@ -6,8 +6,8 @@ import keras
 from keras import ops
 
 from keras_norms import ops as kn_ops
-from keras_norms.backend import native
 from keras_norms.layers import _base
+from keras_norms.layers import _rank_free
 from keras_norms import _validation
 
 
@@ -53,6 +53,15 @@ class LayerNormalization(_base.Normalization):
 
     Reference:
         - [Ba et al., 2016](https://arxiv.org/abs/1607.06450).
+
+    Examples:
+        >>> layer = kn.LayerNormalization()
+        >>> x = np.array([[1.0, 2.0, 3.0, 4.0]], dtype="float32")
+        >>> y = layer(x)  # each row: mean 0, variance 1
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[-1.341 -0.447  0.447  1.341]]
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta']
     """
 
     _axis_may_be_list = True
@@ -98,28 +107,21 @@ class LayerNormalization(_base.Normalization):
             finally:
                 self.center, self.scale = center, scale
         # Only the sizes along `axis` are fixed, not the rank (as Keras).
-        _base.build_rank_free(self, input_shape)
+        _rank_free.build(self, input_shape)
 
-    def _reduction_axes_for(self, input_shape):
+    def _layout(self, input_shape):
         return self._param_axes
 
-    def _normalize(self, x, training):
+    def _normalize(self, x, training, mask):
         # Statistics per row, gamma and beta per feature: applied one after
-        # the other (see kn_ops.normalize_moments), never folded into an
-        # input-sized scale and shift.
-        axes, view = _base.rank_free_layout(self, len(x.shape))
-        mean, variance = kn_ops.moments(x, axes)
-        if self.rms_scaling:
-            # Keras' rms_scaling: x * rsqrt(variance + epsilon) * gamma,
-            # with no centering and no beta.
-            mean = None
-        return kn_ops.normalize_moments(
+        # the other by the op, never folded into an input-sized scale.
+        return kn_ops.layer_normalization(
             x,
-            mean,
-            variance,
-            self._param_in_view(self.gamma, variance.dtype, view),
-            self._param_in_view(self.beta, variance.dtype, view),
+            _rank_free.axes(self, len(x.shape)),
+            self.gamma,
+            self.beta,
             self.epsilon,
+            self.rms_scaling,
             self.compute_dtype,
         )
 
@@ -127,16 +129,3 @@ class LayerNormalization(_base.Normalization):
         config = super().get_config()
         config["rms_scaling"] = self.rms_scaling
         return config
-
-    def _native_call(self, inputs, training):
-        if self.rms_scaling:
-            return None
-        axes, _ = _base.rank_free_layout(self, len(inputs.shape))
-        return native.layer_norm(
-            inputs,
-            axes,
-            self.gamma,
-            self.beta,
-            self.epsilon,
-            self.compute_dtype,
-        )

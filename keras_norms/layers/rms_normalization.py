@@ -3,17 +3,15 @@
 import keras
 from keras import constraints
 from keras import initializers
-from keras import ops
 from keras import regularizers
 
 from keras_norms import ops as kn_ops
-from keras_norms.backend import native
 from keras_norms.layers import _base
-from keras_norms import _validation
+from keras_norms.layers import _rank_free
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")
-class RMSNormalization(keras.layers.Layer):
+class RMSNormalization(_base.Normalization):
     """Root mean square layer normalization (Zhang & Sennrich, 2019).
 
     Rescales each position by the root mean square of its features, without
@@ -55,7 +53,19 @@ class RMSNormalization(keras.layers.Layer):
 
     Reference:
         - [Zhang & Sennrich, 2019](https://arxiv.org/abs/1910.07467).
+
+    Examples:
+        >>> layer = kn.RMSNormalization()
+        >>> x = np.array([[3.0, 4.0]], dtype="float32")
+        >>> y = layer(x)  # x / sqrt(mean(x**2)) = x / sqrt(12.5)
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[0.849 1.131]]
+        >>> [w.name for w in layer.weights]
+        ['scale']
     """
+
+    _axis_may_be_list = True
+    _gamma_name = "scale"  # Keras' RMSNormalization's weight name
 
     def __init__(
         self,
@@ -66,69 +76,55 @@ class RMSNormalization(keras.layers.Layer):
         scale_constraint=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.axis = _validation.check_axis_argument(axis, allow_list=True)
-        self.epsilon = _validation.check_positive_float("epsilon", epsilon)
-        self.scale_initializer = initializers.get(scale_initializer)
-        self.scale_regularizer = regularizers.get(scale_regularizer)
-        self.scale_constraint = constraints.get(scale_constraint)
-        self.supports_masking = True
-        # The scale and the statistic stay float32 under mixed precision.
-        self.autocast = False
-        self.scale = None
+        # The base's `gamma`, named and configured as Keras' `scale`.
+        super().__init__(
+            axis=axis,
+            epsilon=epsilon,
+            center=False,
+            scale=True,
+            gamma_initializer=scale_initializer,
+            gamma_regularizer=scale_regularizer,
+            gamma_constraint=scale_constraint,
+            **kwargs,
+        )
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        _, param_shape, _ = _base.parameter_layout(self, input_shape)
-        self.scale = self.add_weight(
-            shape=param_shape,
-            name="scale",
-            initializer=self.scale_initializer,
-            regularizer=self.scale_regularizer,
-            constraint=self.scale_constraint,
-            trainable=True,
-            autocast=False,
-        )
+        super().build(input_shape)
+        # As in Keras, `layer.scale` is the weight (the base's `gamma`).
+        self.scale = self.gamma
         # Only the sizes along `axis` are fixed, not the rank (as Keras).
-        _base.build_rank_free(self, input_shape)
+        _rank_free.build(self, input_shape)
 
-    def call(self, inputs, training=None):
-        outputs = native.compiled_call(self, inputs, training=training)
-        if outputs is not None:
-            return outputs
-        axes, view = _base.rank_free_layout(self, len(inputs.shape))
-        outputs = native.rms_norm(
-            inputs, axes, self.scale, self.epsilon, self.compute_dtype
-        )
-        if outputs is not None:  # torch's fused kernel (backend/native.py)
-            return outputs
-        mean_sq = kn_ops.mean_square(inputs, axes)
-        scale = ops.reshape(ops.cast(self.scale, mean_sq.dtype), view)
-        # The per-row factor first, then the per-feature scale: one
-        # full-size factor would be kept for the backward pass (measured in
-        # benchmarks/bench_norms.py).
-        return kn_ops.normalize_moments(
-            inputs, None, mean_sq, scale, None, self.epsilon, self.compute_dtype
-        )
+    def _layout(self, input_shape):
+        return self._param_axes
 
-    def compute_output_shape(self, input_shape):
-        _validation.canonical_axes(self.axis, len(input_shape))
-        return tuple(input_shape)
+    def _normalize(self, x, training, mask):
+        # The per-row factor first, then the per-feature scale (the op):
+        # one full-size factor would be kept for the backward pass.
+        return kn_ops.rms_normalization(
+            x,
+            _rank_free.axes(self, len(x.shape)),
+            self.gamma,
+            self.epsilon,
+            self.compute_dtype,
+        )
 
     def get_config(self):
-        config = super().get_config()
+        # Keras' arguments only (not the base's center/beta/gamma ones).
+        config = keras.layers.Layer.get_config(self)
         config.update(
             {
                 "axis": self.axis,
                 "epsilon": self.epsilon,
                 "scale_initializer": initializers.serialize(
-                    self.scale_initializer
+                    self.gamma_initializer
                 ),
                 "scale_regularizer": regularizers.serialize(
-                    self.scale_regularizer
+                    self.gamma_regularizer
                 ),
                 "scale_constraint": constraints.serialize(
-                    self.scale_constraint
+                    self.gamma_constraint
                 ),
             }
         )

@@ -4,14 +4,14 @@ import keras
 from keras import ops
 
 from keras_norms import ops as kn_ops
-from keras_norms.layers import batch_instance_normalization as _bin
+from keras_norms.layers import _mixed_statistics
 
 # The order of the three entries of `mean_weights` and `variance_weights`.
 SWITCH_NAMES = ("instance", "layer", "batch")
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")
-class SwitchableNormalization(_bin.InstanceBatchNormalization):
+class SwitchableNormalization(_mixed_statistics.MixedStatisticsNormalization):
     """Switchable normalization (Luo et al., 2018).
 
     Normalizes with a learned mixture of the instance, layer and batch
@@ -76,10 +76,21 @@ class SwitchableNormalization(_bin.InstanceBatchNormalization):
 
     Reference:
         - [Luo et al., 2018](https://arxiv.org/abs/1806.10779).
+
+    Examples:
+        >>> layer = kn.SwitchableNormalization()
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(4, 8, 8, 3)).astype("float32")
+        >>> y = layer(x, training=True)
+        >>> tuple(y.shape)
+        (4, 8, 8, 3)
+        >>> mean_importances, variance_importances = layer.switch_importances()
+        >>> print(np.round(mean_importances, 3))  # IN, LN, BN: even at first
+        [0.333 0.333 0.333]
     """
 
-    def _build_state(self, param_shape):
-        super()._build_state(param_shape)
+    def build(self, input_shape):
+        super().build(input_shape)
         self.mean_weights = self.add_weight(
             shape=(3,),
             name="mean_weights",
@@ -107,7 +118,7 @@ class SwitchableNormalization(_bin.InstanceBatchNormalization):
             for w in (self.mean_weights, self.variance_weights)
         )
 
-    def _statistics(self, x, training):
+    def _scale_and_shift(self, x, training, mask):
         mean_in, var_in, mean_bn, var_bn = self._instance_and_batch_moments(
             x, training
         )
@@ -119,4 +130,4 @@ class SwitchableNormalization(_bin.InstanceBatchNormalization):
         wv = ops.softmax(ops.cast(self.variance_weights, dtype))
         mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
         variance = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
-        return mean, variance
+        return self._fold(mean, variance)

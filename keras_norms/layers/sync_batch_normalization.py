@@ -102,6 +102,18 @@ class SyncBatchNormalization(batch_normalization.BatchNormalization):
           (cross-GPU batch normalization).
         - [Chan, Golub & LeVeque, 1979](
           https://doi.org/10.1007/978-3-642-51461-6_3) (pairwise variance).
+
+    Examples:
+        On one device it computes what `BatchNormalization` computes:
+
+        >>> layer = kn.SyncBatchNormalization()
+        >>> x = np.array([[0.0, 10.0], [4.0, 30.0]], dtype="float32")
+        >>> y = layer(x, training=True)
+        >>> print(np.round(keras.ops.convert_to_numpy(y), 3))
+        [[-1. -1.]
+         [ 1.  1.]]
+        >>> layer.synchronized
+        True
     """
 
     def __init__(self, *args, **kwargs):

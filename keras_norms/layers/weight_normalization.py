@@ -76,6 +76,14 @@ class WeightNormalization(keras.layers.Wrapper):
 
     Reference:
         - [Salimans & Kingma, 2016](https://arxiv.org/abs/1602.07868).
+
+    Examples:
+        >>> layer = kn.WeightNormalization(keras.layers.Dense(3))
+        >>> y = layer(np.ones((2, 4), dtype="float32"))
+        >>> tuple(y.shape)
+        (2, 3)
+        >>> [w.name for w in layer.weights]
+        ['g', 'kernel', 'bias']
     """
 
     def __init__(self, layer, data_init=False, **kwargs):

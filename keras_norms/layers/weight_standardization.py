@@ -70,6 +70,21 @@ class WeightStandardization(keras.layers.Wrapper):
         - [Qiao et al., 2019](https://arxiv.org/abs/1903.10520).
         - [Kolesnikov et al., 2020, Big Transfer (BiT)](
           https://arxiv.org/abs/1912.11370).
+
+    Examples:
+        >>> layer = kn.WeightStandardization(keras.layers.Conv2D(4, 3))
+        >>> y = layer(np.ones((1, 8, 8, 3), dtype="float32"))
+        >>> tuple(y.shape)
+        (1, 6, 6, 4)
+
+        The kernel it convolves with has, per output channel, mean 0 and
+        standard deviation 1:
+
+        >>> w_hat = keras.ops.convert_to_numpy(layer.standardized_kernel())
+        >>> np.allclose(w_hat.mean(axis=(0, 1, 2)), 0.0, atol=1e-6)
+        True
+        >>> print(np.round(w_hat.std(axis=(0, 1, 2)), 3))
+        [1. 1. 1. 1.]
     """
 
     def __init__(self, layer, epsilon=1e-6, **kwargs):

@@ -1,10 +1,15 @@
-"""The native fast paths (`keras_norms.backend.native`) against the one
-`keras.ops` implementation they stand in for: same outputs, input and
-weight gradients, and moving statistics, in every layout they take, and the
-large-mean stability of the shifted channels-last group norm.
+"""The functional ops of `keras_norms.ops`: against NumPy written from the
+papers, against the `keras.ops` implementation where they pick a fused
+kernel (`keras_norms.backend.native`: same outputs, input and weight
+gradients and moving statistics, in every layout they take; the
+large-mean stability of the shifted channels-last group norm), and the
+guarantee that replaced the compiled eager calls: a result never depends
+on how many times a layer was called, and a changed attribute takes effect
+at the next call.
 
-On backends without fast paths both runs take the `keras.ops` path, so the
-comparison holds trivially there; the torch run is the one that matters.
+On backends without fused kernels both runs of a comparison take the
+`keras.ops` path, so it holds trivially there; the torch (and, for batch
+norm, TensorFlow) runs are the ones that matter.
 """
 
 import contextlib
@@ -139,7 +144,8 @@ def test_disabled_restores_the_switch():
     with native.disabled():
         assert not native.enabled()
     assert native.enabled() == before
-    assert before  # every backend has fast paths
+    # torch and TensorFlow have fused kernels; JAX's are XLA's own.
+    assert before == (keras.backend.backend() in ("torch", "tensorflow"))
 
 
 def _tf_graph_op_types(layer, x, training, jit_compile):
@@ -209,38 +215,12 @@ def test_batch_norm_fast_path_under_mixed_precision(policy, axis):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def _eager_grad(layer, x):
-    """d sum(y**2) / dx by the backend's eager autodiff, stateless."""
-    tv = [v.value for v in layer.trainable_variables]
-    ntv = [v.value for v in layer.non_trainable_variables]
-    if keras.backend.backend() == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        def loss(x):
-            y, _ = layer.stateless_call(tv, ntv, x, training=True)
-            return jnp.sum(y**2)
-
-        return np.asarray(jax.grad(loss)(x))
-    import tensorflow as tf
-
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y, _ = layer.stateless_call(tv, ntv, x, training=True)
-        loss = tf.reduce_sum(y**2)
-    return tape.gradient(loss, x).numpy()
-
-
 @pytest.mark.parametrize("axis", [-1, 1])
 @pytest.mark.parametrize("name", sorted(FACTORIES))
-def test_repeated_eager_calls_are_compiled_and_exact(name, axis):
-    # JAX and TensorFlow compile a layer's eager call once it repeats
-    # (backend/compiled.py): the same outputs, moving statistics and eager
-    # gradients as the op-by-op keras.ops path, call after call.
-    from keras_norms.backend import compiled
-
-    if keras.backend.backend() not in ("jax", "tensorflow"):
-        pytest.skip("compiled eager calls: JAX and TensorFlow")
+def test_result_does_not_depend_on_call_count(name, axis):
+    # Six eager calls in inference mode give bit-identical outputs, and
+    # six training calls the same outputs and moving statistics as a
+    # fresh layer called as often with the keras.ops path.
     if name.startswith("rms") and axis == 1:
         pytest.skip("RMSNormalization's axes are the trailing ones here")
     shape = (2, 3, 4, 6) if axis == -1 else (2, 6, 3, 4)
@@ -255,54 +235,86 @@ def test_repeated_eager_calls_are_compiled_and_exact(name, axis):
         with contextlib.ExitStack() as stack:
             if not use_native:
                 stack.enter_context(native.disabled())
-            outputs = [
-                helpers.to_numpy(layer(x, training=True))
-                for _ in range(compiled.WARM_UP + 2)
+            inference = [
+                helpers.to_numpy(layer(x, training=False)) for _ in range(6)
             ]
-            dx = _eager_grad(layer, x)
+            training = [
+                helpers.to_numpy(layer(x, training=True)) for _ in range(6)
+            ]
         state = [helpers.to_numpy(v) for v in layer.non_trainable_variables]
-        runs.append((outputs, dx, state, layer))
-    (outputs, dx, state, layer), (outputs0, dx0, state0, _) = runs
-    for y, y0 in zip(outputs, outputs0):
+        runs.append((inference, training, state))
+    (inference, training, state), (_, training0, state0) = runs
+    for y in inference[1:]:
+        np.testing.assert_array_equal(y, inference[0])
+    for y, y0 in zip(training, training0):
         np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dx, dx0, rtol=1e-4, atol=1e-4)
     for a, b in zip(state, state0):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    programs = compiled.programs(layer)
-    if name in NATIVE.get(keras.backend.backend(), ()) and axis == -1:
-        # TF's fused kernel, the faster eagerly channels-last
-        assert not programs
-    else:
-        assert len(programs) == 1
 
 
-def test_compiled_eager_call_follows_python_attributes():
-    # Freezing the statistics after the call was compiled selects another
-    # program (inference mode), not the stale training one.
-    from keras_norms.backend import compiled
+def _copy_state(source, target):
+    for s, t in zip(source.weights, target.weights):
+        t.assign(s.value)
 
-    if keras.backend.backend() not in ("jax", "tensorflow"):
-        pytest.skip("compiled eager calls: JAX and TensorFlow")
-    x = helpers.random_input((2, 3, 4, 6), loc=2.0, scale=3.0)
-    layer = kn.GroupNormalization(groups=2)
-    for _ in range(compiled.WARM_UP + 1):
-        layer(x)
-    layer.epsilon = 10.0
-    for _ in range(compiled.WARM_UP + 1):
-        y = helpers.to_numpy(layer(x))
-    view = x.astype("float64").reshape(2, 3, 4, 2, 3)
-    ref = (view - view.mean((1, 2, 4), keepdims=True)) / np.sqrt(
-        view.var((1, 2, 4), keepdims=True) + 10.0
+
+def test_changed_attributes_take_effect_after_repeated_calls():
+    # Issue 16: after 5 eager calls, relaxing `renorm_clipping` (as the
+    # Batch Renormalization paper prescribes), changing `momentum` and
+    # `epsilon` each takes effect at the next call: the output and the
+    # moving statistics equal a fresh layer built with the new value and
+    # the same state.
+    x = helpers.random_input((8, 3, 4, 6), loc=1.0, scale=3.0)
+    layer = kn.BatchNormalization(
+        renorm=True,
+        renorm_clipping={"rmax": 1.0, "rmin": 1.0, "dmax": 0.0},
+        momentum=0.9,
     )
-    np.testing.assert_allclose(y, ref.reshape(x.shape), atol=1e-5)
-    bn = kn.BatchInstanceNormalization()
-    for _ in range(compiled.WARM_UP + 1):
-        bn(x, training=True)
-    moving = (bn.moving_mean, bn.moving_variance)
+    layer.build(x.shape)
+    helpers.set_random_weights(layer)
+    for _ in range(5):
+        layer(x, training=True)
+    changes = [
+        ("renorm_clipping", {"rmax": 3.0, "rmin": 0.3, "dmax": 5.0}),
+        ("momentum", 0.5),
+        ("epsilon", 0.5),
+    ]
+    for name, value in changes:
+        before = helpers.to_numpy(layer(x, training=True))
+        setattr(layer, name, value)
+        config = layer.get_config()
+        fresh = kn.BatchNormalization.from_config(config)
+        fresh.build(x.shape)
+        _copy_state(layer, fresh)
+        y = helpers.to_numpy(layer(x, training=True))
+        y_fresh = helpers.to_numpy(fresh(x, training=True))
+        np.testing.assert_allclose(y, y_fresh, rtol=1e-6, atol=1e-6)
+        for a, b in zip(layer.weights, fresh.weights):
+            np.testing.assert_allclose(
+                helpers.to_numpy(a), helpers.to_numpy(b), rtol=1e-6, atol=1e-6
+            )
+        if name != "momentum":  # momentum moves the state, not this output
+            assert np.abs(y - before).max() > 1e-3, name
+    # Inference with the changed epsilon, against NumPy.
+    y = helpers.to_numpy(layer(x, training=False))
+    mean = helpers.to_numpy(layer.moving_mean)
+    var = helpers.to_numpy(layer.moving_variance)
+    gamma = helpers.to_numpy(layer.gamma)
+    beta = helpers.to_numpy(layer.beta)
+    ref = (x - mean) / np.sqrt(var + 0.5) * gamma + beta
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_statistics_take_effect_after_repeated_calls():
+    # Freezing after repeated training calls runs inference mode at once.
+    x = helpers.random_input((2, 3, 4, 6), loc=2.0, scale=3.0)
+    layer = kn.BatchInstanceNormalization()
+    for _ in range(5):
+        layer(x, training=True)
+    moving = (layer.moving_mean, layer.moving_variance)
     before = [helpers.to_numpy(v) for v in moving]
-    bn.trainable = False  # Keras: a frozen layer runs in inference mode
-    for _ in range(compiled.WARM_UP + 1):
-        bn(x, training=True)
+    layer.trainable = False  # Keras: a frozen layer runs in inference mode
+    for _ in range(3):
+        layer(x, training=True)
     after = [helpers.to_numpy(v) for v in moving]
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)  # statistics left alone
@@ -310,10 +322,9 @@ def test_compiled_eager_call_follows_python_attributes():
 
 @pytest.mark.parametrize("backend_fast_paths", [True, False])
 def test_fit_run_eagerly_matches_compiled_fit(backend_fast_paths):
-    # `fit(run_eagerly=True)` calls every layer eagerly each step: from the
-    # third step on, the compiled eager calls (JAX, TF) or fused kernels
-    # run. The weights after training equal those of a compiled fit, on
-    # every backend.
+    # `fit(run_eagerly=True)` calls every layer eagerly each step (op by
+    # op, with the fused kernels where the ops pick them). The weights
+    # after training equal those of a compiled fit, on every backend.
     x = helpers.random_input((32, 4, 4, 6), loc=1.0, scale=2.0)
     y = helpers.random_input((32, 4), seed=3)
 
@@ -340,20 +351,134 @@ def test_fit_run_eagerly_matches_compiled_fit(backend_fast_paths):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_compiled_programs_are_freed_with_their_layer():
-    import gc
-    import weakref
+# ----------------------------------------------------------------------
+# The public functional ops against NumPy from the papers' formulas.
+# ----------------------------------------------------------------------
+def _np_normalize(x, axes, gamma=None, beta=None, eps=1e-3, center=True):
+    x = x.astype("float64")
+    mean = x.mean(axes, keepdims=True) if center else 0.0
+    second = ((x - mean) ** 2).mean(axes, keepdims=True)
+    y = (x - mean) / np.sqrt(second + eps)
+    if gamma is not None:
+        y = y * gamma
+    if beta is not None:
+        y = y + beta
+    return y
 
-    from keras_norms.backend import compiled
 
-    if keras.backend.backend() not in ("jax", "tensorflow"):
-        pytest.skip("compiled eager calls: JAX and TensorFlow")
-    x = helpers.random_input((2, 3, 4, 6))
-    layer = kn.LayerNormalization()
-    for _ in range(compiled.WARM_UP + 1):
-        layer(x)
-    assert len(compiled.programs(layer)) == 1
-    layer_ref = weakref.ref(layer)
-    del layer
-    gc.collect()
-    assert layer_ref() is None  # its programs did not keep it alive
+def _channel_weights(channels, axis, ndim, seed=1):
+    rng = np.random.RandomState(seed)
+    gamma = rng.uniform(0.5, 1.5, channels).astype("float32")
+    beta = rng.uniform(-1, 1, channels).astype("float32")
+    view = [1] * ndim
+    view[axis] = channels
+    return gamma, beta, gamma.reshape(view), beta.reshape(view)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_batch_normalization_op(axis):
+    x = helpers.random_input((4, 5, 3, 6) if axis == -1 else (4, 6, 5, 3),
+                             loc=3.0, scale=2.0)
+    axis_c = axis % 4
+    gamma, beta, g, b = _channel_weights(6, axis_c, 4)
+    axes = tuple(a for a in range(4) if a != axis_c)
+    result = kn.ops.batch_normalization(x, axis, gamma, beta, epsilon=1e-3)
+    np.testing.assert_allclose(
+        helpers.to_numpy(result.outputs),
+        _np_normalize(x, axes, g, b),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    np.testing.assert_allclose(
+        helpers.to_numpy(result.mean), x.mean(axes), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        helpers.to_numpy(result.variance), x.var(axes), rtol=1e-5, atol=1e-5
+    )
+    assert bool(helpers.to_numpy(result.has_values))
+    # Inference with given statistics (plain tensors: the keras.ops path).
+    mean, var = x.mean(axes) + 1.0, x.var(axes) * 2.0
+    y = kn.ops.batch_normalization(
+        x, axis, gamma, beta, mean, var, epsilon=1e-3
+    ).outputs
+    view = [1] * 4
+    view[axis_c] = 6
+    ref = (x - mean.reshape(view)) / np.sqrt(var.reshape(view) + 1e-3)
+    np.testing.assert_allclose(
+        helpers.to_numpy(y), ref * g + b, rtol=1e-4, atol=1e-4
+    )
+
+
+def test_batch_normalization_op_mask_and_errors():
+    x = helpers.random_input((3, 4, 2))
+    mask = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]], bool)
+    result = kn.ops.batch_normalization(x, -1, mask=mask[..., None])
+    kept = x[mask]
+    np.testing.assert_allclose(
+        helpers.to_numpy(result.mean), kept.mean(0), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        helpers.to_numpy(result.variance), kept.var(0), rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="both `mean` and `variance`"):
+        kn.ops.batch_normalization(x, -1, mean=np.zeros(2, "float32"))
+    with pytest.raises(TypeError, match="Received: axis=\\[1, 2\\]"):
+        kn.ops.batch_normalization(x, [1, 2])
+
+
+@pytest.mark.parametrize("axis", [-1, [1, 2]])
+def test_layer_and_rms_normalization_ops(axis):
+    x = helpers.random_input((3, 4, 5), loc=2.0, scale=3.0)
+    axes = (2,) if axis == -1 else (1, 2)
+    shape = tuple(x.shape[a] for a in axes)
+    rng = np.random.RandomState(2)
+    gamma = rng.uniform(0.5, 1.5, shape).astype("float32")
+    beta = rng.uniform(-1, 1, shape).astype("float32")
+    view = [1, 1, 1]
+    for a in axes:
+        view[a] = x.shape[a]
+    g, b = gamma.reshape(view), beta.reshape(view)
+    y = kn.ops.layer_normalization(x, axis, gamma, beta, epsilon=1e-3)
+    np.testing.assert_allclose(
+        helpers.to_numpy(y), _np_normalize(x, axes, g, b), rtol=1e-4,
+        atol=1e-4,
+    )
+    y = kn.ops.rms_normalization(x, axis, gamma, epsilon=1e-6)
+    ref = _np_normalize(x, axes, g, eps=1e-6, center=False)
+    np.testing.assert_allclose(helpers.to_numpy(y), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_group_instance_and_filter_response_ops(axis):
+    shape = (2, 3, 4, 6) if axis == -1 else (2, 6, 3, 4)
+    x = helpers.random_input(shape, loc=2.0, scale=3.0)
+    axis_c = axis % 4
+    gamma, beta, g, b = _channel_weights(6, axis_c, 4)
+    spatial = tuple(a for a in range(1, 4) if a != axis_c)
+    # GroupNormalization with 2 groups of 3 channels.
+    moved = np.moveaxis(x, axis_c, -1).astype("float64")
+    view = moved.reshape(moved.shape[:-1] + (2, 3))
+    ref = (view - view.mean((1, 2, 4), keepdims=True)) / np.sqrt(
+        view.var((1, 2, 4), keepdims=True) + 1e-3
+    )
+    ref = np.moveaxis(ref.reshape(moved.shape), -1, axis_c) * g + b
+    y = kn.ops.group_normalization(x, 2, axis, gamma, beta)
+    np.testing.assert_allclose(helpers.to_numpy(y), ref, rtol=1e-4, atol=1e-4)
+    y = kn.ops.instance_normalization(x, axis, gamma, beta)
+    np.testing.assert_allclose(
+        helpers.to_numpy(y), _np_normalize(x, spatial, g, b), rtol=1e-4,
+        atol=1e-4,
+    )
+    tau = np.full(6, -0.5, "float32")
+    y = kn.ops.filter_response_normalization(x, axis, gamma, beta, tau)
+    ref = _np_normalize(x, spatial, g, b, eps=1e-6, center=False)
+    np.testing.assert_allclose(
+        helpers.to_numpy(y), np.maximum(ref, -0.5), rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="Received: groups=4"):
+        kn.ops.group_normalization(x, 4, axis)
+    with pytest.raises(TypeError, match="Received: groups=2.0"):
+        kn.ops.group_normalization(x, 2.0, axis)
+    with pytest.raises(ValueError, match="spatial|besides the batch"):
+        kn.ops.instance_normalization(x[:, 0, 0, :] if axis == -1
+                                      else x[:, :, 0, 0], axis)
