@@ -13,6 +13,7 @@ statistics: `recompute_batch_norm_statistics`, `PreciseBatchNorm`,
 
 from keras_norms import ops
 from keras_norms.callbacks import FoldAndExport
+from keras_norms.callbacks import PreciseBatchNorm
 from keras_norms.conversion import convert
 from keras_norms.conversion import convert_sync_batchnorm
 from keras_norms.export import export_saved_model
@@ -35,7 +36,6 @@ from keras_norms.layers import SwitchableNormalization
 from keras_norms.layers import SyncBatchNormalization
 from keras_norms.layers import WeightNormalization
 from keras_norms.layers import WeightStandardization
-from keras_norms.precise import PreciseBatchNorm
 from keras_norms.precise import batch_norm_statistics_report
 from keras_norms.precise import recompute_batch_norm_statistics
 

@@ -5,14 +5,14 @@ built with keras_norms' drop-in layers (same arguments, same weights, same
 outputs); `convert_sync_batchnorm(model)` turns every BatchNormalization
 into a `SyncBatchNormalization`, as `torch.nn.SyncBatchNorm.
 convert_sync_batchnorm` does for PyTorch modules. Both rebuild the graph
-with the machinery of `keras_norms.folding` (`clone_model` with a
-`clone_function`) and leave the original model untouched.
+with the machinery the folding tools share (`keras_norms._graph`:
+`clone_model` with a `clone_function`) and leave the original model
+untouched.
 """
-
 
 import keras
 
-from keras_norms import folding
+from keras_norms import _graph
 from keras_norms.layers import batch_normalization as _bn
 from keras_norms.layers import group_normalization as _gn
 from keras_norms.layers import layer_normalization as _ln
@@ -86,7 +86,7 @@ def convert(model):
         >>> np.allclose(y, y_new)
         True
     """
-    folding.check_graph_model(model, "convert the normalization layers of")
+    _graph.check_graph_model(model, "convert the normalization layers of")
     pairs = _keras_to_keras_norms()
 
     def target(layer):
@@ -133,7 +133,7 @@ def convert_sync_batchnorm(model):
         >>> isinstance(synced.layers[-1], kn.SyncBatchNormalization)
         True
     """
-    folding.check_graph_model(
+    _graph.check_graph_model(
         model, "convert the BatchNormalization layers of"
     )
     sources = (keras.layers.BatchNormalization, _bn.BatchNormalization)
@@ -152,14 +152,14 @@ def _replace(model, target):
     def clone_function(layer, assignments):
         if isinstance(layer, keras.Model):
             # A nested subclassed model: its norms cannot be reached.
-            folding.check_graph_model(
+            _graph.check_graph_model(
                 layer,
                 f"convert the norms inside model '{model.name}', as it nests",
             )
             return _replace(layer, target)
         cls = target(layer)
         if cls is None:
-            return folding.copy_layer(layer, assignments)
+            return _graph.copy_layer(layer, assignments)
         config = layer.get_config()
         try:
             new = cls.from_config(config)
@@ -172,4 +172,4 @@ def _replace(model, target):
         assignments.append((new, layer.get_weights()))
         return new
 
-    return folding.rebuild_model(model, clone_function)
+    return _graph.rebuild_model(model, clone_function)

@@ -199,3 +199,24 @@ def assert_saves_and_loads(model, x, tmp_path=None):
         atol=1e-6,
     )
     return loaded
+
+
+def run_python(source, timeout=300):
+    """Run `source` in a fresh Python from the repository root.
+
+    The child imports this checkout's `keras_norms` and the session's
+    backend (`KERAS_BACKEND` is inherited); TensorFlow's C++ logging is
+    off. Returns the `subprocess.CompletedProcess` (text output).
+    """
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(
+        [sys.executable, "-c", source],
+        cwd=root,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

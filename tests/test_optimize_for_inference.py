@@ -164,7 +164,7 @@ def test_no_forward_fold_where_keras_bias_add_is_wrong():
     """Channels-first conv with as many output columns as channels.
 
     Keras (3.15) on TensorFlow adds such a layer's bias along the last
-    axis (see `keras_norms.folding._keras_bias_add_is_wrong`): the fold
+    axis (see `keras_norms._graph.keras_bias_add_is_wrong`): the fold
     would give it a bias, so the Normalization stays an Affine.
     """
     data = _data((4, 7, 6, 3)).transpose(0, 3, 1, 2).copy()  # (4, 3, 7, 6)
