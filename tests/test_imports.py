@@ -60,11 +60,8 @@ def test_import_keras_norms_adds_no_framework_module():
 # and functions of TensorFlow's and torch's internals keras_norms needs.
 _PRIVATE = re.compile(
     r"keras\.src\b|tensorflow\.python\b|control_flow_util"
-    r"|_functional_collectives|_get_default_store"
+    r"|\b_functional_collectives|\b_get_default_store"
 )
-# The backend modules are being rewritten onto `_compat` (issue 16); until
-# then they may still name the torch/TensorFlow helpers directly.
-_NOT_YET_MOVED = {"backend/torch.py", "backend/tf_fused.py"}
 
 
 def _code_lines(path):
@@ -89,7 +86,7 @@ def _code_lines(path):
 )
 def test_private_framework_names_only_in_compat(path):
     relative = str(path.relative_to(PACKAGE))
-    if relative == "_compat.py" or relative in _NOT_YET_MOVED:
+    if relative == "_compat.py":
         pytest.skip("the compatibility module, or not moved onto it yet")
     found = [
         f"{relative}:{number}: {line.strip()}"
