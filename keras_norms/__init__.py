@@ -16,7 +16,7 @@ from keras_norms.callbacks import FoldAndExport
 from keras_norms.callbacks import PreciseBatchNorm
 from keras_norms.conversion import convert
 from keras_norms.conversion import convert_sync_batchnorm
-from keras_norms.export import export_saved_model
+from keras_norms.saved_model import export_saved_model
 from keras_norms.folding import FoldReport
 from keras_norms.folding import fold_batch_norms
 from keras_norms.inference import InferenceReport

@@ -5,7 +5,7 @@
   epoch's validation;
 - `FoldAndExport` puts the model in its inference form
   (`keras_norms.inference.optimize_for_inference`) and exports it with
-  `keras_norms.export.export_saved_model`, at the end or at each
+  `keras_norms.saved_model.export_saved_model`, at the end or at each
   improvement.
 
 Both reach the tools through their public functions only.
@@ -18,7 +18,7 @@ import warnings
 import keras
 
 from keras_norms import _validation
-from keras_norms import export
+from keras_norms import saved_model
 from keras_norms import inference
 from keras_norms import precise
 
@@ -159,7 +159,7 @@ class FoldAndExport(keras.callbacks.Callback):
     plain layers; a leading `keras.layers.Normalization` goes into the
     first layer) and written as a TensorFlow SavedModel whose
     `serving_default` signature is XLA-compiled
-    (`keras_norms.export.export_saved_model`). The live model keeps
+    (`keras_norms.saved_model.export_saved_model`). The live model keeps
     training untouched: the inference form is a new model.
 
     With `monitor`, it exports instead whenever the monitored metric
@@ -289,7 +289,7 @@ class FoldAndExport(keras.callbacks.Callback):
         self.failed = []
         if "{" not in self.filepath:
             # Refuse an unsafe target now, not after the training.
-            export.check_target(self.filepath, overwrite=True)
+            saved_model.check_target(self.filepath, overwrite=True)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is None:
@@ -332,7 +332,7 @@ class FoldAndExport(keras.callbacks.Callback):
         path = self._format_path(epoch, logs)
         try:
             model = self._model_to_export()
-            result = export.export(
+            result = saved_model.export(
                 model,
                 path,
                 fold=self.fold,

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_norms import export as kn_export
+from keras_norms import saved_model as kn_export
 from keras_norms.inference import InferenceReport
 from keras_norms.inference import optimize_for_inference
 from keras_norms.layers.affine import Affine

@@ -483,7 +483,7 @@ import keras
 import numpy as np
 import keras_norms  # registers the keras_norms layers
 import keras_norms.layers.affine  # noqa: F401
-from keras_norms.export import export_in_process, load_and_run
+from keras_norms.saved_model import export_in_process, load_and_run
 
 source, target, jit_compile, x_path, y_path = sys.argv[1:6]
 model = keras.saving.load_model(source, compile=False)
