@@ -93,6 +93,8 @@ def forward_and_grads(layer, x, upstream=None, training=True):
         upstream = random_input(shape[0] if several else shape, seed=123)
     upstream = np.asarray(upstream, dtype="float32")
     names = [v.name for v in layer.trainable_variables]
+    if len(set(names)) < len(names):  # sublayers' "kernel", "bias", ...
+        names = [v.path for v in layer.trainable_variables]
     tv = [to_numpy(v) for v in layer.trainable_variables]
     ntv = [v.value for v in layer.non_trainable_variables]
 
