@@ -216,3 +216,13 @@ def test_bad_arguments():
         kn.ops.adaptive_instance_normalization(
             np.zeros((2, 3, 3)), np.zeros((2, 3, 3, 3))
         )
+
+
+def test_empty_batch_gives_an_empty_output_and_zero_gradients():
+    content, style = (a[:0] for a in inputs(4, -1))
+    layer = kn.AdaptiveInstanceNormalization()
+    y, (d_content, d_style), _ = helpers.forward_and_grads(
+        layer, [content, style], np.zeros(content.shape, "float32")
+    )
+    assert y.shape == content.shape
+    assert d_content.shape == content.shape and d_style.shape == style.shape

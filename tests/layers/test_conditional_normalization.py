@@ -383,3 +383,19 @@ def test_bad_inputs_are_refused_at_build(call, match):
     with pytest.raises(ValueError, match=match) as info:
         layer(call(x, condition))
     assert "Received:" in str(info.value)
+
+
+def test_empty_batch_gives_an_empty_output_and_keeps_the_state():
+    x, condition = (a[:0] for a in data((4, 3, 3, 2)))
+    layer = kn.ConditionalNormalization(make_norm("batch", -1))
+    for training in (True, False, True):
+        y = layer([x, condition], training=training)
+        assert tuple(y.shape) == x.shape
+    norm = layer.normalization
+    np.testing.assert_array_equal(helpers.to_numpy(norm.moving_mean), 0)
+    np.testing.assert_array_equal(helpers.to_numpy(norm.moving_variance), 1)
+    _, _, grads = helpers.forward_and_grads(
+        layer, [x, condition], np.zeros(x.shape, "float32")
+    )
+    for path, g in grads.items():
+        np.testing.assert_array_equal(g, 0, err_msg=path)
