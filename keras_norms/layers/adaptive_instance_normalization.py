@@ -41,7 +41,8 @@ class AdaptiveInstanceNormalization(_base.Normalization):
     Args:
         axis: Integer, the channel axis of both inputs: `-1` for
             channels-last, `1` for channels-first.
-        epsilon: Small float added to the content's variance, `> 0`.
+        epsilon: Small float added to the content's variance, `> 0`
+            (`1e-5`, the authors' default, not Keras' `1e-3`).
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:

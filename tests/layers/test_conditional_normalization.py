@@ -399,3 +399,10 @@ def test_empty_batch_gives_an_empty_output_and_keeps_the_state():
     )
     for path, g in grads.items():
         np.testing.assert_array_equal(g, 0, err_msg=path)
+
+
+def test_the_mask_of_x_passes_through():
+    layer = kn.ConditionalNormalization(make_norm("layer", -1))
+    x_mask = np.array([[True, False]])
+    assert layer.compute_mask([None, None], [x_mask, None]) is x_mask
+    assert layer.compute_mask([None, None], None) is None
