@@ -25,7 +25,9 @@ def layout(shape, axis):
 def inputs(rank, axis, seed=0):
     content_shape, style_shape = (layout(s, axis) for s in SHAPES[rank])
     content = helpers.random_input(content_shape, seed=seed, loc=1.0, scale=2.0)
-    style = helpers.random_input(style_shape, seed=seed + 1, loc=-3.0, scale=0.5)
+    style = helpers.random_input(
+        style_shape, seed=seed + 1, loc=-3.0, scale=0.5
+    )
     return content, style
 
 
@@ -171,7 +173,9 @@ def test_config_and_keras_round_trip(tmp_path):
     assert "center" not in config and "gamma_initializer" not in config
     helpers.assert_config_round_trip(layer)
     model = two_input_model()
-    loaded = helpers.assert_saves_and_loads(model, list(inputs(4, -1)), tmp_path)
+    loaded = helpers.assert_saves_and_loads(
+        model, list(inputs(4, -1)), tmp_path
+    )
     assert loaded.get_layer("adain").epsilon == 1e-4
 
 

@@ -82,7 +82,9 @@ def random_dense_weights(layer, seed=1):
     for dense in (layer.scale, layer.shift):
         for w in dense.weights:
             w.assign((0.5 * rng.randn(*w.shape)).astype("float32"))
-    return [helpers.to_numpy(w) for w in layer.scale.weights + layer.shift.weights]
+    return [
+        helpers.to_numpy(w) for w in layer.scale.weights + layer.shift.weights
+    ]
 
 
 @pytest.mark.parametrize("kind, axis, shape", CASES)
@@ -103,9 +105,7 @@ def test_at_initialization_equals_the_wrapped_norm(kind, axis, shape):
         "shift/kernel",
         "shift/bias",
     ]
-    assert all(
-        not helpers.to_numpy(w).any() for w in layer.trainable_weights
-    )
+    assert all(not helpers.to_numpy(w).any() for w in layer.trainable_weights)
 
 
 @pytest.mark.parametrize("kind, axis, shape", CASES)
@@ -126,7 +126,9 @@ def test_matches_the_reference_in_training_and_inference(kind, axis, shape):
             helpers.to_numpy(norm.moving_variance),
         )
         channel = axis % len(shape)
-        batch_mean = x.mean(axis=tuple(a for a in range(x.ndim) if a != channel))
+        batch_mean = x.mean(
+            axis=tuple(a for a in range(x.ndim) if a != channel)
+        )
         np.testing.assert_allclose(
             moving[0], 0.01 * batch_mean, rtol=1e-4, atol=1e-6
         )
@@ -346,7 +348,11 @@ def test_refuses_a_norm_with_its_own_affine():
 @pytest.mark.parametrize(
     "make, error, match",
     [
-        (lambda: kn.ConditionalNormalization("batch"), TypeError, "normalization"),
+        (
+            lambda: kn.ConditionalNormalization("batch"),
+            TypeError,
+            "normalization",
+        ),
         (
             lambda: kn.ConditionalNormalization(
                 kn.LayerNormalization(axis=[1, 2], center=False, scale=False)
