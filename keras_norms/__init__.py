@@ -4,7 +4,8 @@ Layers (one statistics kernel, `keras_norms.ops`, serves them all):
 BatchNormalization, SyncBatchNormalization, LayerNormalization,
 InstanceNormalization, GroupNormalization, BatchInstanceNormalization,
 SwitchableNormalization, WeightNormalization, RMSNormalization,
-FilterResponseNormalization, WeightStandardization. Folding and export:
+FilterResponseNormalization, WeightStandardization,
+AdaptiveInstanceNormalization, ConditionalNormalization. Folding and export:
 `fold_batch_norms`, `optimize_for_inference`, `export_saved_model`,
 `FoldAndExport`. Drop-in conversion: `convert`, `convert_sync_batchnorm`. Precise
 statistics: `recompute_batch_norm_statistics`, `PreciseBatchNorm`,
@@ -23,10 +24,12 @@ from keras_norms.inference import InferenceReport
 from keras_norms.inference import optimize_for_inference
 from keras_norms.inspection import print_importances
 from keras_norms.inspection import switchable_importances
+from keras_norms.layers import AdaptiveInstanceNormalization
 from keras_norms.layers import Affine
 from keras_norms.layers import BatchInstanceNormalization
 from keras_norms.layers import BatchNormalization
 from keras_norms.layers import ClipToUnitInterval
+from keras_norms.layers import ConditionalNormalization
 from keras_norms.layers import FilterResponseNormalization
 from keras_norms.layers import GroupNormalization
 from keras_norms.layers import InstanceNormalization
@@ -42,10 +45,12 @@ from keras_norms.precise import recompute_batch_norm_statistics
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveInstanceNormalization",
     "Affine",
     "BatchInstanceNormalization",
     "BatchNormalization",
     "ClipToUnitInterval",
+    "ConditionalNormalization",
     "FilterResponseNormalization",
     "FoldAndExport",
     "FoldReport",

@@ -174,7 +174,56 @@ def _clone_layer(layer, report, assignments):
         new = _fold_model(layer, inner)
         report._merge(inner, layer.name + "/")
         return new
+    folded = _fold_wrapped_batch_norm(layer, report, assignments)
+    if folded is not None:
+        return folded
     return _graph.copy_layer(layer, assignments)
+
+
+# The reason `FoldReport.affine` gives for a BatchNormalization that a
+# ConditionalNormalization wraps (`optimize_for_inference` reports these).
+WRAPPED_BATCH_NORM = (
+    "it is wrapped by a ConditionalNormalization, whose conditional scale "
+    "and shift stay"
+)
+
+
+def _fold_wrapped_batch_norm(layer, report, assignments):
+    """A `ConditionalNormalization` around a BatchNormalization, copied
+    with the BatchNormalization replaced by its fixed `Affine` (reported
+    as `"wrapper/bn"`); `None` for any other layer.
+
+    The conditional scale and shift depend on the sample, so they cannot
+    fold into a neighbouring kernel: only the wrapped statistics do.
+    """
+    from keras_norms.layers import conditional_normalization as _cn
+
+    if not isinstance(layer, _cn.ConditionalNormalization) or not (
+        _graph.is_batch_normalization(layer.normalization)
+    ):
+        return None
+    config = layer.get_config()
+    config["normalization"] = Affine.from_batch_normalization(
+        layer.normalization
+    )
+    new = type(layer)(**config)
+    report.affine.append(
+        (
+            f"{layer.name}/{layer.normalization.name}",
+            WRAPPED_BATCH_NORM,
+        )
+    )
+    # The wrapper's weights: the wrapped layer's (the Affine's, already
+    # set), then the `scale` and `shift` Dense layers'.
+    assignments.append(
+        (
+            new,
+            config["normalization"].get_weights()
+            + layer.scale.get_weights()
+            + layer.shift.get_weights(),
+        )
+    )
+    return new
 
 
 def _fold_sequential(model, report):

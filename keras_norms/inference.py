@@ -254,6 +254,13 @@ def optimize_unchecked(model):
     report.folded = list(fold_report.folded)
     reasons = dict(fold_report.affine)
     model = _fold_forward(model, report, normalizations, reasons, "")
+    # BatchNormalizations inside a ConditionalNormalization became Affine
+    # layers inside it, out of `_fold_forward`'s reach: report them here.
+    report.affine += [
+        (name, why)
+        for name, why in fold_report.affine
+        if why == folding.WRAPPED_BATCH_NORM
+    ]
     return model, report
 
 

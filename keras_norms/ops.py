@@ -20,7 +20,7 @@ TensorFlow, JAX and PyTorch backends.
 On top of these, one function per normalization (`batch_normalization`,
 `batch_renormalization`, `layer_normalization`, `rms_normalization`,
 `group_normalization`, `instance_normalization`,
-`filter_response_normalization`) takes a tensor, its axes, weights and
+`filter_response_normalization`, `adaptive_instance_normalization`) takes a tensor, its axes, weights and
 epsilon and returns the normalized tensor: what each layer's `call` runs,
 and what a user can call without a layer. Inside these functions, and only
 there, a backend's fused kernel is chosen where a benchmark proved it pays
@@ -65,6 +65,7 @@ __all__ = [
     "group_normalization",
     "instance_normalization",
     "filter_response_normalization",
+    "adaptive_instance_normalization",
     "conv",
 ]
 
@@ -1083,6 +1084,80 @@ def filter_response_normalization(
             outputs, broadcast_weight(tau, ndim, (channel,), stats_dtype)
         )
     return ops.cast(outputs, _output_dtype(x, dtype))
+
+
+def _safe_sqrt(value):
+    """`sqrt(value)` with gradient 0, not NaN, where `value` is 0.
+
+    `sqrt` has an infinite derivative at 0, and a constant channel (a dead
+    ReLU feature map of the style) has variance exactly 0: its backward
+    pass would be `inf * 0 = NaN`. The double `where` gives the same value
+    everywhere and the subgradient 0 there.
+    """
+    positive = ops.greater(value, 0)
+    safe = ops.where(positive, value, ops.ones_like(value))
+    return ops.where(positive, ops.sqrt(safe), ops.zeros_like(value))
+
+
+def adaptive_instance_normalization(
+    content, style, axis=-1, epsilon=1e-5, dtype=None
+):
+    """Adaptive instance normalization (Huang & Belongie, 2017).
+
+    `AdaIN(x, y) = sigma(y) * (x - mu(x)) / sigma(x) + mu(y)`: each
+    (sample, channel) of the content `x` is instance-normalized, then takes
+    the mean and standard deviation of the same (sample, channel) of the
+    style `y`. The statistics are the mean and biased variance over the
+    spatial axes (every axis but the batch axis 0 and the channel `axis`),
+    so the style may have another spatial size than the content.
+
+    `epsilon` goes where the authors' reference code
+    (`AdaptiveInstanceNormalization.lua`, an instance norm with the style's
+    statistics as its affine) puts it: under the content's variance only,
+    `sigma(x) = sqrt(var(x) + epsilon)`, while `sigma(y) = sqrt(var(y))`
+    (biased). A constant style channel then gives `sigma(y) = 0`, the
+    output its mean, and a zero (not NaN) gradient through `sigma(y)`.
+    One scale and shift per (sample, channel), applied once
+    (`scale_and_shift` and `normalize`).
+
+    Args:
+        content: The tensor to normalize, with at least one spatial axis.
+        style: The tensor whose statistics it takes: the same rank, batch
+            size and channels as `content`; any spatial sizes.
+        axis: Integer, the channel axis of both.
+        epsilon: Small float added to the content's variance.
+        dtype: Output dtype; defaults to the dtype of `content`.
+
+    Examples:
+
+    >>> content = np.array([[[1.0], [3.0]]], "float32")  # (batch, time, C)
+    >>> style = np.array([[[10.0], [20.0], [30.0]]], "float32")
+    >>> y = kn.ops.adaptive_instance_normalization(content, style, epsilon=0.0)
+    >>> np.round(keras.ops.convert_to_numpy(y)[0, :, 0], 3)
+    array([11.835, 28.165], dtype=float32)
+    """
+    content = _as_tensor(content)
+    style = _as_tensor(style)
+    ndim = len(content.shape)
+    if len(style.shape) != ndim:
+        raise ValueError(
+            "The style must have the rank of the content. Received: "
+            f"content.shape={tuple(content.shape)}, "
+            f"style.shape={tuple(style.shape)}"
+        )
+    channel = _channel_axis(axis, ndim)
+    reduction = _spatial_axes(ndim, channel)
+    content_mean, content_variance = moments(content, reduction)
+    style_mean, style_variance = moments(style, reduction)
+    stats_dtype = backend.result_type(content_mean.dtype, style_mean.dtype)
+    scale, shift = scale_and_shift(
+        ops.cast(content_mean, stats_dtype),
+        ops.cast(content_variance, stats_dtype),
+        _safe_sqrt(ops.cast(style_variance, stats_dtype)),
+        ops.cast(style_mean, stats_dtype),
+        epsilon,
+    )
+    return normalize(content, scale, shift, _output_dtype(content, dtype))
 
 
 def conv(x, kernel, strides=1, padding="valid", data_format=None,
