@@ -20,9 +20,10 @@ TensorFlow, JAX and PyTorch backends.
 On top of these, one function per normalization (`batch_normalization`,
 `batch_renormalization`, `layer_normalization`, `rms_normalization`,
 `group_normalization`, `instance_normalization`,
-`filter_response_normalization`, `evo_norm_s0`, `evo_norm_b0`,
-`local_response_normalization`) takes a tensor, its axes, weights and
-epsilon and returns the normalized tensor: what each layer's `call` runs,
+`filter_response_normalization`, `adaptive_instance_normalization`,
+`evo_norm_s0`, `evo_norm_b0`, `local_response_normalization`) takes a
+tensor, its axes, weights and epsilon and returns the normalized tensor:
+what each layer's `call` runs,
 and what a user can call without a layer. Inside these functions, and only
 there, a backend's fused kernel is chosen where a benchmark proved it pays
 (torch's `F.batch_norm`, `F.layer_norm`, `F.group_norm`, `F.rms_norm`;
@@ -66,6 +67,7 @@ __all__ = [
     "group_normalization",
     "instance_normalization",
     "filter_response_normalization",
+    "adaptive_instance_normalization",
     "evo_norm_s0",
     "evo_norm_b0",
     "local_response_normalization",
@@ -534,6 +536,7 @@ def batch_normalization(
     mask=None,
     synchronized=False,
     dtype=None,
+    virtual_batch_size=None,
 ):
     """Batch normalization of `x` along its channel `axis`.
 
@@ -566,6 +569,13 @@ def batch_normalization(
             replica's shard of the batch (`cross_replica_moments`) where
             the backend's distribution machinery runs several replicas.
         dtype: Output dtype; defaults to the dtype of `x`.
+        virtual_batch_size: Optional int `k` (ghost batch normalization,
+            Hoffer et al., 2017): with batch statistics, the batch is split
+            into `batch // k` consecutive groups of `k` samples, each
+            normalized with its own statistics, and the returned moments
+            are the means over the groups of their means and of their
+            biased variances. The batch must be a multiple of `k`. Ignored
+            with given `mean` and `variance`. Not with `synchronized`.
 
     Returns:
         A `BatchNormResult(outputs, mean, variance, has_values)`.
@@ -592,6 +602,11 @@ def batch_normalization(
             f"variance={variance is not None}"
         )
     training = mean is None
+    if training and virtual_batch_size is not None:
+        return _ghost_batch_normalization(
+            x, channel, gamma, beta, epsilon, mask, synchronized, dtype,
+            virtual_batch_size,
+        )
     combines = synchronized and kn_backend.num_replicas() > 1
     if training and synchronized:
         _refuse_named_axes()
@@ -632,6 +647,69 @@ def batch_normalization(
         ops.reshape(variance, channels),
         nonempty,
     )
+
+
+def _ghost_batch_normalization(
+    x, channel, gamma, beta, epsilon, mask, synchronized, dtype, size
+):
+    """Batch statistics per group of `size` consecutive samples.
+
+    `x` is viewed as `(batch // size, size, ...)` (no copy), the moments
+    reduce over every axis but the group axis and the channel axis, and
+    the output is viewed back: one pass more than plain batch
+    normalization, no transposes. Always the `keras.ops` implementation.
+    """
+    if synchronized:
+        raise ValueError(
+            "`virtual_batch_size` (ghost batch normalization) normalizes "
+            "groups of samples of one replica's batch, which synchronized "
+            "statistics would mix across replicas: use one or the other. "
+            f"Received: virtual_batch_size={size}, synchronized=True"
+        )
+    if not _validation.is_integer(size):
+        raise TypeError(
+            "Argument `virtual_batch_size` must be an int. "
+            f"Received: virtual_batch_size={size!r}"
+        )
+    batch = x.shape[0]
+    if size <= 0 or (batch is not None and batch % size):
+        raise ValueError(
+            "In training, the batch size must be a multiple of "
+            "`virtual_batch_size` (ghost batch normalization splits the "
+            f"batch into groups of that many samples). Received: "
+            f"virtual_batch_size={size}, batch size={batch}"
+        )
+    ndim = len(x.shape)
+    rest = tuple(x.shape[1:])
+    groups = batch // size if batch is not None else -1
+    view = (groups, size) + tuple(-1 if d is None else d for d in rest)
+    if sum(d == -1 for d in view) > 1:  # unknown batch and other sizes
+        dynamic = ops.shape(x)
+        view = (dynamic[0] // size, size) + tuple(dynamic[1:])
+    grouped = ops.reshape(x, view)
+    channel += 1  # the group axis comes first
+    axes = tuple(a for a in range(1, ndim + 1) if a != channel)
+    if mask is not None:
+        mask = ops.reshape(_broadcast_mask(mask, x), view)
+    mean, variance = moments(grouped, axes, mask=mask)
+    stats_dtype = mean.dtype
+    scale, shift = scale_and_shift(
+        mean,
+        variance,
+        broadcast_weight(gamma, ndim + 1, (channel,), stats_dtype),
+        broadcast_weight(beta, ndim + 1, (channel,), stats_dtype),
+        epsilon,
+    )
+    outputs = normalize(grouped, scale, shift, _output_dtype(x, dtype))
+    outputs = ops.reshape(outputs, ops.shape(x))
+    channels = (x.shape[channel - 1],)
+    nonempty = has_values(grouped, (0,))
+    mean, variance = (
+        ops.reshape(ops.mean(m, axis=0), channels) for m in (mean, variance)
+    )
+    if nonempty is not True:  # no groups: zeros, not the NaN of a mean
+        mean, variance = _zero_where_empty((mean, variance), nonempty)
+    return BatchNormResult(outputs, mean, variance, nonempty)
 
 
 def _refuse_named_axes():
@@ -1271,6 +1349,80 @@ def _window_sum(values, radius, axis):
         "channels_last",
     )
     return ops.reshape(pooled, shape) * float(window)
+
+
+def _safe_sqrt(value):
+    """`sqrt(value)` with gradient 0, not NaN, where `value` is 0.
+
+    `sqrt` has an infinite derivative at 0, and a constant channel (a dead
+    ReLU feature map of the style) has variance exactly 0: its backward
+    pass would be `inf * 0 = NaN`. The double `where` gives the same value
+    everywhere and the subgradient 0 there.
+    """
+    positive = ops.greater(value, 0)
+    safe = ops.where(positive, value, ops.ones_like(value))
+    return ops.where(positive, ops.sqrt(safe), ops.zeros_like(value))
+
+
+def adaptive_instance_normalization(
+    content, style, axis=-1, epsilon=1e-5, dtype=None
+):
+    """Adaptive instance normalization (Huang & Belongie, 2017).
+
+    `AdaIN(x, y) = sigma(y) * (x - mu(x)) / sigma(x) + mu(y)`: each
+    (sample, channel) of the content `x` is instance-normalized, then takes
+    the mean and standard deviation of the same (sample, channel) of the
+    style `y`. The statistics are the mean and biased variance over the
+    spatial axes (every axis but the batch axis 0 and the channel `axis`),
+    so the style may have another spatial size than the content.
+
+    `epsilon` goes where the authors' reference code
+    (`AdaptiveInstanceNormalization.lua`, an instance norm with the style's
+    statistics as its affine) puts it: under the content's variance only,
+    `sigma(x) = sqrt(var(x) + epsilon)`, while `sigma(y) = sqrt(var(y))`
+    (biased). A constant style channel then gives `sigma(y) = 0`, the
+    output its mean, and a zero (not NaN) gradient through `sigma(y)`.
+    One scale and shift per (sample, channel), applied once
+    (`scale_and_shift` and `normalize`).
+
+    Args:
+        content: The tensor to normalize, with at least one spatial axis.
+        style: The tensor whose statistics it takes: the same rank, batch
+            size and channels as `content`; any spatial sizes.
+        axis: Integer, the channel axis of both.
+        epsilon: Small float added to the content's variance.
+        dtype: Output dtype; defaults to the dtype of `content`.
+
+    Examples:
+
+    >>> content = np.array([[[1.0], [3.0]]], "float32")  # (batch, time, C)
+    >>> style = np.array([[[10.0], [20.0], [30.0]]], "float32")
+    >>> y = kn.ops.adaptive_instance_normalization(content, style, epsilon=0.0)
+    >>> np.round(keras.ops.convert_to_numpy(y)[0, :, 0], 3)
+    array([11.835, 28.165], dtype=float32)
+    """
+    content = _as_tensor(content)
+    style = _as_tensor(style)
+    ndim = len(content.shape)
+    if len(style.shape) != ndim:
+        raise ValueError(
+            "The style must have the rank of the content. Received: "
+            f"content.shape={tuple(content.shape)}, "
+            f"style.shape={tuple(style.shape)}"
+        )
+    channel = _channel_axis(axis, ndim)
+    reduction = _spatial_axes(ndim, channel)
+    content_mean, content_variance = moments(content, reduction)
+    style_mean, style_variance = moments(style, reduction)
+    stats_dtype = backend.result_type(content_mean.dtype, style_mean.dtype)
+    scale, shift = scale_and_shift(
+        ops.cast(content_mean, stats_dtype),
+        ops.cast(content_variance, stats_dtype),
+        _safe_sqrt(ops.cast(style_variance, stats_dtype)),
+        ops.cast(style_mean, stats_dtype),
+        epsilon,
+    )
+    return normalize(content, scale, shift, _output_dtype(content, dtype))
 
 
 def conv(x, kernel, strides=1, padding="valid", data_format=None,

@@ -488,7 +488,7 @@ def test_bad_argument_types_refused():
         kn.LayerNormalization(axis="last")
     with pytest.raises(TypeError, match="center"):
         kn.InstanceNormalization(center="yes")
-    with pytest.raises(ValueError, match="groups"):
+    with pytest.raises(TypeError, match="groups"):
         kn.GroupNormalization(groups=2.5)
 
 

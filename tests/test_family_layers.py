@@ -156,7 +156,7 @@ def test_rms_config_save_and_fit(tmp_path):
     "kwargs,error",
     [
         (dict(axis="x"), TypeError),
-        (dict(axis=[1, 1]), TypeError),
+        (dict(axis=[1, 1]), ValueError),  # ints, one twice: a wrong value
         (dict(epsilon=0.0), ValueError),
         (dict(epsilon=None), TypeError),
     ],

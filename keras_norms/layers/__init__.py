@@ -1,11 +1,17 @@
 """The keras_norms layers, one public layer per module."""
 
+from keras_norms.layers.adaptive_instance_normalization import (
+    AdaptiveInstanceNormalization,
+)
 from keras_norms.layers.affine import Affine
 from keras_norms.layers.batch_instance_normalization import (
     BatchInstanceNormalization,
 )
 from keras_norms.layers.batch_instance_normalization import ClipToUnitInterval
 from keras_norms.layers.batch_normalization import BatchNormalization
+from keras_norms.layers.conditional_normalization import (
+    ConditionalNormalization,
+)
 from keras_norms.layers.evo_norm_b0 import EvoNormB0
 from keras_norms.layers.evo_norm_s0 import EvoNormS0
 from keras_norms.layers.filter_response_normalization import (
@@ -24,10 +30,12 @@ from keras_norms.layers.weight_normalization import WeightNormalization
 from keras_norms.layers.weight_standardization import WeightStandardization
 
 __all__ = [
+    "AdaptiveInstanceNormalization",
     "Affine",
     "BatchInstanceNormalization",
     "BatchNormalization",
     "ClipToUnitInterval",
+    "ConditionalNormalization",
     "EvoNormB0",
     "EvoNormS0",
     "FilterResponseNormalization",

@@ -66,6 +66,18 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             statistics even when training and never update them, while
             `gamma` and `beta` still learn: fine-tuning a pretrained
             backbone with frozen statistics.
+        virtual_batch_size: Optional positive int `k` (tf_keras' name;
+            ghost batch normalization, Hoffer et al., 2017). In training
+            the batch is split into `batch // k` consecutive groups of `k`
+            samples, each normalized with its own batch statistics, and
+            the moving statistics are updated once per step with the mean
+            over the groups of their means and of their biased variances.
+            At inference the moving statistics are used, so any batch size
+            works. A training batch that is not a multiple of `k` raises a
+            `ValueError` where its size is known (in a graph with an
+            unknown batch size, the reshape fails at run time). Not with
+            `renorm` or `synchronized` (`SyncBatchNormalization` refuses
+            it). Folding treats the layer as any BatchNormalization.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -84,6 +96,8 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         - [Ioffe & Szegedy, 2015](https://arxiv.org/abs/1502.03167).
         - [Ioffe, 2017, Batch Renormalization](
           https://arxiv.org/abs/1702.03275).
+        - [Hoffer et al., 2017, Train longer, generalize better](
+          https://arxiv.org/abs/1705.08741) (ghost batch normalization).
 
     Examples:
         >>> layer = kn.BatchNormalization()
@@ -118,6 +132,7 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
         renorm_momentum=0.99,
         synchronized=False,
         use_global_stats=False,
+        virtual_batch_size=None,
         **kwargs,
     ):
         super().__init__(**_base.base_arguments(locals()), **kwargs)
@@ -133,6 +148,9 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             "renorm_momentum", renorm_momentum
         )
         self.synchronized = _validation.check_bool("synchronized", synchronized)
+        self.virtual_batch_size = _check_virtual_batch_size(
+            virtual_batch_size, self.renorm, self.synchronized
+        )
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -187,6 +205,7 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
                 mask=mask,
                 synchronized=self.synchronized,
                 dtype=self.compute_dtype,
+                virtual_batch_size=self.virtual_batch_size,
             )
             self._update_moving_statistics(
                 result.mean, result.variance, result.has_values
@@ -275,9 +294,34 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
                 "renorm_clipping": self.renorm_clipping,
                 "renorm_momentum": self.renorm_momentum,
                 "synchronized": self.synchronized,
+                "virtual_batch_size": self.virtual_batch_size,
             }
         )
         return config
+
+
+def _check_virtual_batch_size(size, renorm, synchronized):
+    """`None` or a positive int; not with renorm or synchronized."""
+    if size is None:
+        return None
+    if not _validation.is_integer(size):
+        raise TypeError(
+            "Argument `virtual_batch_size` must be a positive int or None. "
+            f"Received: virtual_batch_size={size!r}"
+        )
+    if size <= 0:
+        raise ValueError(
+            "Argument `virtual_batch_size` must be a positive int or None. "
+            f"Received: virtual_batch_size={size!r}"
+        )
+    for name, value in (("renorm", renorm), ("synchronized", synchronized)):
+        if value:
+            raise ValueError(
+                f"Argument `virtual_batch_size` (ghost batch normalization) "
+                f"cannot be combined with `{name}=True`. Received: "
+                f"virtual_batch_size={size}, {name}=True"
+            )
+    return int(size)
 
 
 def _check_renorm_clipping(renorm_clipping):

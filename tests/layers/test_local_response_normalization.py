@@ -225,7 +225,7 @@ def test_config_fit_and_saves_and_loads(tmp_path):
 def test_bad_arguments_raise_clearly():
     with pytest.raises(ValueError, match="Received: depth_radius=-1"):
         kn.LocalResponseNormalization(depth_radius=-1)
-    with pytest.raises(ValueError, match="Received: depth_radius=2.5"):
+    with pytest.raises(TypeError, match="Received: depth_radius=2.5"):
         kn.LocalResponseNormalization(depth_radius=2.5)
     with pytest.raises(TypeError, match="Received: alpha='big'"):
         kn.LocalResponseNormalization(alpha="big")
