@@ -239,3 +239,15 @@ def describe(x):
     if shape is not None:
         return f"<{type(x).__name__} of shape {tuple(shape)}>"
     return f"<{type(x).__name__}>"
+
+
+def resolve_groups(groups, channels, axis):
+    """The number of groups `groups` (-1: one channel each) makes of
+    `channels`; refuses one that does not divide them (at build)."""
+    resolved = channels if groups == -1 else groups
+    if resolved > channels or channels % resolved:
+        raise ValueError(
+            f"Argument `groups` must divide the number of channels "
+            f"({channels}, along axis {axis}). Received: groups={groups}"
+        )
+    return resolved
