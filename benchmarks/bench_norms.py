@@ -101,19 +101,27 @@ def cases(preset, layers):
 def run_backend(args):
     import numpy as np
 
+    if args.threads:
+        _limit_threads(args.threads)
     import _harness as H
 
+    print(f"keras_norms from {os.path.dirname(H.kn.__file__)}",
+          file=sys.stderr, flush=True)
     if H.BACKEND == "torch":
         executions = ("eager",)
         contenders = ("ours", "keras", "native", "ours_ops", "copy")
     else:
         executions = ("compiled",) if args.quick else ("eager", "compiled")
         contenders = ("ours", "keras", "native", "copy")
+    if args.execs:
+        executions = tuple(e for e in executions if e in args.execs)
     rows = []
     for kind, shape_name, shape, layout, groups in cases(
         "quick" if args.quick else ("full" if args.full else "standard"),
         args.layers,
     ):
+        if args.shapes and shape_name not in args.shapes:
+            continue
         rng = np.random.RandomState(0)
         x = (2.0 + 3.0 * rng.randn(*shape)).astype("float32")
         up = rng.randn(*shape).astype("float32")
@@ -150,6 +158,37 @@ def run_backend(args):
                 rows.append(row)
                 print(format_row(row), flush=True, file=sys.stderr)
     return rows
+
+
+def _limit_threads(n):
+    """At most `n` compute threads in this backend's kernels.
+
+    On a machine shared with other work, a kernel split over every core
+    waits at each barrier for its slowest thread: torch's `F.batch_norm` on
+    32x32x32x64 measured 10 ms median with 2 threads on a loaded 2-core
+    machine against 1.0 ms with one. With `--threads 1` the contenders
+    still run side by side, so the ratios stay comparable, with far less
+    scatter. Called before the backend is imported.
+    """
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(n)
+    os.environ["TF_NUM_INTEROP_THREADS"] = str(n)
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = (
+        f"{flags} --xla_cpu_multi_thread_eigen=false "
+        f"intra_op_parallelism_threads={n}"
+    ).strip()
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(n)
+        torch.set_num_interop_threads(n)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
 
 
 # ---------------------------------------------------------------------------
@@ -304,6 +343,14 @@ def parse(argv=None):
     p.add_argument("--backend", help=argparse.SUPPRESS)  # child process
     p.add_argument("--layers", nargs="+", default=list(LAYERS))
     p.add_argument("--modes", nargs="+", default=list(MODES))
+    p.add_argument("--shapes", nargs="+", default=None,
+                   help="only these shape names (small, medium, large, seq, "
+                   "gn256)")
+    p.add_argument("--execs", nargs="+", default=None,
+                   choices=("eager", "compiled"),
+                   help="only these executions (torch runs eager only)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="compute threads per backend (1 on a shared machine)")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--cell-budget", type=float, default=None,
                    help="seconds of timing per cell before stopping early")
@@ -324,7 +371,9 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     if args.backend:  # child: one backend, rows as JSON on --json
-        sys.path.insert(0, HERE)
+        # The checkout's keras_norms, not whichever one is installed (an
+        # editable install of another worktree would be measured instead).
+        sys.path[:0] = [HERE, os.path.dirname(HERE)]
         rows = run_backend(args)
         with open(args.json, "w") as f:
             json.dump(rows, f)
