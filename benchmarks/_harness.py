@@ -560,8 +560,14 @@ def _jax_temp_bytes(f, *args):
 WARM_UP_CALLS = 4
 
 
-def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None):
+def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None,
+                     minima=None):
     """Median seconds per call of each runner, interleaved over rounds.
+
+    Where `minima` is a dict, it receives each runner's fastest sample too:
+    on a machine whose run queue is several times its cores, a sample
+    preempted midway can take 10-100x its time, and the minimum (noise only
+    adds time) separates two equal programs better than the median.
 
     Each round runs every runner once (in a rotated order, so none always
     goes first); where a call is faster than `min_sample_s`, every runner is
@@ -600,4 +606,6 @@ def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None):
             samples[name].append((time.perf_counter() - t0) / n)
         if budget_s and r >= 2 and time.perf_counter() - start > budget_s:
             break
+    if minima is not None:
+        minima.update({name: min(s) for name, s in samples.items()})
     return {name: statistics.median(s) for name, s in samples.items()}
