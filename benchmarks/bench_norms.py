@@ -301,6 +301,89 @@ def median_table(rows):
     return "\n".join(lines)
 
 
+USER_EXECUTION = {"torch": "eager", "jax": "compiled", "tensorflow": "compiled"}
+
+
+def _f2(v):
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _load_rows(patterns):
+    """Rows of every JSON file matching the glob `patterns`, in order."""
+    import glob
+
+    rows = []
+    for pattern in patterns:
+        paths = sorted(glob.glob(pattern)) or [pattern]
+        for path in paths:
+            with open(path) as f:
+                rows += json.load(f)
+    return rows
+
+
+def _cell(row):
+    return (row["backend"], row["exec"], row["layer"], row["shape"],
+            row["layout"], row["mode"])
+
+
+def compare_table(before, after, keras_target=1.0, native_target=1.25,
+                  slower_by=1.10):
+    """Markdown: each cell measured in both runs, before and after.
+
+    Columns: ours/keras before and after (each run times both side by
+    side, so the Keras layer is the yardstick across runs), after over
+    before of that ratio, and ours/native after. Then which targets hold
+    on the executions users run (compiled JAX and TensorFlow, eager torch);
+    a cell counts as slower where after/before exceeds `slower_by` (single
+    cells of identical programs scatter by about that much on a shared
+    machine).
+    """
+    old = {_cell(r): ratios(r) for r in before}
+    lines = [
+        "| layer | backend | exec | shape | layout | mode "
+        "| before ours/keras | after ours/keras | after/before "
+        "| after ours/native |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = {b: i for i, b in enumerate(BACKENDS)}
+    misses, slower, native_misses, user_cells = [], [], [], 0
+    for row in sorted(after, key=lambda r: (
+        LAYERS.index(r["layer"]), order[r["backend"]], r["exec"],
+        r["shape"], ("cl", "cf").index(r["layout"]), MODES.index(r["mode"]),
+    )):
+        new = ratios(row)
+        prev = old.get(_cell(row), {})
+        k0, k1, n1 = prev.get("keras"), new["keras"], new["native"]
+        change = k1 / k0 if k0 and k1 else None
+        lines.append(
+            f"| {row['layer']} | {row['backend']} | {row['exec']} "
+            f"| {row['shape']} | {row['layout']} | {row['mode']} "
+            f"| {_f2(k0)} | {_f2(k1)} | {_f2(change)} | {_f2(n1)} |"
+        )
+        if row["exec"] != USER_EXECUTION[row["backend"]]:
+            continue
+        user_cells += 1
+        name = " ".join(str(v) for v in _cell(row))
+        if k1 is not None and k1 > keras_target:
+            misses.append(f"{name} ({k1:.2f})")
+        if change is not None and change > slower_by:
+            slower.append(f"{name} ({change:.2f})")
+        if (row["backend"] == "torch" and n1 is not None
+                and n1 > native_target):
+            native_misses.append(f"{name} ({n1:.2f})")
+    lines += [
+        "",
+        f"Executions users run ({user_cells} cells): "
+        f"ours/keras above {keras_target}: "
+        + (", ".join(misses) if misses else "none") + "; "
+        f"ours/keras more than {slower_by:.2f}x its before: "
+        + (", ".join(slower) if slower else "none") + "; "
+        f"torch ours/native above {native_target}: "
+        + (", ".join(native_misses) if native_misses else "none") + ".",
+    ]
+    return "\n".join(lines)
+
+
 def plot(rows, path):
     import matplotlib
 
@@ -366,6 +449,10 @@ def parse(argv=None):
                    help="seconds of timing per cell before stopping early")
     p.add_argument("--json", help="save the rows here")
     p.add_argument("--from-json", help="print/plot saved rows, run nothing")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                   help="JSON files (glob patterns) of two runs: print, or "
+                   "with --markdown write, their cell-by-cell table; runs "
+                   "nothing")
     p.add_argument("--plot", help="draw the ratio figure here")
     p.add_argument("--markdown", help="write the table of medians here")
     p.add_argument("--timeout", type=float, default=900,
@@ -388,9 +475,15 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(rows, f)
         return 0
+    if args.compare:
+        table = compare_table(*(_load_rows([p]) for p in args.compare))
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(table + "\n")
+        print(table)
+        return 0
     if args.from_json:
-        with open(args.from_json) as f:
-            rows = json.load(f)
+        rows = _load_rows([args.from_json])
     else:
         rows = []
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
