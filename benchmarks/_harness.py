@@ -561,13 +561,17 @@ WARM_UP_CALLS = 4
 
 
 def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None,
-                     minima=None):
+                     minima=None, clock=time.perf_counter):
     """Median seconds per call of each runner, interleaved over rounds.
 
     Where `minima` is a dict, it receives each runner's fastest sample too:
     on a machine whose run queue is several times its cores, a sample
     preempted midway can take 10-100x its time, and the minimum (noise only
     adds time) separates two equal programs better than the median.
+    `clock` times the samples: `time.process_time` (CPU seconds of this
+    process, every thread) leaves out the time other processes hold the
+    cores, which wall time cannot; it is the work done, where the backend
+    computes on as many threads as it was given (`--threads`).
 
     Each round runs every runner once (in a rotated order, so none always
     goes first); where a call is faster than `min_sample_s`, every runner is
@@ -600,10 +604,10 @@ def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None,
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             n = reps[name]
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(n):
                 runners[name]()
-            samples[name].append((time.perf_counter() - t0) / n)
+            samples[name].append((clock() - t0) / n)
         if budget_s and r >= 2 and time.perf_counter() - start > budget_s:
             break
     if minima is not None:

@@ -143,7 +143,7 @@ def run_backend(args):
                 minima = {}
                 medians = H.time_interleaved(
                     runners, args.rounds, budget_s=args.cell_budget,
-                    minima=minima,
+                    minima=minima, clock=CLOCKS[args.clock],
                 )
                 times = minima if args.estimator == "min" else medians
                 if mode == "grad" and not args.quick:
@@ -156,7 +156,7 @@ def run_backend(args):
                     "dims": list(x.shape), "layout": layout,
                     "exec": execution, "mode": mode,
                     "ms": {k: 1e3 * v for k, v in times.items()},
-                    "estimator": args.estimator,
+                    "estimator": args.estimator, "clock": args.clock,
                     "ms_median": {k: 1e3 * v for k, v in medians.items()},
                     "ms_min": {k: 1e3 * v for k, v in minima.items()},
                     "mem": memory, "nbytes": int(x.nbytes),
@@ -301,6 +301,7 @@ def median_table(rows):
     return "\n".join(lines)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 USER_EXECUTION = {"torch": "eager", "jax": "compiled", "tensorflow": "compiled"}
 
 
@@ -444,6 +445,10 @@ def parse(argv=None):
                    default="median",
                    help="per-contender statistic the ratios use (both are "
                    "saved): min on a heavily shared machine")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall time, or this process's CPU time (leaves out "
+                   "other processes' turns on a shared machine; use with "
+                   "--threads 1)")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--cell-budget", type=float, default=None,
                    help="seconds of timing per cell before stopping early")
