@@ -377,7 +377,25 @@ def compare_table(before, after, keras_target=1.0, native_target=1.25,
         if (row["backend"] == "torch" and n1 is not None
                 and n1 > native_target):
             native_misses.append(f"{name} ({n1:.2f})")
+    medians = []
+    for backend in BACKENDS:
+        execution = USER_EXECUTION[backend]
+        pairs = [
+            (old[_cell(r)].get("keras"), ratios(r)["keras"])
+            for r in after
+            if r["backend"] == backend and r["exec"] == execution
+            and _cell(r) in old
+            and old[_cell(r)].get("keras") and ratios(r)["keras"]
+        ]
+        if pairs:
+            medians.append(
+                f"{backend} {execution} {statistics.median(p[0] for p in pairs):.2f}"
+                f" -> {statistics.median(p[1] for p in pairs):.2f}"
+            )
     lines += [
+        "",
+        "Median ours/keras over the cells with a Keras twin, before -> "
+        "after: " + "; ".join(medians) + ".",
         "",
         f"Executions users run ({user_cells} cells): "
         f"ours/keras above {keras_target}: "
