@@ -19,11 +19,12 @@ check loads the artifact with):
 | `onnx`           | torch                 | onnx, onnxscript (`torch.onnx`) | onnxruntime               |
 | `litert`         | tensorflow            | tensorflow (`tf.lite`)          | ai_edge_litert            |
 | `litert`         | torch                 | litert_torch                    | ai_edge_litert            |
-| `openvino`       | tensorflow, jax, torch| openvino                        | openvino (`Core`, CPU)    |
+| `openvino`       | tensorflow, torch     | openvino                        | openvino (`Core`, CPU)    |
 | `torch`          | torch                 | torch (`torch.export`)          | `torch.export.load`       |
 
-Keras itself refuses `litert` on JAX and `torch` off the torch backend;
-`export` says so before writing anything, with what to use instead.
+Keras itself refuses `litert` on JAX and `torch` off the torch backend,
+and OpenVINO cannot convert a JAX model (jax2tf leaves one XlaCallModule
+op); `export` says so before writing anything, with what to use instead.
 Install the runtimes with `pip install "keras_norms[deploy]" -c
 constraints.txt`; `import keras_norms` never imports any of them.
 """
@@ -73,7 +74,6 @@ _EXPORTER = {
     ("litert", "tensorflow"): ("tensorflow",),
     ("litert", "torch"): ("litert_torch",),
     ("openvino", "tensorflow"): ("openvino",),
-    ("openvino", "jax"): ("openvino", "tensorflow"),
     ("openvino", "torch"): ("openvino",),
     ("torch", "torch"): (),
 }
@@ -84,6 +84,13 @@ _REFUSED = {
         "Export from the TensorFlow backend (save the model as .keras and "
         "load it there; keras_norms layers are registered), or use "
         "format='onnx' or 'tf_saved_model' from JAX."
+    ),
+    ("openvino", "jax"): (
+        "Keras converts a JAX model for OpenVINO through jax2tf, whose "
+        "graph is one XlaCallModule op that OpenVINO has no conversion rule "
+        "for. Use format='onnx' (OpenVINO reads .onnx files directly: "
+        "openvino.Core().read_model('model.onnx')), or export from the "
+        "TensorFlow or torch backend."
     ),
     ("torch", "tensorflow"): (
         "Keras writes a torch ExportedProgram (.pt2) only from the torch "
