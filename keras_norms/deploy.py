@@ -171,6 +171,7 @@ def export(
     verify=True,
     sample=None,
     overwrite=False,
+    batch_size=None,
     **kwargs,
 ):
     """Write `model` for a deployment runtime, and check it runs there.
@@ -213,6 +214,11 @@ def export(
         sample: The input batch for the check (an array, or a list of
             arrays); `None` draws one.
         overwrite: Replace an existing file (or earlier export).
+        batch_size: `None` keeps the batch dimension dynamic; an integer
+            fixes it (Keras then exports with that static batch; on torch,
+            `"onnx"` uses torch.onnx's dynamo exporter instead of the
+            TorchScript one, which fails on some graphs). The check runs
+            the sample in chunks of `batch_size`.
         **kwargs: Passed to `model.export` (e.g. `opset_version` for
             ONNX, `input_signature`).
 
@@ -237,6 +243,35 @@ def export(
     """
     backend = keras.backend.backend()
     path = _check_arguments(model, filepath, format, fold, overwrite, backend)
+    if batch_size is not None:
+        if format == "tf_saved_model":
+            raise ValueError(
+                "Argument `batch_size` is not supported for "
+                "format='tf_saved_model' (its batch stays dynamic). "
+                f"Received: batch_size={batch_size!r}"
+            )
+        if "input_signature" in kwargs:
+            raise ValueError(
+                "Pass either `batch_size` or `input_signature`, not both. "
+                f"Received: batch_size={batch_size!r}"
+            )
+        if isinstance(batch_size, bool) or not isinstance(
+            batch_size, (int, np.integer)
+        ) or batch_size < 1:
+            raise ValueError(
+                "Argument `batch_size` must be None or an integer >= 1. "
+                f"Received: batch_size={batch_size!r}"
+            )
+        kwargs["input_signature"] = _static_signature(model, int(batch_size))
+        if sample is None:
+            sample = _sample_of(model, int(batch_size))
+        elif len(keras.tree.flatten(sample)[0]) % batch_size:
+            raise ValueError(
+                "Argument `sample` must have a multiple of `batch_size` rows "
+                "(the check runs it in chunks of batch_size). Received: "
+                f"batch_size={batch_size!r} and a sample of "
+                f"{len(keras.tree.flatten(sample)[0])} rows"
+            )
     if format == "tf_saved_model":
         return _export_saved_model(model, filepath, fold, sample, overwrite,
                                    **kwargs)
@@ -258,7 +293,11 @@ def export(
     try:
         staged = os.path.join(staging, os.path.basename(path))
         kwargs.setdefault("verbose", False)
-        exported.export(staged, format=format, **kwargs)
+        try:
+            exported.export(staged, format=format, **kwargs)
+        except Exception as e:
+            _explain_export_error(e, format, backend, batch_size)
+            raise
         if verify:
             _verify(model, staged, format, sample, staging, report)
         _check_target(path, filepath, overwrite)  # again: it may have changed
@@ -269,6 +308,45 @@ def export(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _static_signature(model, batch_size):
+    """The model's input specs with the batch dimension fixed."""
+    from keras.src.export.export_utils import get_input_signature
+
+    return keras.tree.map_structure(
+        lambda spec: keras.InputSpec(
+            shape=(batch_size,) + tuple(spec.shape[1:]),
+            dtype=spec.dtype,
+            name=getattr(spec, "name", None),
+        ),
+        get_input_signature(model),
+    )
+
+
+def _sample_of(model, batch_size):
+    """The default check sample, its rows repeated to `batch_size`."""
+    from keras_norms import inference
+
+    batch = inference.sample_batch(model)
+    return keras.tree.map_structure(
+        lambda x: np.resize(x, (batch_size,) + x.shape[1:]), batch
+    )
+
+
+def _explain_export_error(error, format, backend, batch_size):
+    """A clear error for an exporter failure with a known way around it."""
+    if format == "onnx" and backend == "torch" and batch_size is None:
+        raise ValueError(
+            "torch.onnx could not export the model with a dynamic batch "
+            "(Keras uses torch.onnx's TorchScript exporter for a dynamic "
+            "batch on torch, and it fails on some graphs, e.g. "
+            "channels-last group_norm): "
+            f"{type(error).__name__}: {str(error).strip()[-300:]}\n"
+            "Pass batch_size=N for an artifact with a static batch of N "
+            "(torch.onnx's dynamo exporter), or export from the TensorFlow "
+            "or JAX backend for a dynamic batch. Received: batch_size=None"
+        ) from error
 
 
 def _check_arguments(model, filepath, format, fold, overwrite, backend):

@@ -3,7 +3,9 @@
 Reads `build/export_matrix_<backend>.json`, written by
 `pytest tests/test_deploy.py --slow -k matrix` under each backend, so the
 docs' table comes from a run. A cell reads "ok" (verified in its runtime),
-"refused" (kn.deploy.export says why and what to use instead), "FAILS"
+"refused" (kn.deploy.export says why and what to use instead; "refused; ok
+with batch_size=4": refused with a dynamic batch, verified with a static
+one), "FAILS"
 (the exporter or runtime failed: see the JSON for the error), "-" (its
 runtime was not installed) or blank (not run).
 
@@ -30,10 +32,14 @@ def main(directory="build"):
     print("| layer | " + " | ".join(f"{b} {f}" for b, f in columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for layer in layers:
-        row = [
-            MARK.get(cells.get(f"{layer}|{b}|{f}", {}).get("result"), "")
-            for b, f in columns
-        ]
+        row = []
+        for b, f in columns:
+            key = f"{layer}|{b}|{f}"
+            mark = MARK.get(cells.get(key, {}).get("result"), "")
+            static = cells.get(f"{key}[batch_size=4]")
+            if static:  # refused with a dynamic batch; a static one tried
+                mark += f"; {MARK[static['result']]} with batch_size=4"
+            row.append(mark)
         print(f"| {layer} | " + " | ".join(row) + " |")
     failures = {k: v["why"] for k, v in cells.items() if v["result"] == "fails"}
     if failures:

@@ -124,6 +124,20 @@ def test_refused_format_says_what_to_use(tmp_path, format):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("batch_size", [0, 2.0, True])
+def test_bad_batch_size(tmp_path, batch_size):
+    with pytest.raises(ValueError, match="`batch_size`.*Received: batch_size="):
+        deploy.export(
+            _small_model(), tmp_path / "m.xml", format="openvino",
+            batch_size=batch_size,
+        )
+
+
+def test_batch_size_not_for_saved_model(tmp_path):
+    with pytest.raises(ValueError, match="tf_saved_model.*batch_size=2"):
+        deploy.export(_small_model(), tmp_path / "m", batch_size=2)
+
+
 def test_missing_runtime_names_the_install(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -303,9 +317,23 @@ def test_matrix(tmp_path, matrix, layer, format):
         matrix[key] = {"result": "skipped", "why": f"{missing} not installed"}
         pytest.skip(f"{missing} is not installed")
     try:
-        report = deploy.export(
-            _norm_model(layer), tmp_path / f"m{SUFFIX[format]}", format=format
-        )
+        try:
+            report = deploy.export(
+                _norm_model(layer), tmp_path / f"m{SUFFIX[format]}",
+                format=format,
+            )
+        except ValueError as e:
+            if "Pass batch_size=N" not in str(e):
+                raise
+            # Refused with a dynamic batch, saying to fix the batch: the
+            # cell records that, and whether the static batch verifies.
+            matrix[key] = {"result": "refused", "why": str(e)[:300]}
+            key = f"{key}[batch_size=4]"
+            report = deploy.export(
+                _norm_model(layer), tmp_path / f"m{SUFFIX[format]}",
+                format=format, batch_size=4,
+            )
+            assert report.static_batch == 4
     except Exception as e:  # recorded, and shown as an expected failure
         why = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
         matrix[key] = {"result": "fails", "why": why}
