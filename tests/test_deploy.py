@@ -170,6 +170,17 @@ def test_import_keras_norms_imports_no_runtime():
 # ----------------------------------------------------------------------
 # Each installed format on a CNN with several keras_norms layers
 # ----------------------------------------------------------------------
+def _options(format):
+    """Export options the small CNN needs for `format` on this backend.
+
+    On torch, torch.onnx's TorchScript exporter (Keras' choice for a dynamic
+    batch) fails on the channels-last group_norm: a static batch goes
+    through the dynamo exporter (`test_torch_onnx_dynamic_batch` checks
+    the refusal).
+    """
+    return {"batch_size": 4} if (format, BACKEND) == ("onnx", "torch") else {}
+
+
 def _usable(format):
     if (format, BACKEND) in deploy._REFUSED:
         pytest.skip(f"refused on {BACKEND}: {deploy._REFUSED[(format, BACKEND)]}")
@@ -186,7 +197,7 @@ def test_cnn_exports_and_verifies(tmp_path, format):
     _usable(format)
     model = _small_model()
     target = tmp_path / f"m{SUFFIX[format]}"
-    report = deploy.export(model, target, format=format)
+    report = deploy.export(model, target, format=format, **_options(format))
     assert report.verified and report.folded
     assert report.max_abs_difference <= report.tolerance
     assert os.path.exists(target)
@@ -207,14 +218,35 @@ def test_overwrite_replaces_only_after_verification(
     # earlier file must still be there, unchanged.
     monkeypatch.setattr(deploy, "RTOL", -1.0)
     with pytest.raises(ValueError, match="differs from the model"):
-        deploy.export(_small_model(), target, format=format, overwrite=True)
+        deploy.export(
+            _small_model(), target, format=format, overwrite=True,
+            **_options(format),
+        )
     assert target.read_text() == "earlier export"
     assert os.listdir(tmp_path) == [target.name]
     monkeypatch.undo()
     report = deploy.export(
-        _small_model(), target, format=format, overwrite=True
+        _small_model(), target, format=format, overwrite=True,
+        **_options(format),
     )
     assert report.verified and target.read_bytes() != b"earlier export"
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.onnx only")
+def test_torch_onnx_dynamic_batch(tmp_path):
+    _usable("onnx")
+    target = tmp_path / "m.onnx"
+    try:
+        report = deploy.export(_small_model(), target, format="onnx")
+    except ValueError as e:  # refused: says what to do, writes nothing
+        assert "Pass batch_size=N" in str(e)
+        assert not os.listdir(tmp_path)
+    else:  # a torch whose TorchScript exporter handles it
+        assert report.static_batch is None and report.verified
+    report = deploy.export(
+        _small_model(), target, format="onnx", batch_size=2, overwrite=True
+    )
+    assert report.static_batch == 2 and report.verified
 
 
 # ----------------------------------------------------------------------
