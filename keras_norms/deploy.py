@@ -457,6 +457,16 @@ def _require(format, backend, verify):
     if verify:
         needed.append(_RUNTIME[format][0])
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if "litert_torch" in missing:
+        raise ModuleNotFoundError(
+            "Exporting format='litert' from the torch backend needs "
+            "litert_torch (pip install litert-torch), not installed here and "
+            "not part of keras_norms[deploy]: litert-torch 0.8 requires "
+            "torch<2.10. Export LiteRT from the TensorFlow backend (load the "
+            ".keras file there; keras_norms layers are registered), or use "
+            "format='onnx' or 'torch'.",
+            name="litert_torch",
+        )
     if missing:
         raise ModuleNotFoundError(
             f"Exporting format={format!r} from the {backend} backend needs "
