@@ -17,6 +17,7 @@ from keras_norms import ops
 from keras_norms.callbacks import FoldAndExport
 from keras_norms.callbacks import PreciseBatchNorm
 from keras_norms.conversion import convert
+from keras_norms.deploy import export
 from keras_norms.conversion import convert_sync_batchnorm
 from keras_norms.saved_model import export_saved_model
 from keras_norms.folding import FoldReport
@@ -74,6 +75,7 @@ __all__ = [
     "batch_norm_statistics_report",
     "convert",
     "convert_sync_batchnorm",
+    "export",
     "export_saved_model",
     "fold_batch_norms",
     "ops",

@@ -312,7 +312,7 @@ def export(
 
 def _static_signature(model, batch_size):
     """The model's input specs with the batch dimension fixed."""
-    from keras.src.export.export_utils import get_input_signature
+    from keras_norms import _compat
 
     return keras.tree.map_structure(
         lambda spec: keras.InputSpec(
@@ -320,7 +320,7 @@ def _static_signature(model, batch_size):
             dtype=spec.dtype,
             name=getattr(spec, "name", None),
         ),
-        get_input_signature(model),
+        _compat.input_signature(model),
     )
 
 
@@ -373,9 +373,9 @@ def _check_arguments(model, filepath, format, fold, overwrite, backend):
             f"Received: model={model.name} (built=False)"
         )
     if fold:
-        from keras_norms import folding
+        from keras_norms import _graph
 
-        if not folding._is_graph_model(model):
+        if not _graph.is_graph_model(model):
             raise ValueError(
                 f"Cannot fold the subclassed model '{model.name}' "
                 f"({type(model).__name__}): its layer graph cannot be read. "
@@ -429,7 +429,7 @@ def _check_target(path, filepath, overwrite):
 
 
 def _export_saved_model(model, filepath, fold, sample, overwrite, **kwargs):
-    from keras_norms import export as saved_model
+    from keras_norms import saved_model
 
     result = saved_model.export(
         model, filepath, fold=fold, overwrite=overwrite, sample=sample,
