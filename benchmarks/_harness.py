@@ -149,7 +149,9 @@ def _native_torch(kind, axis, groups, ndim, c):
             var_ln = (var_in + mean_in**2).mean(1, keepdim=True) - mean_ln**2
             if training:
                 mean_bn = mean_in.mean(0, keepdim=True)
-                var_bn = (var_in + mean_in**2).mean(0, keepdim=True) - mean_bn**2
+                var_bn = (var_in + mean_in**2).mean(
+                    0, keepdim=True
+                ) - mean_bn**2
             else:
                 mean_bn, var_bn = rm.reshape(1, c, 1), rv.reshape(1, c, 1)
             wm = torch.softmax(params["mw"], 0)
@@ -263,19 +265,31 @@ def _native_tf(kind, axis, groups, ndim, c):
             fmt = "NHWC" if ax == 3 else "NCHW"
             if training:
                 y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                    x, params["gamma"], params["beta"], epsilon=EPS,
-                    data_format=fmt, is_training=True,
+                    x,
+                    params["gamma"],
+                    params["beta"],
+                    epsilon=EPS,
+                    data_format=fmt,
+                    is_training=True,
                 )
             else:
                 y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                    x, params["gamma"], params["beta"], rm, rv, epsilon=EPS,
-                    data_format=fmt, is_training=False,
+                    x,
+                    params["gamma"],
+                    params["beta"],
+                    rm,
+                    rv,
+                    epsilon=EPS,
+                    data_format=fmt,
+                    is_training=False,
                 )
             return y
         if kind == "LRN":  # the NHWC kernel (XLA lowers it too)
             if ax == ndim - 1:
                 return tf.nn.local_response_normalization(x)
-            y = tf.nn.local_response_normalization(tf.transpose(x, [0, 2, 3, 1]))
+            y = tf.nn.local_response_normalization(
+                tf.transpose(x, [0, 2, 3, 1])
+            )
             return tf.transpose(y, [0, 3, 1, 2])
         if kind == "BN":
             if training:
@@ -284,11 +298,17 @@ def _native_tf(kind, axis, groups, ndim, c):
                 mean, var = tf.reshape(rm, pshape), tf.reshape(rv, pshape)
             return affine(norm(x, mean, var), params)
         if kind == "LN":
-            return affine(norm(x, *tf.nn.moments(x, [ax], keepdims=True)), params)
+            return affine(
+                norm(x, *tf.nn.moments(x, [ax], keepdims=True)), params
+            )
         if kind in ("RMS", "FRN"):
             axes = [ax] if kind == "RMS" else spatial
             nu2 = tf.reduce_mean(tf.square(x), axes, keepdims=True)
-            y = x * tf.math.rsqrt(nu2 + EPS) * tf.reshape(params["gamma"], pshape)
+            y = (
+                x
+                * tf.math.rsqrt(nu2 + EPS)
+                * tf.reshape(params["gamma"], pshape)
+            )
             if kind == "RMS":
                 return y
             y = y + tf.reshape(params["beta"], pshape)
@@ -299,13 +319,17 @@ def _native_tf(kind, axis, groups, ndim, c):
             shape[ax : ax + 1] = [g, c // g]
             v = tf.reshape(x, tf.stack(shape))
             axes = [a for a in range(1, ndim + 1) if a != ax]
-            y = tf.reshape(norm(v, *tf.nn.moments(v, axes, keepdims=True)),
-                           tf.shape(x))
+            y = tf.reshape(
+                norm(v, *tf.nn.moments(v, axes, keepdims=True)), tf.shape(x)
+            )
             return affine(y, params)
         mean_in, var_in = tf.nn.moments(x, spatial, keepdims=True)
         if training:
             mean_bn = tf.reduce_mean(mean_in, 0, keepdims=True)
-            var_bn = tf.reduce_mean(var_in + mean_in**2, 0, keepdims=True) - mean_bn**2
+            var_bn = (
+                tf.reduce_mean(var_in + mean_in**2, 0, keepdims=True)
+                - mean_bn**2
+            )
         else:
             mean_bn, var_bn = tf.reshape(rm, pshape), tf.reshape(rv, pshape)
         if kind == "BIN":
@@ -315,7 +339,9 @@ def _native_tf(kind, axis, groups, ndim, c):
             )
             return affine(y, params)
         mean_ln = tf.reduce_mean(mean_in, ax, keepdims=True)
-        var_ln = tf.reduce_mean(var_in + mean_in**2, ax, keepdims=True) - mean_ln**2
+        var_ln = (
+            tf.reduce_mean(var_in + mean_in**2, ax, keepdims=True) - mean_ln**2
+        )
         wm, wv = tf.nn.softmax(params["mw"]), tf.nn.softmax(params["vw"])
         mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
         var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
@@ -346,7 +372,9 @@ def _torch_runner(fn_params, mode, x_np, up_np, disable_native=False):
         def run():
             with ctx():
                 y = fn(x, True, params)
-            return torch.autograd.grad((y * up).sum(), leaves, allow_unused=True)
+            return torch.autograd.grad(
+                (y * up).sum(), leaves, allow_unused=True
+            )
 
         run.memory = lambda: torch_saved_bytes(run)
         return run
@@ -382,12 +410,18 @@ def runner(contender, mode, execution, x_np, up_np, meta):
         layer.build(x_np.shape)
         if BACKEND == "torch":
             return _torch_runner(
-                _layer_fn_torch(layer), mode, x_np, up_np,
+                _layer_fn_torch(layer),
+                mode,
+                x_np,
+                up_np,
                 disable_native=contender == "ours_ops",
             )
         return _keras_runner(layer, mode, execution, x_np, up_np)
-    maker = {"torch": _native_torch, "jax": _native_jax,
-             "tensorflow": _native_tf}[BACKEND]
+    maker = {
+        "torch": _native_torch,
+        "jax": _native_jax,
+        "tensorflow": _native_tf,
+    }[BACKEND]
     fn_params = maker(kind, axis, groups, ndim, c)
     if fn_params is None:
         return None
@@ -431,6 +465,7 @@ def _keras_runner(layer, mode, execution, x_np, up_np):
             return layer.stateless_call(tv, ntv, x, **kwargs)
 
         if mode == "grad":
+
             def loss(tv, x):
                 y, new = fwd(tv, x, True)
                 return jnp.sum(y * up), new
@@ -451,6 +486,7 @@ def _keras_runner(layer, mode, execution, x_np, up_np):
 
     x, up = tf.constant(x_np), tf.constant(up_np)
     if mode == "grad":
+
         def f(x):
             with tf.GradientTape() as tape:
                 tape.watch(x)
@@ -480,6 +516,7 @@ def _jax_fn_runner(fn_params, mode, execution, x_np, up_np):
     fn, params = fn_params
     x, up = jnp.asarray(x_np), jnp.asarray(up_np)
     if mode == "grad":
+
         def loss(params, x):
             return jnp.sum(fn(x, True, params) * up)
 
@@ -505,6 +542,7 @@ def _tf_fn_runner(fn_params, mode, execution, x_np, up_np):
     # Every weight a contender may use (TF returns None for the unused ones).
     watched = [params["gamma"], params["beta"], params["tau"]]
     if mode == "grad":
+
         def f(x):
             with tf.GradientTape() as tape:
                 tape.watch(x)
@@ -560,8 +598,14 @@ def _jax_temp_bytes(f, *args):
 WARM_UP_CALLS = 4
 
 
-def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None,
-                     minima=None, clock=time.perf_counter):
+def time_interleaved(
+    runners,
+    rounds,
+    min_sample_s=0.004,
+    budget_s=None,
+    minima=None,
+    clock=time.perf_counter,
+):
     """Median seconds per call of each runner, interleaved over rounds.
 
     Where `minima` is a dict, it receives each runner's fastest sample too:
@@ -584,8 +628,11 @@ def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None,
             for _ in range(WARM_UP_CALLS):
                 runners[name]()
         except Exception as e:  # e.g. Keras' own LN on torch, axis=1
-            print(f"  {name} failed: {type(e).__name__}: "
-                  f"{str(e).strip().splitlines()[-1][:120]}", file=sys.stderr)
+            print(
+                f"  {name} failed: {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[-1][:120]}",
+                file=sys.stderr,
+            )
             del runners[name]
     names = list(runners)
     single = []
@@ -601,7 +648,7 @@ def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None,
     samples = {name: [] for name in names}
     start = time.perf_counter()
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             n = reps[name]
             t0 = clock()

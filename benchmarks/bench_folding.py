@@ -30,8 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_norms.saved_model import export_saved_model  # noqa: E402
 from keras_norms.folding import fold_batch_norms  # noqa: E402
+from keras_norms.saved_model import export_saved_model  # noqa: E402
 
 L = keras.layers
 
@@ -61,7 +61,9 @@ def randomize_statistics(model, seed=0):
         if isinstance(layer, L.BatchNormalization):
             c = layer.moving_mean.shape
             layer.moving_mean.assign(0.1 * rng.randn(*c).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2, c).astype("float32"))
+            layer.moving_variance.assign(
+                rng.uniform(0.5, 2, c).astype("float32")
+            )
 
 
 def compiled(model):
@@ -75,7 +77,9 @@ def compiled(model):
         import jax
 
         fn = jax.jit(
-            lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0]
+            lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[
+                0
+            ]
         )
         tv = [v.value for v in model.trainable_variables]
         ntv = [v.value for v in model.non_trainable_variables]
@@ -109,9 +113,9 @@ def main():
 
             serve = tf.saved_model.load(path).signatures["serving_default"]
             xt = tf.constant(x)
-            variants["folded+XLA SavedModel"] = lambda _: (
-                next(iter(serve(xt).values())).numpy()
-            )
+            variants["folded+XLA SavedModel"] = lambda _: next(
+                iter(serve(xt).values())
+            ).numpy()
         reference = variants["unfolded"](x)
         for name, fn in variants.items():
             err = np.abs(fn(x) - reference).max()  # also warms up

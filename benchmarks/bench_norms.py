@@ -74,7 +74,11 @@ def cases(preset, layers):
         return [c for c in out if c[0] in layers]
     for kind in GRID_LAYERS:
         for name, shape in SHAPES.items():
-            layouts = ("cl", "cf") if preset == "full" or name == "medium" else ("cl",)
+            layouts = (
+                ("cl", "cf")
+                if preset == "full" or name == "medium"
+                else ("cl",)
+            )
             for layout in layouts:
                 out.append((kind, name, shape, layout, 8))
     out.append(("LN", SEQUENCE[0], SEQUENCE[1], "cl", 1))
@@ -105,8 +109,11 @@ def run_backend(args):
         _limit_threads(args.threads)
     import _harness as H
 
-    print(f"keras_norms from {os.path.dirname(H.kn.__file__)}",
-          file=sys.stderr, flush=True)
+    print(
+        f"keras_norms from {os.path.dirname(H.kn.__file__)}",
+        file=sys.stderr,
+        flush=True,
+    )
     if H.BACKEND == "torch":
         executions = ("eager",)
         contenders = ("ours", "keras", "native", "ours_ops", "copy")
@@ -142,8 +149,11 @@ def run_backend(args):
                     runners[name] = run
                 minima = {}
                 medians = H.time_interleaved(
-                    runners, args.rounds, budget_s=args.cell_budget,
-                    minima=minima, clock=CLOCKS[args.clock],
+                    runners,
+                    args.rounds,
+                    budget_s=args.cell_budget,
+                    minima=minima,
+                    clock=CLOCKS[args.clock],
                 )
                 times = minima if args.estimator == "min" else medians
                 if mode == "grad" and not args.quick:
@@ -152,14 +162,20 @@ def run_backend(args):
                         if run is not None and hasattr(run, "memory"):
                             memory[name] = run.memory()
                 row = {
-                    "backend": H.BACKEND, "layer": kind, "shape": shape_name,
-                    "dims": list(x.shape), "layout": layout,
-                    "exec": execution, "mode": mode,
+                    "backend": H.BACKEND,
+                    "layer": kind,
+                    "shape": shape_name,
+                    "dims": list(x.shape),
+                    "layout": layout,
+                    "exec": execution,
+                    "mode": mode,
                     "ms": {k: 1e3 * v for k, v in times.items()},
-                    "estimator": args.estimator, "clock": args.clock,
+                    "estimator": args.estimator,
+                    "clock": args.clock,
                     "ms_median": {k: 1e3 * v for k, v in medians.items()},
                     "ms_min": {k: 1e3 * v for k, v in minima.items()},
-                    "mem": memory, "nbytes": int(x.nbytes),
+                    "mem": memory,
+                    "nbytes": int(x.nbytes),
                 }
                 rows.append(row)
                 print(format_row(row), flush=True, file=sys.stderr)
@@ -207,16 +223,19 @@ def ratios(row):
         "keras": ours / ms["keras"] if "keras" in ms else None,
         "native": ours / ms["native"] if "native" in ms else None,
         "ops": ms["ours_ops"] / ms["keras"]
-        if "ours_ops" in ms and "keras" in ms else None,
+        if "ours_ops" in ms and "keras" in ms
+        else None,
         "ops_native": ms["ours_ops"] / ms["native"]
-        if "ours_ops" in ms and "native" in ms else None,
+        if "ours_ops" in ms and "native" in ms
+        else None,
     }
     # floor bytes / time over the copy bandwidth (2 tensor sizes / copy time)
     r["floor"] = (ms["copy"] * H_FLOOR[row["mode"]] / 2.0) / ours
     mem = row.get("mem") or {}
     r["mem"] = (
         mem["ours"] / mem["native"]
-        if mem.get("ours") is not None and mem.get("native") else None
+        if mem.get("ours") is not None and mem.get("native")
+        else None
     )
     return r
 
@@ -230,7 +249,9 @@ HEADER = (
 
 
 def _fmt(v, spec="7.2f"):
-    return format(v, spec) if v is not None else "-".rjust(int(spec.split(".")[0]))
+    return (
+        format(v, spec) if v is not None else "-".rjust(int(spec.split(".")[0]))
+    )
 
 
 def format_row(row):
@@ -248,7 +269,9 @@ def summary(rows, keras_target=1.0, native_target=1.25):
     for backend in sorted({r["backend"] for r in rows}):
         sub = [r for r in rows if r["backend"] == backend]
         rk = [ratios(r)["keras"] for r in sub if ratios(r)["keras"] is not None]
-        rn = [ratios(r)["native"] for r in sub if ratios(r)["native"] is not None]
+        rn = [
+            ratios(r)["native"] for r in sub if ratios(r)["native"] is not None
+        ]
         parts = []
         # A selection of layers may have no keras twin (FRN, LRN) or no
         # native kernel (LRN on JAX): say so rather than fail.
@@ -271,6 +294,7 @@ def summary(rows, keras_target=1.0, native_target=1.25):
 def median_table(rows):
     """Markdown: per backend, execution and layer, medians over the cells
     of the medium and larger shapes (both layouts, every mode)."""
+
     def med(values, fmt="{:.2f}"):
         values = [v for v in values if v is not None]
         return fmt.format(statistics.median(values)) if values else "-"
@@ -284,9 +308,12 @@ def median_table(rows):
         for execution in ("eager", "compiled"):
             for layer in LAYERS:
                 sub = [
-                    ratios(r) for r in rows
-                    if r["backend"] == backend and r["exec"] == execution
-                    and r["layer"] == layer and r["shape"] != "small"
+                    ratios(r)
+                    for r in rows
+                    if r["backend"] == backend
+                    and r["exec"] == execution
+                    and r["layer"] == layer
+                    and r["shape"] != "small"
                 ]
                 if not sub:
                     continue
@@ -323,12 +350,19 @@ def _load_rows(patterns):
 
 
 def _cell(row):
-    return (row["backend"], row["exec"], row["layer"], row["shape"],
-            row["layout"], row["mode"])
+    return (
+        row["backend"],
+        row["exec"],
+        row["layer"],
+        row["shape"],
+        row["layout"],
+        row["mode"],
+    )
 
 
-def compare_table(before, after, keras_target=1.0, native_target=1.25,
-                  slower_by=1.10):
+def compare_table(
+    before, after, keras_target=1.0, native_target=1.25, slower_by=1.10
+):
     """Markdown: each cell measured in both runs, before and after.
 
     Columns: ours/keras and ours/native before and after (each run times
@@ -349,10 +383,17 @@ def compare_table(before, after, keras_target=1.0, native_target=1.25,
     ]
     order = {b: i for i, b in enumerate(BACKENDS)}
     misses, slower, native_misses, user_cells = [], [], [], 0
-    for row in sorted(after, key=lambda r: (
-        LAYERS.index(r["layer"]), order[r["backend"]], r["exec"],
-        r["shape"], ("cl", "cf").index(r["layout"]), MODES.index(r["mode"]),
-    )):
+    for row in sorted(
+        after,
+        key=lambda r: (
+            LAYERS.index(r["layer"]),
+            order[r["backend"]],
+            r["exec"],
+            r["shape"],
+            ("cl", "cf").index(r["layout"]),
+            MODES.index(r["mode"]),
+        ),
+    ):
         new = ratios(row)
         prev = old.get(_cell(row), {})
         k0, k1 = prev.get("keras"), new["keras"]
@@ -374,8 +415,7 @@ def compare_table(before, after, keras_target=1.0, native_target=1.25,
             misses.append(f"{name} ({k1:.2f})")
         if change is not None and change > slower_by:
             slower.append(f"{name} ({change:.2f})")
-        if (row["backend"] == "torch" and n1 is not None
-                and n1 > native_target):
+        if row["backend"] == "torch" and n1 is not None and n1 > native_target:
             native_misses.append(f"{name} ({n1:.2f})")
     medians = []
     for backend in BACKENDS:
@@ -383,9 +423,11 @@ def compare_table(before, after, keras_target=1.0, native_target=1.25,
         pairs = [
             (old[_cell(r)].get("keras"), ratios(r)["keras"])
             for r in after
-            if r["backend"] == backend and r["exec"] == execution
+            if r["backend"] == backend
+            and r["exec"] == execution
             and _cell(r) in old
-            and old[_cell(r)].get("keras") and ratios(r)["keras"]
+            and old[_cell(r)].get("keras")
+            and ratios(r)["keras"]
         ]
         if pairs:
             medians.append(
@@ -399,11 +441,14 @@ def compare_table(before, after, keras_target=1.0, native_target=1.25,
         "",
         f"Executions users run ({user_cells} cells): "
         f"ours/keras above {keras_target}: "
-        + (", ".join(misses) if misses else "none") + "; "
+        + (", ".join(misses) if misses else "none")
+        + "; "
         f"ratio more than {slower_by:.2f}x its before: "
-        + (", ".join(slower) if slower else "none") + "; "
+        + (", ".join(slower) if slower else "none")
+        + "; "
         f"torch ours/native above {native_target}: "
-        + (", ".join(native_misses) if native_misses else "none") + ".",
+        + (", ".join(native_misses) if native_misses else "none")
+        + ".",
     ]
     return "\n".join(lines)
 
@@ -425,12 +470,17 @@ def plot(rows, path):
             values = []
             for layer in LAYERS:
                 vals = [
-                    ratios(r)[key] for r in rows
-                    if r["backend"] == backend and r["layer"] == layer
+                    ratios(r)[key]
+                    for r in rows
+                    if r["backend"] == backend
+                    and r["layer"] == layer
                     and ratios(r)[key] is not None
                 ]
                 values.append(statistics.median(vals) if vals else float("nan"))
-            xs = [j + (i - (len(backends) - 1) / 2) * width for j in range(len(LAYERS))]
+            xs = [
+                j + (i - (len(backends) - 1) / 2) * width
+                for j in range(len(LAYERS))
+            ]
             ax.bar(xs, values, width, label=backend)
         ax.axhline(target, color="k", lw=0.8, ls="--")
         ax.set_xticks(range(len(LAYERS)), LAYERS)
@@ -450,41 +500,74 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run (seconds)")
     p.add_argument("--full", action="store_true", help="every shape x layout")
-    p.add_argument("--all", action="store_true",
-                   help="every backend in its own process (the default)")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="every backend in its own process (the default)",
+    )
     p.add_argument("--backends", nargs="+", default=list(BACKENDS))
     p.add_argument("--backend", help=argparse.SUPPRESS)  # child process
     p.add_argument("--layers", nargs="+", default=list(LAYERS))
     p.add_argument("--modes", nargs="+", default=list(MODES))
-    p.add_argument("--shapes", nargs="+", default=None,
-                   help="only these shape names (small, medium, large, seq, "
-                   "gn256)")
-    p.add_argument("--execs", nargs="+", default=None,
-                   choices=("eager", "compiled"),
-                   help="only these executions (torch runs eager only)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="compute threads per backend (1 on a shared machine)")
-    p.add_argument("--estimator", choices=("median", "min"),
-                   default="median",
-                   help="per-contender statistic the ratios use (both are "
-                   "saved): min on a heavily shared machine")
-    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
-                   help="wall time, or this process's CPU time (leaves out "
-                   "other processes' turns on a shared machine; use with "
-                   "--threads 1)")
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        help="only these shape names (small, medium, large, seq, gn256)",
+    )
+    p.add_argument(
+        "--execs",
+        nargs="+",
+        default=None,
+        choices=("eager", "compiled"),
+        help="only these executions (torch runs eager only)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="compute threads per backend (1 on a shared machine)",
+    )
+    p.add_argument(
+        "--estimator",
+        choices=("median", "min"),
+        default="median",
+        help="per-contender statistic the ratios use (both are "
+        "saved): min on a heavily shared machine",
+    )
+    p.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall time, or this process's CPU time (leaves out "
+        "other processes' turns on a shared machine; use with "
+        "--threads 1)",
+    )
     p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--cell-budget", type=float, default=None,
-                   help="seconds of timing per cell before stopping early")
+    p.add_argument(
+        "--cell-budget",
+        type=float,
+        default=None,
+        help="seconds of timing per cell before stopping early",
+    )
     p.add_argument("--json", help="save the rows here")
     p.add_argument("--from-json", help="print/plot saved rows, run nothing")
-    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
-                   help="JSON files (glob patterns) of two runs: print, or "
-                   "with --markdown write, their cell-by-cell table; runs "
-                   "nothing")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="JSON files (glob patterns) of two runs: print, or "
+        "with --markdown write, their cell-by-cell table; runs "
+        "nothing",
+    )
     p.add_argument("--plot", help="draw the ratio figure here")
     p.add_argument("--markdown", help="write the table of medians here")
-    p.add_argument("--timeout", type=float, default=900,
-                   help="seconds allowed per backend process")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=900,
+        help="seconds allowed per backend process",
+    )
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 3 if args.quick else 9
@@ -515,31 +598,54 @@ def main(argv=None):
     else:
         rows = []
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-        passthrough = _strip(passthrough, ("--json", "--plot", "--backends",
-                                           "--markdown",
-                                           "--timeout", "--from-json"))
+        passthrough = _strip(
+            passthrough,
+            (
+                "--json",
+                "--plot",
+                "--backends",
+                "--markdown",
+                "--timeout",
+                "--from-json",
+            ),
+        )
         for backend in args.backends:
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as t:
                 out = t.name
-            env = dict(os.environ, KERAS_BACKEND=backend,
-                       TF_CPP_MIN_LOG_LEVEL="3")
+            env = dict(
+                os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3"
+            )
             t0 = time.perf_counter()
             print(f"== {backend}", file=sys.stderr, flush=True)
             try:
                 subprocess.run(
-                    [sys.executable, os.path.abspath(__file__), "--backend",
-                     backend, "--json", out] + passthrough,
-                    env=env, check=True, timeout=args.timeout,
+                    [
+                        sys.executable,
+                        os.path.abspath(__file__),
+                        "--backend",
+                        backend,
+                        "--json",
+                        out,
+                    ]
+                    + passthrough,
+                    env=env,
+                    check=True,
+                    timeout=args.timeout,
                 )
                 with open(out) as f:
                     rows += json.load(f)
-            except (subprocess.CalledProcessError,
-                    subprocess.TimeoutExpired) as e:
+            except (
+                subprocess.CalledProcessError,
+                subprocess.TimeoutExpired,
+            ) as e:
                 print(f"{backend} failed: {e}", file=sys.stderr)
             finally:
                 os.unlink(out)
-            print(f"== {backend}: {time.perf_counter() - t0:.0f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"== {backend}: {time.perf_counter() - t0:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     print(HEADER)
     for row in rows:
         print(format_row(row))

@@ -49,13 +49,14 @@ from keras_norms.layers.batch_instance_normalization import (  # noqa: E402
 )
 from keras_norms.layers.batch_normalization import BatchNormalization  # noqa: E402
 from keras_norms.layers.group_normalization import GroupNormalization  # noqa: E402
-from keras_norms.layers.switchable_normalization import (  # noqa: E402
-    SwitchableNormalization,
-)
+from keras_norms.layers.switchable_normalization import SwitchableNormalization  # noqa: E402
 
 NORMS = {
     "BN": ("BatchNormalization", lambda: BatchNormalization()),
-    "GN": ("GroupNormalization(groups=4)", lambda: GroupNormalization(groups=4)),
+    "GN": (
+        "GroupNormalization(groups=4)",
+        lambda: GroupNormalization(groups=4),
+    ),
     "BIN": ("BatchInstanceNormalization", lambda: BatchInstanceNormalization()),
     "SN": ("SwitchableNormalization", lambda: SwitchableNormalization()),
 }
@@ -180,35 +181,65 @@ def main(argv=None):
     parser.add_argument(
         "--norms", nargs="+", default=list(NORMS), choices=list(NORMS)
     )
-    parser.add_argument("--base-lr", type=float, default=0.1,
-                        help="SGD learning rate at batch size 32")
+    parser.add_argument(
+        "--base-lr",
+        type=float,
+        default=0.1,
+        help="SGD learning rate at batch size 32",
+    )
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--train-size", type=int, default=None,
-                        help="use only the first N training images")
-    parser.add_argument("--quick", action="store_true",
-                        help="CI setting: 1 epoch, 128 images, BN and GN, "
-                        "batch sizes 32 and 4")
+    parser.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="use only the first N training images",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI setting: 1 epoch, 128 images, BN and GN, batch sizes 32 and 4",
+    )
     parser.add_argument("--out", default="outputs")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.train_size = 1, 128
         args.norms, args.batch_sizes = ["BN", "GN"], [32, 4]
     batch_sizes = sorted(set(args.batch_sizes), reverse=True)
-    print(f"keras {keras.__version__}, backend {keras.backend.backend()}, "
-          f"{args.epochs} epochs, base lr {args.base_lr}, seeds {args.seeds}")
-    results = study(args.norms, batch_sizes, args.epochs, args.base_lr,
-                    args.seeds, args.train_size)
+    print(
+        f"keras {keras.__version__}, backend {keras.backend.backend()}, "
+        f"{args.epochs} epochs, base lr {args.base_lr}, seeds {args.seeds}"
+    )
+    results = study(
+        args.norms,
+        batch_sizes,
+        args.epochs,
+        args.base_lr,
+        args.seeds,
+        args.train_size,
+    )
     print_table(results, batch_sizes)
     os.makedirs(args.out, exist_ok=True)
     figure = os.path.join(args.out, "batch_size_study.png")
-    title = (f"digits, {args.epochs} epochs at every batch size, "
-             f"SGD lr {args.base_lr} x batch/32")
+    title = (
+        f"digits, {args.epochs} epochs at every batch size, "
+        f"SGD lr {args.base_lr} x batch/32"
+    )
     plot(results, batch_sizes, figure, title)
     with open(os.path.join(args.out, "batch_size_study.json"), "w") as f:
-        json.dump({"backend": keras.backend.backend(), "epochs": args.epochs,
-                   "base_lr": args.base_lr, "seeds": args.seeds,
-                   "results": {n: {str(b): v for b, v in r.items()}
-                               for n, r in results.items()}}, f, indent=1)
+        json.dump(
+            {
+                "backend": keras.backend.backend(),
+                "epochs": args.epochs,
+                "base_lr": args.base_lr,
+                "seeds": args.seeds,
+                "results": {
+                    n: {str(b): v for b, v in r.items()}
+                    for n, r in results.items()
+                },
+            },
+            f,
+            indent=1,
+        )
     print(f"wrote {figure}")
     return results
 

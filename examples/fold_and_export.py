@@ -25,10 +25,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from keras_norms.saved_model import export_saved_model  # noqa: E402
-from keras_norms.saved_model import run_saved_model  # noqa: E402
 from keras_norms.folding import fold_batch_norms  # noqa: E402
 from keras_norms.layers.batch_normalization import BatchNormalization  # noqa: E402
+from keras_norms.saved_model import export_saved_model  # noqa: E402
+from keras_norms.saved_model import run_saved_model  # noqa: E402
 
 L = keras.layers
 

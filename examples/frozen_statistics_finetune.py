@@ -42,7 +42,6 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
@@ -90,17 +89,25 @@ def compile_model(model, learning_rate):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrain-epochs", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=5,
-                        help="fine-tuning epochs")
-    parser.add_argument("--batch-size", type=int, default=2,
-                        help="fine-tuning batch size")
-    parser.add_argument("--finetune-size", type=int, default=200,
-                        help="number of 5-9 training images to fine-tune on")
+    parser.add_argument(
+        "--epochs", type=int, default=5, help="fine-tuning epochs"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=2, help="fine-tuning batch size"
+    )
+    parser.add_argument(
+        "--finetune-size",
+        type=int,
+        default=200,
+        help="number of 5-9 training images to fine-tune on",
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="CI setting: 1 pretraining and 1 fine-tuning "
-                        "epoch on 40 images")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI setting: 1 pretraining and 1 fine-tuning epoch on 40 images",
+    )
     parser.add_argument("--out", default="outputs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -117,14 +124,19 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     pretrained = build_model(x_old)
     compile_model(pretrained, 3e-3)
-    pretrained.fit(x_old, y_old, epochs=args.pretrain_epochs, batch_size=32,
-                   verbose=0)
-    _, acc_old = pretrained.evaluate(x_test[~test_new], y_test[~test_new],
-                                     verbose=0)
-    _, acc_before = pretrained.evaluate(x_test[test_new], y_test[test_new],
-                                        verbose=0)
-    print(f"pretrained on 0-4: test accuracy on 0-4 {acc_old:.4f}, "
-          f"on 5-9 {acc_before:.4f}")
+    pretrained.fit(
+        x_old, y_old, epochs=args.pretrain_epochs, batch_size=32, verbose=0
+    )
+    _, acc_old = pretrained.evaluate(
+        x_test[~test_new], y_test[~test_new], verbose=0
+    )
+    _, acc_before = pretrained.evaluate(
+        x_test[test_new], y_test[test_new], verbose=0
+    )
+    print(
+        f"pretrained on 0-4: test accuracy on 0-4 {acc_old:.4f}, "
+        f"on 5-9 {acc_before:.4f}"
+    )
     weights = pretrained.get_weights()
 
     variants = {
@@ -142,14 +154,22 @@ def main(argv=None):
                 if isinstance(layer, BatchNormalization):
                     layer.trainable = False
         compile_model(model, args.learning_rate)
-        model.fit(x_new, y_new, epochs=args.epochs,
-                  batch_size=args.batch_size, verbose=0)
-        _, accuracy = model.evaluate(x_test[test_new], y_test[test_new],
-                                     verbose=0)
+        model.fit(
+            x_new,
+            y_new,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            verbose=0,
+        )
+        _, accuracy = model.evaluate(
+            x_test[test_new], y_test[test_new], verbose=0
+        )
         results[name] = float(accuracy)
 
-    print(f"\nfine-tuned on {len(x_new)} images of 5-9, batch size "
-          f"{args.batch_size}, {args.epochs} epochs")
+    print(
+        f"\nfine-tuned on {len(x_new)} images of 5-9, batch size "
+        f"{args.batch_size}, {args.epochs} epochs"
+    )
     print(f"{'BatchNorm during fine-tuning':<28}{'test accuracy on 5-9':>22}")
     for name, accuracy in results.items():
         print(f"{name:<28}{accuracy:>22.4f}")

@@ -32,15 +32,24 @@ N, C, S = 6, 6, 4  # cells along batch, channels, flattened H*W
 NORMS = [
     ("Batch Norm", "per channel, over N, H, W", lambda n, c: c == 0),
     ("Layer Norm", "per sample, over C, H, W", lambda n, c: n == 0),
-    ("Instance Norm", "per sample & channel, over H, W",
-     lambda n, c: n == 0 and c == 0),
-    ("Group Norm (G=2)", "per sample & group, over C/G, H, W",
-     lambda n, c: n == 0 and c < C // 2),
+    (
+        "Instance Norm",
+        "per sample & channel, over H, W",
+        lambda n, c: n == 0 and c == 0,
+    ),
+    (
+        "Group Norm (G=2)",
+        "per sample & group, over C/G, H, W",
+        lambda n, c: n == 0 and c < C // 2,
+    ),
 ]
-BIN = ("Batch-Instance Norm", "learned mix rho*BN + (1-rho)*IN",
-       lambda n, c: c == 0, lambda n, c: n == 0 and c == 0)
-SN = ("Switchable Norm", "learned mix of IN, LN, BN moments",
-      None, None)
+BIN = (
+    "Batch-Instance Norm",
+    "learned mix rho*BN + (1-rho)*IN",
+    lambda n, c: c == 0,
+    lambda n, c: n == 0 and c == 0,
+)
+SN = ("Switchable Norm", "learned mix of IN, LN, BN moments", None, None)
 
 BLUE = (0.25, 0.45, 0.85, 0.95)
 PALE = (0.93, 0.94, 0.97, 1.0)
@@ -50,12 +59,25 @@ ORANGE = (0.95, 0.55, 0.15, 0.95)
 def _cube_faces(x, y, z, dx=1.0, dy=1.0, dz=1.0):
     """The six faces of an axis-aligned box, as lists of 3D corners."""
     p = np.array(
-        [[x, y, z], [x + dx, y, z], [x + dx, y + dy, z], [x, y + dy, z],
-         [x, y, z + dz], [x + dx, y, z + dz], [x + dx, y + dy, z + dz],
-         [x, y + dy, z + dz]]
+        [
+            [x, y, z],
+            [x + dx, y, z],
+            [x + dx, y + dy, z],
+            [x, y + dy, z],
+            [x, y, z + dz],
+            [x + dx, y, z + dz],
+            [x + dx, y + dy, z + dz],
+            [x, y + dy, z + dz],
+        ]
     )
-    idx = [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 5, 4], [2, 3, 7, 6],
-           [1, 2, 6, 5], [0, 3, 7, 4]]
+    idx = [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [0, 1, 5, 4],
+        [2, 3, 7, 6],
+        [1, 2, 6, 5],
+        [0, 3, 7, 4],
+    ]
     return [p[i] for i in idx]
 
 
@@ -82,9 +104,12 @@ def draw_cube(ax, colour_of):
                 if c == C - 1:
                     faces.append(box[4])
                     colours.append(colour_of(n, c))
-    collection = Poly3DCollection(faces, facecolors=colours,
-                                  edgecolors=(0.2, 0.2, 0.2, 0.6),
-                                  linewidths=0.4)
+    collection = Poly3DCollection(
+        faces,
+        facecolors=colours,
+        edgecolors=(0.2, 0.2, 0.2, 0.6),
+        linewidths=0.4,
+    )
     ax.add_collection3d(collection)
     ax.set_xlim(0, C)
     ax.set_ylim(0, N)
@@ -136,9 +161,13 @@ def draw(path, with_learned=True):
     fig.suptitle(
         "Cells normalized with one shared mean and variance (blue); "
         "BIN/SN mix the coloured groups (orange: IN, green: LN, blue: BN)",
-        fontsize=9, y=0.02, va="bottom")
-    fig.subplots_adjust(left=0.0, right=1.0, top=0.92, bottom=0.06,
-                        wspace=0.0, hspace=0.15)
+        fontsize=9,
+        y=0.02,
+        va="bottom",
+    )
+    fig.subplots_adjust(
+        left=0.0, right=1.0, top=0.92, bottom=0.06, wspace=0.0, hspace=0.15
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -146,8 +175,9 @@ def draw(path, with_learned=True):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs")
-    parser.add_argument("--no-learned", action="store_true",
-                        help="draw only BN, LN, IN and GN")
+    parser.add_argument(
+        "--no-learned", action="store_true", help="draw only BN, LN, IN and GN"
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "normalization_axes.png")

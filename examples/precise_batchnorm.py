@@ -76,8 +76,11 @@ def fold_and_export(model, x_test, y_test, export):
     except ImportError:  # folding not available in this checkout
         return {}
     folded = fold_batch_norms(model, verbose=0)
-    out = {"folded": accuracy(keras.ops.convert_to_numpy(
-        folded(x_test, training=False)), y_test)}
+    out = {
+        "folded": accuracy(
+            keras.ops.convert_to_numpy(folded(x_test, training=False)), y_test
+        )
+    }
     if export:
         from keras_norms.saved_model import export_saved_model
         from keras_norms.saved_model import run_saved_model
@@ -105,10 +108,18 @@ def draw(path, accuracies, before, after):
     ax1.tick_params(axis="x", labelrotation=20)
     layers = list(before)
     pos = np.arange(len(layers))
-    ax2.bar(pos - 0.2, [before[n]["mean_shift"] for n in layers], 0.4,
-            label="moving")
-    ax2.bar(pos + 0.2, [after[n]["mean_shift"] for n in layers], 0.4,
-            label="precise")
+    ax2.bar(
+        pos - 0.2,
+        [before[n]["mean_shift"] for n in layers],
+        0.4,
+        label="moving",
+    )
+    ax2.bar(
+        pos + 0.2,
+        [after[n]["mean_shift"] for n in layers],
+        0.4,
+        label="precise",
+    )
     ax2.set_xticks(pos, layers)
     ax2.set_ylabel("largest mean shift (std units)")
     ax2.legend()
@@ -134,8 +145,9 @@ def main(argv=None):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=BATCH_SIZE,
-              verbose=2)
+    model.fit(
+        x_train, y_train, epochs=args.epochs, batch_size=BATCH_SIZE, verbose=2
+    )
 
     print("\nWith the moving statistics:")
     before = batch_norm_statistics_report(model, x_train, batch_size=BATCH_SIZE)
@@ -149,8 +161,10 @@ def main(argv=None):
         fold_and_export(model, x_test, y_test, export=not args.no_export)
     )
 
-    print(f"\ntest accuracy after {args.epochs} epoch(s), "
-          f"momentum {args.momentum}:")
+    print(
+        f"\ntest accuracy after {args.epochs} epoch(s), "
+        f"momentum {args.momentum}:"
+    )
     for name, value in accuracies.items():
         print(f"  {name:<20}{value:.4f}")
     if args.out:

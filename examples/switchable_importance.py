@@ -30,10 +30,8 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from keras_norms import inspection  # noqa: E402
-from keras_norms.layers.switchable_normalization import (  # noqa: E402
-    SWITCH_NAMES,
-    SwitchableNormalization,
-)
+from keras_norms.layers.switchable_normalization import SWITCH_NAMES  # noqa: E402
+from keras_norms.layers.switchable_normalization import SwitchableNormalization  # noqa: E402
 
 SMALL = os.environ.get("KERAS_NORMS_EXAMPLE_SMALL", "") not in ("", "0")
 
@@ -78,7 +76,9 @@ def plot_importances(importances, path):
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("softmax weight")
     axes[0].legend(title="moments", fontsize=8)
-    fig.suptitle(f"SwitchableNormalization on digits ({keras.backend.backend()})")
+    fig.suptitle(
+        f"SwitchableNormalization on digits ({keras.backend.backend()})"
+    )
     fig.tight_layout()
     directory = os.path.dirname(path)
     if directory:
@@ -105,7 +105,10 @@ def main(argv=None):
         metrics=["accuracy"],
     )
     model.fit(
-        x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
+        x_train,
+        y_train,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
         verbose=0,
     )
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)

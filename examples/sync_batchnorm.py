@@ -23,7 +23,10 @@ import tensorflow as tf  # noqa: E402
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     _cpu,
-    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+    [
+        tf.config.LogicalDeviceConfiguration(),
+        tf.config.LogicalDeviceConfiguration(),
+    ],
 )
 
 import keras  # noqa: E402
@@ -31,9 +34,7 @@ import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
-from keras_norms.layers.sync_batch_normalization import (  # noqa: E402
-    SyncBatchNormalization,
-)
+from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization  # noqa: E402
 
 
 def build_model():
@@ -87,11 +88,16 @@ def main(argv=None):
     # so every replica holds the same values.
     for layer in model.layers:
         if isinstance(layer, SyncBatchNormalization):
-            copies = strategy.experimental_local_results(layer.moving_variance.value)
-            same = all(
-                np.array_equal(np.asarray(copies[0]), np.asarray(c)) for c in copies
+            copies = strategy.experimental_local_results(
+                layer.moving_variance.value
             )
-            print(f"{layer.name}: moving statistics identical on replicas: {same}")
+            same = all(
+                np.array_equal(np.asarray(copies[0]), np.asarray(c))
+                for c in copies
+            )
+            print(
+                f"{layer.name}: moving statistics identical on replicas: {same}"
+            )
     return accuracy
 
 

@@ -17,9 +17,8 @@ from keras_norms import ops
 from keras_norms.callbacks import FoldAndExport
 from keras_norms.callbacks import PreciseBatchNorm
 from keras_norms.conversion import convert
-from keras_norms.deploy import export
 from keras_norms.conversion import convert_sync_batchnorm
-from keras_norms.saved_model import export_saved_model
+from keras_norms.deploy import export
 from keras_norms.folding import FoldReport
 from keras_norms.folding import fold_batch_norms
 from keras_norms.inference import InferenceReport
@@ -46,6 +45,7 @@ from keras_norms.layers import WeightNormalization
 from keras_norms.layers import WeightStandardization
 from keras_norms.precise import batch_norm_statistics_report
 from keras_norms.precise import recompute_batch_norm_statistics
+from keras_norms.saved_model import export_saved_model
 
 __version__ = "0.1.0"
 

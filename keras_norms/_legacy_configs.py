@@ -61,9 +61,7 @@ def _group_normalization(config):
 
 
 def _instance_normalization(config):
-    from keras_norms.layers.instance_normalization import (
-        InstanceNormalization,
-    )
+    from keras_norms.layers.instance_normalization import InstanceNormalization
 
     groups = config.pop("groups", -1)
     if groups not in (-1, None):

@@ -191,7 +191,9 @@ def check_axis_argument(axis, allow_list=False):
     if is_integer(axis):
         return int(axis)
     expected = (
-        "an int or a non-empty list of distinct ints" if allow_list else "an int"
+        "an int or a non-empty list of distinct ints"
+        if allow_list
+        else "an int"
     )
     message = f"Argument `axis` must be {expected}. Received: axis={axis!r}"
     if allow_list and isinstance(axis, (list, tuple)):

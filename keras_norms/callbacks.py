@@ -18,9 +18,9 @@ import warnings
 import keras
 
 from keras_norms import _validation
-from keras_norms import saved_model
 from keras_norms import inference
 from keras_norms import precise
+from keras_norms import saved_model
 
 __all__ = ["FoldAndExport", "PreciseBatchNorm"]
 
@@ -146,7 +146,6 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if not self._fresh:
             self._recompute("end")
-
 
 
 class FoldAndExport(keras.callbacks.Callback):
@@ -373,9 +372,7 @@ def _check_precise_statistics(value):
         x, steps = value
     else:
         x, steps = value, None
-    if steps is not None and not (
-        _validation.is_integer(steps) and steps > 0
-    ):
+    if steps is not None and not (_validation.is_integer(steps) and steps > 0):
         error = ValueError if _validation.is_integer(steps) else TypeError
         raise error(
             "Argument `precise_statistics` must be `x` or `(x, steps)` with "

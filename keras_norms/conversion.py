@@ -155,9 +155,7 @@ def convert_sync_batchnorm(model):
         >>> isinstance(synced.layers[-1], kn.SyncBatchNormalization)
         True
     """
-    _graph.check_graph_model(
-        model, "convert the BatchNormalization layers of"
-    )
+    _graph.check_graph_model(model, "convert the BatchNormalization layers of")
     sources = (keras.layers.BatchNormalization, _bn.BatchNormalization)
 
     def target(layer):

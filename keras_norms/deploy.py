@@ -255,9 +255,11 @@ def export(
                 "Pass either `batch_size` or `input_signature`, not both. "
                 f"Received: batch_size={batch_size!r}"
             )
-        if isinstance(batch_size, bool) or not isinstance(
-            batch_size, (int, np.integer)
-        ) or batch_size < 1:
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1
+        ):
             raise ValueError(
                 "Argument `batch_size` must be None or an integer >= 1. "
                 f"Received: batch_size={batch_size!r}"
@@ -273,8 +275,9 @@ def export(
                 f"{len(keras.tree.flatten(sample)[0])} rows"
             )
     if format == "tf_saved_model":
-        return _export_saved_model(model, filepath, fold, sample, overwrite,
-                                   **kwargs)
+        return _export_saved_model(
+            model, filepath, fold, sample, overwrite, **kwargs
+        )
     _require(format, backend, verify)
 
     exported = model
@@ -302,9 +305,7 @@ def export(
             _verify(model, staged, format, sample, staging, report)
         _check_target(path, filepath, overwrite)  # again: it may have changed
         for name in _artifact_files(path):
-            os.replace(
-                os.path.join(staging, os.path.basename(name)), name
-            )
+            os.replace(os.path.join(staging, os.path.basename(name)), name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
@@ -363,8 +364,7 @@ def _check_arguments(model, filepath, format, fold, overwrite, backend):
         )
     if not isinstance(model, keras.Model):
         raise TypeError(
-            "Argument `model` must be a keras.Model. "
-            f"Received: model={model!r}"
+            f"Argument `model` must be a keras.Model. Received: model={model!r}"
         )
     if not model.built:
         raise ValueError(
@@ -432,8 +432,13 @@ def _export_saved_model(model, filepath, fold, sample, overwrite, **kwargs):
     from keras_norms import saved_model
 
     result = saved_model.export(
-        model, filepath, fold=fold, overwrite=overwrite, sample=sample,
-        verbose=0, **kwargs
+        model,
+        filepath,
+        fold=fold,
+        overwrite=overwrite,
+        sample=sample,
+        verbose=0,
+        **kwargs,
     )
     check = result.check
     return DeployReport(

@@ -68,9 +68,7 @@ class FoldReport:
         return "\n".join(lines)
 
     def __repr__(self):
-        return (
-            f"FoldReport(folded={self.folded!r}, affine={self.affine!r})"
-        )
+        return f"FoldReport(folded={self.folded!r}, affine={self.affine!r})"
 
 
 def fold_batch_norms(model, verbose="auto", return_report=False):

@@ -660,9 +660,7 @@ def _fold_forward(model, report, normalizations, reasons, prefix):
         if why is None:
             report.folded_forward.append((name, prefix + consumer.name))
         elif name in normalizations:
-            report.affine.append(
-                (name, f"a keras.layers.Normalization; {why}")
-            )
+            report.affine.append((name, f"a keras.layers.Normalization; {why}"))
         elif name in reasons:
             report.affine.append((name, f"{reasons[name]}; {why}"))
 

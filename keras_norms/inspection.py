@@ -88,8 +88,15 @@ def format_importances(importances, digits=3):
     sn_1      0.201    0.305    0.494   0.150   0.402   0.448
     ```
     """
-    headers = ["layer", "mean IN", "mean LN", "mean BN", "var IN", "var LN",
-               "var BN"]
+    headers = [
+        "layer",
+        "mean IN",
+        "mean LN",
+        "mean BN",
+        "var IN",
+        "var LN",
+        "var BN",
+    ]
     rows = []
     for name, parts in importances.items():
         row = [name]

@@ -641,7 +641,9 @@ def batch_norm_statistics_report(
         eps = float(getattr(layer, "epsilon", 0.0))
         moving_mean = _numpy(layer.moving_mean).astype(np.float64)
         moving_var = _numpy(layer.moving_variance).astype(np.float64)
-        shift = np.abs(moving_mean - mean) / np.sqrt(np.maximum(variance, 0) + eps)
+        shift = np.abs(moving_mean - mean) / np.sqrt(
+            np.maximum(variance, 0) + eps
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.abs(
                 np.log((np.maximum(moving_var, 0) + eps) / (variance + eps))

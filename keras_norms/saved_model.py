@@ -218,9 +218,7 @@ def export(
     """`export_saved_model`, returning an `ExportResult` (for callbacks)."""
     filepath = os.fspath(filepath)
     verbose = _validation.check_verbose(verbose)
-    atol, rtol, on_mismatch = inference.check_tolerance(
-        atol, rtol, on_mismatch
-    )
+    atol, rtol, on_mismatch = inference.check_tolerance(atol, rtol, on_mismatch)
     target = check_target(filepath, overwrite)
     if not isinstance(model, keras.Model) or not model.built:
         error = TypeError if not isinstance(model, keras.Model) else ValueError
@@ -246,7 +244,9 @@ def export(
         report.check.enforce(
             on_mismatch,
             " Nothing was exported (pass fold=False to export the model as "
-            "it is)." if on_mismatch == "raise" else "",
+            "it is)."
+            if on_mismatch == "raise"
+            else "",
         )
     inputs = [
         np.asarray(x)
@@ -384,7 +384,8 @@ def _replace(staging, target):
         os.rename(staging, target)
         return
     aside = tempfile.mkdtemp(
-        prefix=f".{os.path.basename(target)}.", suffix=".old",
+        prefix=f".{os.path.basename(target)}.",
+        suffix=".old",
         dir=os.path.dirname(target),
     )
     old = os.path.join(aside, "previous")

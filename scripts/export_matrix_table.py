@@ -19,12 +19,19 @@ import sys
 
 FORMATS = ("tf_saved_model", "onnx", "litert", "openvino", "torch")
 BACKENDS = ("tensorflow", "jax", "torch")
-MARK = {"verified": "ok", "refused": "refused", "fails": "FAILS", "skipped": "-"}
+MARK = {
+    "verified": "ok",
+    "refused": "refused",
+    "fails": "FAILS",
+    "skipped": "-",
+}
 
 
 def main(directory="build"):
     cells = {}
-    for path in sorted(glob.glob(os.path.join(directory, "export_matrix_*.json"))):
+    for path in sorted(
+        glob.glob(os.path.join(directory, "export_matrix_*.json"))
+    ):
         with open(path) as f:
             cells.update(json.load(f))
     layers = sorted({key.split("|")[0] for key in cells})

@@ -194,7 +194,9 @@ def group_norm(x, groups, channel_axis, gamma, beta, epsilon, dtype):
     if gamma is None and beta is not None:
         # torch 2.13's group_norm backward fails ("tensor does not have a
         # device") with a bias but no weight: pass a constant weight of 1.
-        gamma = torch.ones(x.shape[channel_axis], dtype=x.dtype, device=x.device)
+        gamma = torch.ones(
+            x.shape[channel_axis], dtype=x.dtype, device=x.device
+        )
     if channel_axis == 1:
         # The contiguous kernel is two-pass (Welford): no shift needed.
         return F.group_norm(x.contiguous(), groups, gamma, beta, epsilon)
@@ -262,9 +264,7 @@ def batch_norm(
     else:
         view = x.contiguous()
     if mean is not None:
-        y = F.batch_norm(
-            view, mean, variance, gamma, beta, False, 0.0, epsilon
-        )
+        y = F.batch_norm(view, mean, variance, gamma, beta, False, 0.0, epsilon)
         return y.reshape(x.shape)
     batch_mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
     batch_variance = torch.zeros(channels, dtype=x.dtype, device=x.device)
@@ -277,7 +277,9 @@ def batch_norm(
     return y.reshape(x.shape), batch_mean, batch_variance
 
 
-def local_response_norm(x, channel_axis, depth_radius, bias, alpha, beta, dtype):
+def local_response_norm(
+    x, channel_axis, depth_radius, bias, alpha, beta, dtype
+):
     """TensorFlow's LRN kernel (`tf_fused.local_response_norm`), or `None`.
 
     No torch kernel: `F.local_response_norm` runs the same average pool

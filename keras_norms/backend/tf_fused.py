@@ -126,7 +126,9 @@ def batch_norm(
     return y, batch_mean, batch_variance * bessel
 
 
-def local_response_norm(x, channel_axis, depth_radius, bias, alpha, beta, dtype):
+def local_response_norm(
+    x, channel_axis, depth_radius, bias, alpha, beta, dtype
+):
     """TensorFlow's `LRN` kernel for rank-4 channels-last float32 outside
     XLA (the one case its CPU kernel takes), else `None`. Eager, forward
     and backward, it measured 4.2x faster than the `keras.ops` path on

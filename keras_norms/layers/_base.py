@@ -41,12 +41,10 @@ compiled or cached behind the caller.
 import keras
 from keras import constraints
 from keras import initializers
-from keras import ops
 from keras import regularizers
 
 from keras_norms import _validation
 from keras_norms import ops as kn_ops
-
 
 # The arguments of `Normalization.__init__`, which subclasses spell out in
 # their own signatures (drop-in parity with keras.layers) and pass on.
@@ -263,4 +261,3 @@ class Normalization(keras.layers.Layer):
             }
         )
         return config
-

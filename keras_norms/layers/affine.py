@@ -8,8 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_norms import ops as kn_ops
 from keras_norms import _validation
+from keras_norms import ops as kn_ops
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")

@@ -4,7 +4,6 @@ import keras
 from keras import initializers
 from keras import ops
 
-from keras_norms import ops as kn_ops
 from keras_norms.layers import _mixed_statistics
 
 
@@ -31,7 +30,9 @@ class ClipToUnitInterval(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")
-class BatchInstanceNormalization(_mixed_statistics.MixedStatisticsNormalization):
+class BatchInstanceNormalization(
+    _mixed_statistics.MixedStatisticsNormalization
+):
     """Batch-Instance normalization (Nam & Kim, 2018).
 
     A learned per-channel blend of batch and instance normalization, for
@@ -179,7 +180,5 @@ class BatchInstanceNormalization(_mixed_statistics.MixedStatisticsNormalization)
 
     def get_config(self):
         config = super().get_config()
-        config["rho_initializer"] = initializers.serialize(
-            self.rho_initializer
-        )
+        config["rho_initializer"] = initializers.serialize(self.rho_initializer)
         return config

@@ -93,9 +93,7 @@ class EvoNormS0(_base.Normalization):
         self._num_groups = _validation.resolve_groups(
             self.groups, input_shape[channel_axis], self.axis
         )
-        return tuple(
-            a for a in range(1, len(input_shape)) if a != channel_axis
-        )
+        return tuple(a for a in range(1, len(input_shape)) if a != channel_axis)
 
     def build(self, input_shape):
         super().build(input_shape)

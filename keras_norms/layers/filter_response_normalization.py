@@ -6,9 +6,9 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
+from keras_norms import _validation
 from keras_norms import ops as kn_ops
 from keras_norms.layers import _base
-from keras_norms import _validation
 
 # The learned epsilon starts here, as in TensorFlow Addons.
 _LEARNED_EPSILON_INIT = 1e-4
@@ -176,12 +176,8 @@ class FilterResponseNormalization(_base.Normalization):
                 "learned_epsilon_constraint": constraints.serialize(
                     self.learned_epsilon_constraint
                 ),
-                "tau_initializer": initializers.serialize(
-                    self.tau_initializer
-                ),
-                "tau_regularizer": regularizers.serialize(
-                    self.tau_regularizer
-                ),
+                "tau_initializer": initializers.serialize(self.tau_initializer),
+                "tau_regularizer": regularizers.serialize(self.tau_regularizer),
                 "tau_constraint": constraints.serialize(self.tau_constraint),
             }
         )

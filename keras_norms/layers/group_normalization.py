@@ -1,11 +1,10 @@
 """GroupNormalization: channels split into groups, normalized per sample."""
 
 import keras
-from keras import ops
 
+from keras_norms import _validation
 from keras_norms import ops as kn_ops
 from keras_norms.layers import _base
-from keras_norms import _validation
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")
@@ -85,9 +84,7 @@ class GroupNormalization(_base.Normalization):
         self._num_groups = _validation.resolve_groups(
             self.groups, input_shape[channel_axis], self.axis
         )
-        return tuple(
-            a for a in range(1, len(input_shape)) if a != channel_axis
-        )
+        return tuple(a for a in range(1, len(input_shape)) if a != channel_axis)
 
     def _normalize(self, x, training, mask):
         (axis,) = self._param_axes

@@ -3,10 +3,10 @@
 import keras
 from keras import ops
 
+from keras_norms import _validation
 from keras_norms import ops as kn_ops
 from keras_norms.layers import _base
 from keras_norms.layers import _moving
-from keras_norms import _validation
 
 
 @keras.saving.register_keras_serializable(package="keras_norms")

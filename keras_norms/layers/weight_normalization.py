@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_norms import ops as kn_ops
 from keras_norms import _validation
+from keras_norms import ops as kn_ops
 
 # Added to the squared norm of `v` before the reciprocal square root, as in
 # `tf.math.l2_normalize`: an all-zero unit gives a zero kernel, not NaN.
@@ -243,7 +243,9 @@ class WeightNormalization(keras.layers.Wrapper):
             g, bias = self._gain_and_bias()
             outputs = self._linear(x, ops.cast(direction * g, dtype))
             if bias is not None:
-                outputs = outputs + self._per_unit(bias, len(outputs.shape), dtype)
+                outputs = outputs + self._per_unit(
+                    bias, len(outputs.shape), dtype
+                )
         if self.layer.activation is not None:
             outputs = self.layer.activation(outputs)
         return outputs
@@ -259,9 +261,7 @@ class WeightNormalization(keras.layers.Wrapper):
         dtype = self.compute_dtype
         t = self._linear(x, ops.cast(direction, dtype))
         ndim = len(t.shape)
-        stat_axes = tuple(
-            a for a in range(ndim) if a != self._unit_axis % ndim
-        )
+        stat_axes = tuple(a for a in range(ndim) if a != self._unit_axis % ndim)
         g = ops.cast(self.g, "float32")
         bias = ops.cast(self._bias(), "float32")
 
@@ -306,7 +306,9 @@ class WeightNormalization(keras.layers.Wrapper):
                     ops.convert_to_tensor(self.data_initialized),
                 )
             )
-        t = ops.cast(t, "float32") * self._per_unit(g + g_offset, ndim, "float32")
+        t = ops.cast(t, "float32") * self._per_unit(
+            g + g_offset, ndim, "float32"
+        )
         t = t + self._per_unit(bias + bias_offset, ndim, "float32")
         return ops.cast(t, dtype)
 

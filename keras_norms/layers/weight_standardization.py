@@ -3,8 +3,8 @@
 import keras
 
 from keras_norms import _compat
-from keras_norms import ops as kn_ops
 from keras_norms import _validation
+from keras_norms import ops as kn_ops
 
 _SUPPORTED = (
     keras.layers.Dense,
@@ -150,8 +150,7 @@ class WeightStandardization(keras.layers.Wrapper):
         kernel = self.layer.kernel
         w_hat = self.standardized_kernel()
         mapping = [
-            (v, w_hat if v is kernel else v.value)
-            for v in self.layer.variables
+            (v, w_hat if v is kernel else v.value) for v in self.layer.variables
         ]
         outer = _compat.stateless_scope()
         with keras.StatelessScope(

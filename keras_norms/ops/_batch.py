@@ -118,7 +118,14 @@ def batch_normalization(
     training = mean is None
     if training and virtual_batch_size is not None:
         return _ghost_batch_normalization(
-            x, channel, gamma, beta, epsilon, mask, synchronized, dtype,
+            x,
+            channel,
+            gamma,
+            beta,
+            epsilon,
+            mask,
+            synchronized,
+            dtype,
             virtual_batch_size,
         )
     combines = synchronized and kn_backend.num_replicas() > 1
@@ -326,7 +333,13 @@ def batch_renormalization(
 
 
 def evo_norm_b0(
-    x, axis=-1, v=None, gamma=None, beta=None, variance=None, epsilon=1e-5,
+    x,
+    axis=-1,
+    v=None,
+    gamma=None,
+    beta=None,
+    variance=None,
+    epsilon=1e-5,
     dtype=None,
 ):
     """EvoNorm-B0 (Liu et al., 2020) of `x`: a batch-based norm-activation.

@@ -1,6 +1,5 @@
 """Argument helpers of the normalization ops."""
 
-
 from keras import backend
 from keras import ops
 

@@ -1,14 +1,14 @@
 """A convolution that runs channels-first wherever the backend can."""
 
-
 from keras import config
 from keras import ops
 
 from keras_norms import backend as kn_backend
 
 
-def conv(x, kernel, strides=1, padding="valid", data_format=None,
-         dilation_rate=1):
+def conv(
+    x, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1
+):
     """`keras.ops.conv` that runs channels-first wherever the backend can.
 
     Identical to `keras.ops.conv`, except where the backend has no
@@ -29,9 +29,7 @@ def conv(x, kernel, strides=1, padding="valid", data_format=None,
         data_format == "channels_last"
         or kn_backend.channels_first_conv_supported()
     ):
-        return ops.conv(
-            x, kernel, strides, padding, data_format, dilation_rate
-        )
+        return ops.conv(x, kernel, strides, padding, data_format, dilation_rate)
     rank = len(x.shape)
     to_last = [0, *range(2, rank), 1]
     to_first = [0, rank - 1, *range(1, rank - 1)]

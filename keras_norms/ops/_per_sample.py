@@ -2,7 +2,6 @@
 instance, filter response, EvoNorm-S0, local response and adaptive
 instance normalization."""
 
-
 from keras import backend
 from keras import ops
 
@@ -24,7 +23,12 @@ from keras_norms.ops._statistics import statistics_dtype
 
 
 def layer_normalization(
-    x, axis=-1, gamma=None, beta=None, epsilon=1e-3, rms_scaling=False,
+    x,
+    axis=-1,
+    gamma=None,
+    beta=None,
+    epsilon=1e-3,
+    rms_scaling=False,
     dtype=None,
 ):
     """Layer normalization of `x` over `axis` (an int or a list of ints).
@@ -163,9 +167,7 @@ def group_normalization(
     def by_group(weight):  # a (C,) weight as (1, G, C / G)
         if weight is None:
             return None
-        return ops.reshape(
-            ops.cast(weight, mean.dtype), (1, groups, per_group)
-        )
+        return ops.reshape(ops.cast(weight, mean.dtype), (1, groups, per_group))
 
     scale, shift = scale_and_shift(
         mean, variance, by_group(gamma), by_group(beta), epsilon
@@ -234,8 +236,14 @@ def _group_to_channels(factor, x, groups, channel):
 
 
 def instance_normalization(
-    x, axis=-1, gamma=None, beta=None, epsilon=1e-3, mean=None,
-    variance=None, dtype=None,
+    x,
+    axis=-1,
+    gamma=None,
+    beta=None,
+    epsilon=1e-3,
+    mean=None,
+    variance=None,
+    dtype=None,
 ):
     """Instance normalization (Ulyanov et al., 2016) of `x`.
 
@@ -334,7 +342,13 @@ def filter_response_normalization(
 
 
 def evo_norm_s0(
-    x, groups, axis=-1, v=None, gamma=None, beta=None, epsilon=1e-5,
+    x,
+    groups,
+    axis=-1,
+    v=None,
+    gamma=None,
+    beta=None,
+    epsilon=1e-5,
     dtype=None,
 ):
     """EvoNorm-S0 (Liu et al., 2020) of `x`: a sample-based norm-activation.
@@ -475,7 +489,7 @@ def _window_sum(values, radius, axis):
     before = after = 1
     for size in shape[:axis]:
         before = before * size
-    for size in shape[axis + 1:]:
+    for size in shape[axis + 1 :]:
         after = after * size
     pooled = ops.average_pool(
         ops.reshape(padded, (before, shape[axis] + 2 * radius, after)),

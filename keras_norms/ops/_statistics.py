@@ -60,9 +60,7 @@ def _zero_where_empty(values, nonempty):
         return values
     if nonempty is False:
         return tuple(ops.zeros_like(v) for v in values)
-    return tuple(
-        ops.where(nonempty, v, ops.zeros_like(v)) for v in values
-    )
+    return tuple(ops.where(nonempty, v, ops.zeros_like(v)) for v in values)
 
 
 def _centre(mean):
@@ -398,7 +396,7 @@ def broadcast_weight(weight, ndim, axes, dtype=None):
     view = [1] * ndim
     for axis, size in zip(sorted(axes), shape):
         view[axis] = size
-    if tuple(view[ndim - len(shape):]) == shape and all(
+    if tuple(view[ndim - len(shape) :]) == shape and all(
         s == 1 for s in view[: ndim - len(shape)]
     ):
         return ops.convert_to_tensor(weight)
