@@ -40,12 +40,13 @@ import numpy as np
 from tests import helpers
 
 POLICIES = ("mixed_float16", "mixed_bfloat16")
-# Output tolerances under each policy, relative to a float32 layer on the
-# same (rounded) input. float16 keeps 11 bits, bfloat16 8: the output's own
-# rounding is 5e-4 and 4e-3 of its size; the layers compute in float32.
+# Output tolerances under each policy, against a float32 layer on the same
+# (rounded) input. float16 keeps 11 significant bits, bfloat16 8: rounding
+# the output alone costs up to 2.5e-4 and 2e-3 of its size; the statistics
+# are computed in float32, so little more is allowed.
 MIXED_TOLERANCE = {
-    "mixed_float16": dict(rtol=1e-2, atol=1e-2),
-    "mixed_bfloat16": dict(rtol=3e-2, atol=3e-2),
+    "mixed_float16": dict(rtol=2e-3, atol=5e-3),
+    "mixed_bfloat16": dict(rtol=1e-2, atol=2e-2),
 }
 
 
