@@ -18,5 +18,8 @@ grep -v '^keras==' constraints.txt > "$VENV/constraints-without-keras.txt"
 export KERAS_BACKEND=torch
 echo "=== lowest Keras: $("$VENV/bin/python" -c 'import keras; print(keras.__version__)') (KERAS_BACKEND=torch)"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-  -W ignore::DeprecationWarning tests/test_core_layers.py \
-  tests/test_conversion.py tests/test_edge_batches.py "$@"
+  -W ignore::DeprecationWarning tests/layers/test_batch_normalization.py \
+  tests/layers/test_layer_normalization.py \
+  tests/layers/test_instance_normalization.py \
+  tests/layers/test_group_normalization.py \
+  tests/test_conversion.py "$@"
