@@ -71,6 +71,9 @@ class Case:
             arguments, or `None` where Keras has none.
         mixed_tolerance: Overrides `MIXED_TOLERANCE` (policy -> kwargs of
             `assert_allclose`).
+        fit: Whether the `fit` step and save/load run on this case. They
+            compile a train step on JAX and TensorFlow (seconds each): one
+            or two cases per layer, those with the most state, suffice.
     """
 
     make: Callable
@@ -78,6 +81,7 @@ class Case:
     state: tuple = ()
     twin: Optional[Callable] = None
     mixed_tolerance: Optional[dict] = None
+    fit: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,6 +430,8 @@ class LayerChecks:
         # pytest calls this method of a test class for each of its tests.
         if "case" in metafunc.fixturenames:
             cases = self.cases
+            if metafunc.function.__name__.startswith("test_fit_step"):
+                cases = {k: c for k, c in cases.items() if c.fit}
             if metafunc.function.__name__ == "test_weights_match_keras_twin":
                 cases = {k: c for k, c in cases.items() if c.twin is not None}
                 assert cases, (
@@ -453,7 +459,7 @@ class LayerChecks:
         if self.masking is None:
             # Keras drops the mask at such a layer; say so, so that adding
             # mask support comes with a `Masking` case here.
-            (case,) = list(self.cases.values())[:1]
+            case = next(iter(self.cases.values()))
             assert not case.make().supports_masking
             return
         check_masking(self.masking)

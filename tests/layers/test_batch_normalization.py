@@ -35,6 +35,7 @@ class TestSharedChecks(layer_checks.LayerChecks):
             (2, 3, 3, 4),
             state=STATISTICS,
             twin=lambda: keras.layers.BatchNormalization(momentum=0.5),
+            fit=False,
         ),
         "channels_first": layer_checks.Case(
             lambda: kn.BatchNormalization(momentum=0.5, axis=1),

@@ -36,6 +36,7 @@ class TestSharedChecks(layer_checks.LayerChecks):
             lambda: kn.LayerNormalization(),
             (2, 3, 3, 4),
             twin=lambda: keras.layers.LayerNormalization(),
+            fit=False,
         ),
     }
     masking = layer_checks.Masking(kn.LayerNormalization, (4, 6, 3))

@@ -32,6 +32,7 @@ class TestSharedChecks(layer_checks.LayerChecks):
             lambda: kn.RMSNormalization(),
             (2, 3, 3, 4),
             twin=lambda: keras.layers.RMSNormalization(),
+            fit=False,
         ),
     }
     masking = layer_checks.Masking(kn.RMSNormalization, (4, 6, 3))

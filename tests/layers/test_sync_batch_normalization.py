@@ -61,6 +61,7 @@ class TestSharedChecks(layer_checks.LayerChecks):
             twin=lambda: keras.layers.BatchNormalization(
                 axis=1, momentum=0.9, center=False
             ),
+            fit=False,
         ),
     }
     masking = layer_checks.Masking(

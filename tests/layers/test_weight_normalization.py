@@ -33,6 +33,7 @@ class TestSharedChecks(layer_checks.LayerChecks):
             lambda: kn.WeightNormalization(keras.layers.Dense(3)),
             (6, 5),
             mixed_tolerance=layer_checks.WRAPPER_MIXED_TOLERANCE,
+            fit=False,
         ),
     }
     test_weights_match_keras_twin = None  # keras.layers has no WN

@@ -29,6 +29,7 @@ class TestSharedChecks(layer_checks.LayerChecks):
             lambda: kn.WeightStandardization(keras.layers.Dense(3), epsilon=1e-5),
             (5, 4),
             mixed_tolerance=layer_checks.WRAPPER_MIXED_TOLERANCE,
+            fit=False,
         ),
     }
     test_weights_match_keras_twin = None  # keras.layers has no WS
