@@ -119,7 +119,12 @@ def _json(config):
 
 def _weight_summary(layer):
     return [
-        (w.name, tuple(w.shape), w.trainable, keras.backend.standardize_dtype(w.dtype))
+        (
+            w.name,
+            tuple(w.shape),
+            w.trainable,
+            keras.backend.standardize_dtype(w.dtype),
+        )
         for w in layer.weights
     ]
 
@@ -199,7 +204,9 @@ def check_fit_step(case, epochs=4):
     layer = model.layers[0]
     before = [helpers.to_numpy(w).copy() for w in layer.weights]
     model.compile(
-        keras.optimizers.Adam(0.02), "mse", jit_compile=helpers.BACKEND != "torch"
+        keras.optimizers.Adam(0.02),
+        "mse",
+        jit_compile=helpers.BACKEND != "torch",
     )
     loss_before = model.evaluate(x, y, verbose=0)
     model.fit(x, y, epochs=epochs, batch_size=8, verbose=0)
@@ -264,8 +271,11 @@ def check_mixed_precision(case, policy):
         assert keras.backend.standardize_dtype(w.dtype) == "float32", w.path
         if not w.trainable:
             np.testing.assert_allclose(
-                helpers.to_numpy(w), helpers.to_numpy(ref), rtol=1e-5,
-                atol=1e-6, err_msg=w.path,
+                helpers.to_numpy(w),
+                helpers.to_numpy(ref),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=w.path,
             )
     return layer, reference
 
@@ -289,7 +299,10 @@ def check_masking(masking):
     full = helpers.to_numpy(layer(x, training=False))
     expected = (full * mask[..., None]).sum(1) / mask.sum(1)[:, None]
     np.testing.assert_allclose(
-        helpers.to_numpy(model(x, training=False)), expected, rtol=1e-5, atol=1e-5
+        helpers.to_numpy(model(x, training=False)),
+        expected,
+        rtol=1e-5,
+        atol=1e-5,
     )
     if not masking.excludes_masked:
         return
@@ -304,7 +317,10 @@ def check_masking(masking):
     np.testing.assert_allclose(y_junk[mask], y[mask], rtol=1e-5, atol=1e-5)
     for a, b in zip(first.weights, second.weights):
         np.testing.assert_allclose(
-            helpers.to_numpy(b), helpers.to_numpy(a), rtol=1e-5, atol=1e-6,
+            helpers.to_numpy(b),
+            helpers.to_numpy(a),
+            rtol=1e-5,
+            atol=1e-6,
             err_msg=a.path,
         )
 
@@ -367,7 +383,12 @@ def check_weights_match_keras_twin(ours, theirs, shape):
 # ---------------------------------------------------------------------------
 # (4, 3, 3) has C == T, where expanding the mask at the channel axis
 # computed other statistics silently; (5, 2, 3) did not broadcast at all.
-MASK_AXIS_CASES = [((4, 3, 3), 1), ((5, 2, 3), 1), ((5, 2, 3, 4), 2), ((5, 2, 3, 4), -1)]
+MASK_AXIS_CASES = [
+    ((4, 3, 3), 1),
+    ((5, 2, 3), 1),
+    ((5, 2, 3, 4), 2),
+    ((5, 2, 3, 4), -1),
+]
 
 
 def _masked_moments(x, mask, axis):
@@ -409,7 +430,10 @@ def check_mask_on_any_axis_as_keras(cls, shape, axis):
         helpers.to_numpy(ours.moving_mean), mean.ravel(), rtol=1e-4, atol=1e-5
     )
     np.testing.assert_allclose(
-        helpers.to_numpy(ours.moving_variance), var.ravel(), rtol=1e-4, atol=1e-5
+        helpers.to_numpy(ours.moving_variance),
+        var.ravel(),
+        rtol=1e-4,
+        atol=1e-5,
     )
 
 
@@ -476,7 +500,12 @@ class LayerChecks:
 # ---------------------------------------------------------------------------
 # (wrapped layer, a good input shape, a bad one, Keras' message for it)
 WRONG_RANK_CASES = [
-    (lambda: keras.layers.Conv2D(2, 3), (2, 5, 5, 3), (5, 5, 3), "expected min_ndim=4"),
+    (
+        lambda: keras.layers.Conv2D(2, 3),
+        (2, 5, 5, 3),
+        (5, 5, 3),
+        "expected min_ndim=4",
+    ),
     (lambda: keras.layers.Dense(2), (2, 3), (3,), "expected min_ndim=2"),
 ]
 

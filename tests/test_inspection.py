@@ -13,8 +13,12 @@ def test_switchable_importances_walks_nested_models():
         name="inner",
     )
     model = keras.Sequential(
-        [keras.Input((5, 5, 2)), inner, kn.SwitchableNormalization(name="sn_outer"),
-         kn.BatchInstanceNormalization(name="bin")]
+        [
+            keras.Input((5, 5, 2)),
+            inner,
+            kn.SwitchableNormalization(name="sn_outer"),
+            kn.BatchInstanceNormalization(name="bin"),
+        ]
     )
     inner.get_layer("sn_inner").mean_weights.assign(
         np.array([0.0, np.log(2.0), np.log(3.0)], "float32")
@@ -23,7 +27,8 @@ def test_switchable_importances_walks_nested_models():
     assert list(imp) == ["sn_inner", "sn_outer"]
     np.testing.assert_allclose(
         [imp["sn_inner"]["mean"][k] for k in ("instance", "layer", "batch")],
-        [1 / 6, 2 / 6, 3 / 6], rtol=1e-5,
+        [1 / 6, 2 / 6, 3 / 6],
+        rtol=1e-5,
     )
     for parts in imp["sn_outer"].values():
         np.testing.assert_allclose(list(parts.values()), [1 / 3] * 3, rtol=1e-5)

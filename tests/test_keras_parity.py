@@ -58,7 +58,11 @@ def test_keras_config_builds_ours_and_weights_move_across():
 
 PER_SAMPLE_TWINS = {
     "layer": (keras.layers.LayerNormalization, kn.LayerNormalization, {}),
-    "group": (keras.layers.GroupNormalization, kn.GroupNormalization, {"groups": 4}),
+    "group": (
+        keras.layers.GroupNormalization,
+        kn.GroupNormalization,
+        {"groups": 4},
+    ),
     "rms": (keras.layers.RMSNormalization, kn.RMSNormalization, {}),
 }
 
@@ -75,14 +79,19 @@ def test_per_sample_norms_are_drop_ins(name):
     shape = (3, 4, 4, 8)
     theirs = keras_cls(**kwargs)
     theirs.build(shape)
-    theirs.set_weights([np.random.uniform(0.5, 1.5, w.shape) for w in theirs.weights])
+    theirs.set_weights(
+        [np.random.uniform(0.5, 1.5, w.shape) for w in theirs.weights]
+    )
     ours = ours_cls.from_config(theirs.get_config())
     ours.build(shape)
     assert [w.name for w in ours.weights] == [w.name for w in theirs.weights]
     ours.set_weights(theirs.get_weights())
     x = helpers.random_input(shape, loc=1.0, scale=2.0)
     np.testing.assert_allclose(
-        helpers.to_numpy(ours(x)), helpers.to_numpy(theirs(x)), rtol=1e-4, atol=1e-4
+        helpers.to_numpy(ours(x)),
+        helpers.to_numpy(theirs(x)),
+        rtol=1e-4,
+        atol=1e-4,
     )
 
 
@@ -105,9 +114,14 @@ def test_rank_is_not_locked_at_build(name):
     ours.set_weights(values)
     x = helpers.random_input((3, 2, 2, 2), loc=1.0, scale=2.0)
     np.testing.assert_allclose(
-        helpers.to_numpy(ours(x)), helpers.to_numpy(theirs(x)), rtol=1e-4, atol=1e-4
+        helpers.to_numpy(ours(x)),
+        helpers.to_numpy(theirs(x)),
+        rtol=1e-4,
+        atol=1e-4,
     )
-    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 2"):
+    with pytest.raises(
+        ValueError, match="expected axis -1 of input shape to have value 2"
+    ):
         ours(np.ones((3, 2, 3), "float32"))
 
 
@@ -129,7 +143,10 @@ def test_positive_axes_mean_the_same_position_at_any_rank(name):
     else:
         expected = helpers.numpy_normalize(x, axes, 1e-3, gamma=w, beta=w)
     np.testing.assert_allclose(
-        helpers.to_numpy(layer(x.astype("float32"))), expected, rtol=1e-4, atol=1e-4
+        helpers.to_numpy(layer(x.astype("float32"))),
+        expected,
+        rtol=1e-4,
+        atol=1e-4,
     )
 
 

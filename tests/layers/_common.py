@@ -77,13 +77,16 @@ def over_axes(test):
     A loop rather than a parametrization: each test pays its own setup and
     teardown, which is slow on JAX.
     """
+
     def run(**kwargs):
         for axis in AXES:
             test(axis=axis, **kwargs)
 
     signature = inspect.signature(test)
     run.__signature__ = signature.replace(
-        parameters=[p for p in signature.parameters.values() if p.name != "axis"]
+        parameters=[
+            p for p in signature.parameters.values() if p.name != "axis"
+        ]
     )
     run.__name__ = test.__name__
     run.__doc__ = test.__doc__
@@ -116,10 +119,15 @@ def check_against_numpy(layer, x, ref, params, training=True, fd=True):
     if not fd:
         return
     loss = lambda: float(np.sum(ref(x64, **p64) * upstream))  # noqa: E731
-    np.testing.assert_allclose(dx, numeric_grad(loss, x64), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        dx, numeric_grad(loss, x64), rtol=1e-3, atol=1e-4
+    )
     for name, value in p64.items():
         np.testing.assert_allclose(
-            grads[name], numeric_grad(loss, value), rtol=1e-3, atol=1e-4,
+            grads[name],
+            numeric_grad(loss, value),
+            rtol=1e-3,
+            atol=1e-4,
             err_msg=name,
         )
 
@@ -137,7 +145,9 @@ def spatial_axes(x, axis):
 
 
 def per_channel(v, x, axis):
-    return helpers.broadcast_param(np.asarray(v, "float64"), x.ndim, axis % x.ndim)
+    return helpers.broadcast_param(
+        np.asarray(v, "float64"), x.ndim, axis % x.ndim
+    )
 
 
 def mixed_input(axis, seed=0, shape=(4, 5, 6, 3)):
@@ -184,7 +194,9 @@ def check_against_peer(layer, kind, x, axis):
     np.testing.assert_allclose(y, ry, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dx, rdx, rtol=1e-3, atol=1e-4)
     for name in ("gamma", "beta"):
-        np.testing.assert_allclose(grads[name], rgrads[name], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(
+            grads[name], rgrads[name], rtol=1e-3, atol=1e-3
+        )
 
 
 def check_moving_statistics_update_like_bn(cls, axis):
@@ -198,10 +210,15 @@ def check_moving_statistics_update_like_bn(cls, axis):
     mean, var = x.mean(axis=axes), x.var(axis=axes)
     expected_mean = (0.0 * 0.6 + mean * 0.4) * 0.6 + (mean + 1.0) * 0.4
     expected_var = (1.0 * 0.6 + var * 0.4) * 0.6 + var * 0.4
-    np.testing.assert_allclose(helpers.to_numpy(layer.moving_mean), expected_mean,
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(helpers.to_numpy(layer.moving_variance), expected_var,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        helpers.to_numpy(layer.moving_mean), expected_mean, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        helpers.to_numpy(layer.moving_variance),
+        expected_var,
+        rtol=1e-5,
+        atol=1e-5,
+    )
     frozen = cls(axis=axis, use_global_stats=True)
     frozen(x, training=True)
     np.testing.assert_allclose(helpers.to_numpy(frozen.moving_mean), 0.0)

@@ -47,8 +47,10 @@ def test_from_batch_normalization_equals_the_frozen_layer(make):
     expected = helpers.to_numpy(bn(x, training=False))
     for training in (True, False):  # `training` has no effect on Affine
         np.testing.assert_allclose(
-            helpers.to_numpy(affine(x, training=training)), expected,
-            rtol=1e-5, atol=1e-5,
+            helpers.to_numpy(affine(x, training=training)),
+            expected,
+            rtol=1e-5,
+            atol=1e-5,
         )
 
 

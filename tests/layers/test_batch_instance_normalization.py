@@ -10,6 +10,7 @@ import pytest
 import keras_norms as kn
 from tests import helpers
 from tests import layer_checks
+from tests.helpers import to_numpy
 from tests.layers._common import EPS
 from tests.layers._common import assign
 from tests.layers._common import check_against_numpy
@@ -20,7 +21,6 @@ from tests.layers._common import moments
 from tests.layers._common import over_axes
 from tests.layers._common import per_channel
 from tests.layers._common import spatial_axes
-from tests.helpers import to_numpy
 
 STATISTICS = ("moving_mean", "moving_variance")
 
@@ -28,20 +28,28 @@ STATISTICS = ("moving_mean", "moving_variance")
 class TestSharedChecks(layer_checks.LayerChecks):
     cases = {
         "channels_last": layer_checks.Case(
-            lambda: kn.BatchInstanceNormalization(), (2, 3, 3, 4), state=STATISTICS,
+            lambda: kn.BatchInstanceNormalization(),
+            (2, 3, 3, 4),
+            state=STATISTICS,
             fit=False,
         ),
         "channels_first": layer_checks.Case(
             lambda: kn.BatchInstanceNormalization(
-                axis=1, momentum=0.9, rho_initializer=keras.initializers.Constant(0.5)
+                axis=1,
+                momentum=0.9,
+                rho_initializer=keras.initializers.Constant(0.5),
             ),
             (4, 2, 6, 6),
             state=STATISTICS,
         ),
         "use_global_stats_no_center": layer_checks.Case(
             lambda: kn.BatchInstanceNormalization(
-                axis=1, momentum=0.9, epsilon=1e-5, rho_initializer="zeros",
-                use_global_stats=True, center=False,
+                axis=1,
+                momentum=0.9,
+                epsilon=1e-5,
+                rho_initializer="zeros",
+                use_global_stats=True,
+                center=False,
             ),
             (4, 2, 6, 6),
             fit=False,
@@ -94,13 +102,20 @@ def test_bin_inference_uses_moving_statistics(axis):
     x = mixed_input(axis)
     layer = kn.BatchInstanceNormalization(axis=axis, epsilon=EPS)
     layer.build(x.shape)
-    params = {"gamma": [0.7, 1.3, 1.0], "beta": [0.2, -0.4, 0.0],
-              "rho": [0.3, 0.8, 1.0]}
+    params = {
+        "gamma": [0.7, 1.3, 1.0],
+        "beta": [0.2, -0.4, 0.0],
+        "rho": [0.3, 0.8, 1.0],
+    }
     moving = ([2.5, 3.5, 3.0], [3.0, 5.0, 4.0])
     assign(layer, moving_mean=moving[0], moving_variance=moving[1], **params)
     y = to_numpy(layer(x, training=False))
-    ref = bin_reference(x.astype("float64"), axis=axis, moving=moving,
-                        **{k: np.asarray(v) for k, v in params.items()})
+    ref = bin_reference(
+        x.astype("float64"),
+        axis=axis,
+        moving=moving,
+        **{k: np.asarray(v) for k, v in params.items()},
+    )
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
     # Inference does not touch the moving statistics.
     np.testing.assert_allclose(to_numpy(layer.moving_mean), moving[0])
@@ -134,7 +149,9 @@ def test_rho_stays_in_unit_interval_with_huge_learning_rate():
     assert rho.min() >= 0.0 and rho.max() <= 1.0, rho
     # The clip acted (a step of lr=1e3 from 0.5 lands far outside [0, 1]).
     assert np.any((rho == 0.0) | (rho == 1.0)), rho
-    assert isinstance(model.get_layer("bin").rho.constraint, kn.ClipToUnitInterval)
+    assert isinstance(
+        model.get_layer("bin").rho.constraint, kn.ClipToUnitInterval
+    )
 
 
 def test_bad_arguments_raise_clearly():

@@ -20,7 +20,9 @@ def _public_layers():
 
 def test_every_public_layer_has_a_module_running_the_shared_checks():
     for name, cls in _public_layers().items():
-        snake = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+        snake = re.sub(
+            r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name
+        ).lower()
         module = importlib.import_module(f"tests.layers.test_{snake}")
         checks = module.TestSharedChecks
         assert issubclass(checks, layer_checks.LayerChecks), module.__name__

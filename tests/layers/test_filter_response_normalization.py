@@ -20,7 +20,8 @@ TOL = dict(rtol=2e-4, atol=2e-4)
 class TestSharedChecks(layer_checks.LayerChecks):
     cases = {
         "channels_last": layer_checks.Case(
-            lambda: kn.FilterResponseNormalization(), (2, 3, 3, 4),
+            lambda: kn.FilterResponseNormalization(),
+            (2, 3, 3, 4),
             fit=False,
         ),
         "learned_epsilon_channels_first": layer_checks.Case(
@@ -189,7 +190,9 @@ def test_frn_fit_and_save_after_a_convolution(tmp_path):
         ]
     )
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    history = model.fit(x, np.ones((6, 3), "float32"), epochs=3, batch_size=6, verbose=0)
+    history = model.fit(
+        x, np.ones((6, 3), "float32"), epochs=3, batch_size=6, verbose=0
+    )
     losses = history.history["loss"]
     assert losses[-1] < losses[0]
     helpers.set_random_weights(model.layers[1])

@@ -35,13 +35,16 @@ class TestSharedChecks(layer_checks.LayerChecks):
             fit=False,
         ),
         "channels_first": layer_checks.Case(
-            lambda: kn.GroupNormalization(groups=3, axis=1), (2, 3, 3, 4),
+            lambda: kn.GroupNormalization(groups=3, axis=1),
+            (2, 3, 3, 4),
             fit=False,
         ),
         "per_channel_no_scale": layer_checks.Case(
             lambda: kn.GroupNormalization(groups=-1, scale=False),
             (4, 5, 6, 3),
-            twin=lambda: keras.layers.GroupNormalization(groups=-1, scale=False),
+            twin=lambda: keras.layers.GroupNormalization(
+                groups=-1, scale=False
+            ),
         ),
     }
     masking = layer_checks.Masking(
@@ -54,7 +57,9 @@ class TestSharedChecks(layer_checks.LayerChecks):
 def test_group_norm_matches_torch(shape, axis, groups):
     channels = shape[axis]
     if groups == 2 and channels % 2:
-        shape = tuple(2 * d if i == axis % len(shape) else d for i, d in enumerate(shape))
+        shape = tuple(
+            2 * d if i == axis % len(shape) else d for i, d in enumerate(shape)
+        )
         channels *= 2
     if groups == -1 and len(shape) == 2:
         pytest.skip("one channel per group on a rank-2 input is refused")
@@ -66,7 +71,9 @@ def test_group_norm_matches_torch(shape, axis, groups):
     y, dx, grads = helpers.forward_and_grads(layer, x, up, training=True)
     n_groups = channels if groups == -1 else groups
     ry, rdx, rgrads = helpers.torch_reference(
-        lambda t, weight, bias: F.group_norm(t, n_groups, weight, bias, eps=EPS),
+        lambda t, weight, bias: F.group_norm(
+            t, n_groups, weight, bias, eps=EPS
+        ),
         x,
         {"weight": gamma, "bias": beta},
         up,
@@ -93,7 +100,9 @@ def test_group_norm_equivalences(axis):
     np.testing.assert_allclose(gn1, ln, **TOL)
     instance = helpers.to_numpy(kn.InstanceNormalization(axis=axis)(x))
     for groups in (-1, 6):
-        gn = helpers.to_numpy(kn.GroupNormalization(groups=groups, axis=axis)(x))
+        gn = helpers.to_numpy(
+            kn.GroupNormalization(groups=groups, axis=axis)(x)
+        )
         np.testing.assert_allclose(gn, instance, **TOL)
 
 
@@ -106,7 +115,10 @@ def test_group_norm_matches_keras_layer():
     theirs.build(shape)
     assert [w.name for w in ours.weights] == [w.name for w in theirs.weights]
     np.testing.assert_allclose(
-        helpers.to_numpy(ours(x)), helpers.to_numpy(theirs(x)), rtol=1e-4, atol=1e-4
+        helpers.to_numpy(ours(x)),
+        helpers.to_numpy(theirs(x)),
+        rtol=1e-4,
+        atol=1e-4,
     )
 
 
@@ -130,9 +142,7 @@ def test_one_value_per_group_matches_keras(shape):
         inorm = kn.InstanceNormalization()
         inorm.build(shape)
         inorm.set_weights(ref.get_weights())
-        np.testing.assert_allclose(
-            helpers.to_numpy(inorm(x)), y_ref, atol=2e-5
-        )
+        np.testing.assert_allclose(helpers.to_numpy(inorm(x)), y_ref, atol=2e-5)
 
 
 def test_large_mean_keeps_unit_variance():

@@ -28,7 +28,8 @@ F = torch.nn.functional
 class TestSharedChecks(layer_checks.LayerChecks):
     cases = {
         "channels_last": layer_checks.Case(
-            lambda: kn.InstanceNormalization(), (2, 3, 3, 4),
+            lambda: kn.InstanceNormalization(),
+            (2, 3, 3, 4),
             fit=False,
         ),
         "channels_first_no_center": layer_checks.Case(
@@ -54,7 +55,9 @@ def test_instance_norm_matches_torch(shape, axis):
     gamma, beta = set_gamma_beta(layer, shape[axis])
     up = helpers.random_input(shape, seed=7)
     for training in (True, False):
-        y, dx, grads = helpers.forward_and_grads(layer, x, up, training=training)
+        y, dx, grads = helpers.forward_and_grads(
+            layer, x, up, training=training
+        )
         ry, rdx, rgrads = helpers.torch_reference(
             lambda t, weight, bias: F.instance_norm(
                 t, weight=weight, bias=bias, eps=EPS
@@ -78,7 +81,10 @@ def test_instance_norm_running_stats_match_torch(shape, axis):
     )
     layer.build(shape)
     assert [w.name for w in layer.weights] == [
-        "gamma", "beta", "moving_mean", "moving_variance"
+        "gamma",
+        "beta",
+        "moving_mean",
+        "moving_variance",
     ]
     gamma, beta = set_gamma_beta(layer, channels)
     running_mean = torch.zeros(channels, dtype=torch.float64)
@@ -89,8 +95,12 @@ def test_instance_norm_running_stats_match_torch(shape, axis):
             t,
             running_mean,
             running_var,
-            weight=torch.tensor(gamma, dtype=torch.float64) if weight is None else weight,
-            bias=torch.tensor(beta, dtype=torch.float64) if bias is None else bias,
+            weight=torch.tensor(gamma, dtype=torch.float64)
+            if weight is None
+            else weight,
+            bias=torch.tensor(beta, dtype=torch.float64)
+            if bias is None
+            else bias,
             use_input_stats=training,
             momentum=0.4,
             eps=EPS,
@@ -100,7 +110,9 @@ def test_instance_norm_running_stats_match_torch(shape, axis):
         x = helpers.random_input(shape, seed=step, loc=1.0 + step, scale=2.0)
         y = helpers.to_numpy(layer(x, training=True))
         with torch.no_grad():
-            ry = reference(torch.tensor(np.moveaxis(x, axis, 1), dtype=torch.float64), True)
+            ry = reference(
+                torch.tensor(np.moveaxis(x, axis, 1), dtype=torch.float64), True
+            )
         np.testing.assert_allclose(y, np.moveaxis(ry.numpy(), 1, axis), **TOL)
         np.testing.assert_allclose(
             helpers.to_numpy(layer.moving_mean), running_mean.numpy(), **TOL
@@ -138,7 +150,9 @@ def test_instance_norm_with_running_stats_folds_as_a_fixed_affine():
     folded, report = kn.fold_batch_norms(model, verbose=0, return_report=True)
     assert [name for name, _ in report.folded] == [model.layers[1].name]
     assert [type(layer).__name__ for layer in folded.layers] == [
-        "Conv2D", "ReLU", "InstanceNormalization"
+        "Conv2D",
+        "ReLU",
+        "InstanceNormalization",
     ]
     np.testing.assert_allclose(
         helpers.to_numpy(folded(x)), helpers.to_numpy(model(x)), **TOL

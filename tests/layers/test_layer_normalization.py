@@ -30,7 +30,9 @@ class TestSharedChecks(layer_checks.LayerChecks):
         "two_axes": layer_checks.Case(
             lambda: kn.LayerNormalization(axis=[2, 3], epsilon=1e-5),
             (4, 5, 6, 3),
-            twin=lambda: keras.layers.LayerNormalization(axis=[2, 3], epsilon=1e-5),
+            twin=lambda: keras.layers.LayerNormalization(
+                axis=[2, 3], epsilon=1e-5
+            ),
         ),
         "last_axis": layer_checks.Case(
             lambda: kn.LayerNormalization(),
@@ -86,7 +88,10 @@ def test_layer_norm_matches_keras_layer():
     theirs.set_weights([np.random.randn(*w.shape) for w in theirs.weights])
     ours.set_weights(theirs.get_weights())
     np.testing.assert_allclose(
-        helpers.to_numpy(ours(x)), helpers.to_numpy(theirs(x)), rtol=1e-4, atol=1e-4
+        helpers.to_numpy(ours(x)),
+        helpers.to_numpy(theirs(x)),
+        rtol=1e-4,
+        atol=1e-4,
     )
 
 
@@ -100,9 +105,14 @@ def test_layer_norm_rms_scaling_matches_keras_deprecated_behaviour():
     with pytest.warns(UserWarning, match="rms_scaling"):
         ours = kn.LayerNormalization(rms_scaling=True)
     expected = x / np.sqrt(x.var(axis=-1, keepdims=True) + 1e-3)
-    np.testing.assert_allclose(helpers.to_numpy(ours(x)), expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(
-        helpers.to_numpy(ours(x)), helpers.to_numpy(theirs(x)), rtol=1e-4, atol=1e-4
+        helpers.to_numpy(ours(x)), expected, rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        helpers.to_numpy(ours(x)),
+        helpers.to_numpy(theirs(x)),
+        rtol=1e-4,
+        atol=1e-4,
     )
     assert ours.get_config()["rms_scaling"] is True
 

@@ -26,7 +26,9 @@ class TestSharedChecks(layer_checks.LayerChecks):
         "two_axes": layer_checks.Case(
             lambda: kn.RMSNormalization(axis=[1, 2], epsilon=1e-4),
             (8, 3, 4),
-            twin=lambda: keras.layers.RMSNormalization(axis=[1, 2], epsilon=1e-4),
+            twin=lambda: keras.layers.RMSNormalization(
+                axis=[1, 2], epsilon=1e-4
+            ),
         ),
         "last_axis": layer_checks.Case(
             lambda: kn.RMSNormalization(),
@@ -55,7 +57,7 @@ def _rms_torch(axes, ndim, eps):
 
     def fn(t, weight):
         moved = t.movedim(axes, tail)
-        out = F.rms_norm(moved, tuple(moved.shape[-len(axes):]), weight, eps)
+        out = F.rms_norm(moved, tuple(moved.shape[-len(axes) :]), weight, eps)
         return out.movedim(tail, axes)
 
     return fn

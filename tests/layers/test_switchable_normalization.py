@@ -12,6 +12,7 @@ import pytest
 
 import keras_norms as kn
 from tests import layer_checks
+from tests.helpers import to_numpy
 from tests.layers._common import EPS
 from tests.layers._common import assign
 from tests.layers._common import check_against_numpy
@@ -22,7 +23,6 @@ from tests.layers._common import moments
 from tests.layers._common import over_axes
 from tests.layers._common import per_channel
 from tests.layers._common import spatial_axes
-from tests.helpers import to_numpy
 
 STATISTICS = ("moving_mean", "moving_variance")
 BACKEND = keras.backend.backend()
@@ -31,7 +31,9 @@ BACKEND = keras.backend.backend()
 class TestSharedChecks(layer_checks.LayerChecks):
     cases = {
         "channels_last": layer_checks.Case(
-            lambda: kn.SwitchableNormalization(), (2, 3, 3, 4), state=STATISTICS,
+            lambda: kn.SwitchableNormalization(),
+            (2, 3, 3, 4),
+            state=STATISTICS,
             fit=False,
         ),
         "channels_first_no_scale": layer_checks.Case(
@@ -51,8 +53,9 @@ def _softmax(z):
     return e / e.sum()
 
 
-def sn_reference(x, gamma, beta, mean_weights, variance_weights, axis,
-                 moving=None):
+def sn_reference(
+    x, gamma, beta, mean_weights, variance_weights, axis, moving=None
+):
     """Luo et al. eq. (3)-(5), biased variances, directly over x."""
     sp = spatial_axes(x, axis)
     mean_in, var_in = moments(x, sp)
@@ -69,7 +72,9 @@ def sn_reference(x, gamma, beta, mean_weights, variance_weights, axis,
 
 
 @over_axes
-@pytest.mark.parametrize("hot,kind", [(0, "instance"), (1, "layer"), (2, "batch")])
+@pytest.mark.parametrize(
+    "hot,kind", [(0, "instance"), (1, "layer"), (2, "batch")]
+)
 def test_sn_one_hot_equals_in_ln_bn(axis, hot, kind):
     x = mixed_input(axis)
     layer = kn.SwitchableNormalization(axis=axis, epsilon=EPS)
@@ -85,9 +90,12 @@ def test_sn_matches_numpy_training(axis):
     x = mixed_input(axis, shape=(3, 4, 3, 2))
     layer = kn.SwitchableNormalization(axis=axis, epsilon=EPS)
     layer.build(x.shape)
-    params = {"gamma": [0.7, 1.3], "beta": [0.2, -0.4],
-              "mean_weights": [0.5, -0.3, 0.1],
-              "variance_weights": [-0.2, 0.4, 0.3]}
+    params = {
+        "gamma": [0.7, 1.3],
+        "beta": [0.2, -0.4],
+        "mean_weights": [0.5, -0.3, 0.1],
+        "variance_weights": [-0.2, 0.4, 0.3],
+    }
     assign(layer, **params)
     check_against_numpy(
         layer, x, lambda x, **p: sn_reference(x, axis=axis, **p), params
@@ -99,14 +107,21 @@ def test_sn_inference_uses_moving_statistics(axis):
     x = mixed_input(axis)
     layer = kn.SwitchableNormalization(axis=axis, epsilon=EPS)
     layer.build(x.shape)
-    params = {"gamma": [0.7, 1.3, 1.0], "beta": [0.2, -0.4, 0.0],
-              "mean_weights": [0.5, -0.3, 0.1],
-              "variance_weights": [-0.2, 0.4, 0.3]}
+    params = {
+        "gamma": [0.7, 1.3, 1.0],
+        "beta": [0.2, -0.4, 0.0],
+        "mean_weights": [0.5, -0.3, 0.1],
+        "variance_weights": [-0.2, 0.4, 0.3],
+    }
     moving = ([2.5, 3.5, 3.0], [3.0, 5.0, 4.0])
     assign(layer, moving_mean=moving[0], moving_variance=moving[1], **params)
     y = to_numpy(layer(x, training=False))
-    ref = sn_reference(x.astype("float64"), axis=axis, moving=moving,
-                       **{k: np.asarray(v) for k, v in params.items()})
+    ref = sn_reference(
+        x.astype("float64"),
+        axis=axis,
+        moving=moving,
+        **{k: np.asarray(v) for k, v in params.items()},
+    )
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -122,8 +137,14 @@ def test_mixed_float16_training_output_matches_float64():
     x = mixed_input(-1)
     layer = kn.SwitchableNormalization()
     y = to_numpy(layer(x, training=True)).astype("float64")
-    ref = sn_reference(x.astype("float64"), np.ones(3), np.zeros(3),
-                       np.ones(3), np.ones(3), axis=-1)
+    ref = sn_reference(
+        x.astype("float64"),
+        np.ones(3),
+        np.zeros(3),
+        np.ones(3),
+        np.ones(3),
+        axis=-1,
+    )
     np.testing.assert_allclose(y, ref, atol=1e-2)
 
 

@@ -55,7 +55,9 @@ class TestSharedChecks(layer_checks.LayerChecks):
             twin=lambda: keras.layers.BatchNormalization(),
         ),
         "channels_first": layer_checks.Case(
-            lambda: kn.SyncBatchNormalization(axis=1, momentum=0.9, center=False),
+            lambda: kn.SyncBatchNormalization(
+                axis=1, momentum=0.9, center=False
+            ),
             (4, 3, 5),
             state=STATISTICS,
             twin=lambda: keras.layers.BatchNormalization(
@@ -95,8 +97,12 @@ def test_equals_batch_normalization_outside_distribution(axis, shape):
         np.testing.assert_array_equal(g_s[name], g_p[name])
     # ... and against the paper's formula in float64.
     reduce_axes = [a for a in range(len(shape)) if a != axis % len(shape)]
-    gamma = helpers.broadcast_param(helpers.to_numpy(sync.gamma), len(shape), axis)
-    beta = helpers.broadcast_param(helpers.to_numpy(sync.beta), len(shape), axis)
+    gamma = helpers.broadcast_param(
+        helpers.to_numpy(sync.gamma), len(shape), axis
+    )
+    beta = helpers.broadcast_param(
+        helpers.to_numpy(sync.beta), len(shape), axis
+    )
     np.testing.assert_allclose(
         y_s,
         helpers.numpy_normalize(x, reduce_axes, EPSILON, gamma, beta),
@@ -179,7 +185,9 @@ def test_masked_shards_combine_into_the_masked_global_moments(monkeypatch):
     weights = kept.reshape(-1, 3)
     values = values.reshape(-1, 3)
     expected_mean = (weights * values).sum(0) / weights.sum(0)
-    expected_var = (weights * (values - expected_mean) ** 2).sum(0) / weights.sum(0)
+    expected_var = (weights * (values - expected_mean) ** 2).sum(
+        0
+    ) / weights.sum(0)
     np.testing.assert_allclose(
         helpers.to_numpy(mean).ravel(), expected_mean, rtol=1e-5, atol=1e-5
     )
@@ -237,8 +245,12 @@ def distributed(inputs, tmp_path_factory):
     if BACKEND == "jax":
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     proc = subprocess.run(
-        [sys.executable, os.path.join(WORKERS, WORKER[BACKEND]),
-         inputs_path, str(directory)],
+        [
+            sys.executable,
+            os.path.join(WORKERS, WORKER[BACKEND]),
+            inputs_path,
+            str(directory),
+        ],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -316,7 +328,10 @@ def test_distributed_matches_global_batch(distributed, inputs, case):
     np.testing.assert_allclose(dx, ref["dx"], atol=5e-4)
     for name in ("dgamma", "dbeta"):
         np.testing.assert_allclose(
-            _param_grad(distributed, case, name), ref[name], rtol=2e-3, atol=2e-3
+            _param_grad(distributed, case, name),
+            ref[name],
+            rtol=2e-3,
+            atol=2e-3,
         )
     for name in ("moving_mean", "moving_variance"):
         # Identical on every replica, and those of the global batch.
@@ -353,7 +368,9 @@ def test_plain_batch_normalization_per_replica(distributed, inputs):
         return
     assert np.max(np.abs(bn_y - ref["y"])) > 0.05
     # ... and equals BN applied to each shard on its own.
-    for r, part in enumerate(_common.shards(inputs["x"], _common.CASES["equal"])):
+    for r, part in enumerate(
+        _common.shards(inputs["x"], _common.CASES["equal"])
+    ):
         layer = BatchNormalization()
         layer.build(part.shape)
         _common.set_weights(layer, inputs)
@@ -382,7 +399,9 @@ def test_distributed_one_value_or_none_per_channel(distributed, inputs, case):
         moving = {"moving_mean": (1 - m) * x[0], "moving_variance": m}
     else:
         moving = {"moving_mean": 0.0, "moving_variance": 1.0}
-    prefixes = [case] if BACKEND == "torch" else [f"{case}_eager", f"{case}_graph"]
+    prefixes = (
+        [case] if BACKEND == "torch" else [f"{case}_eager", f"{case}_graph"]
+    )
     for prefix in prefixes:
         for r, size in enumerate(sizes):
             y = distributed[f"{prefix}/{r}/y"]
@@ -464,8 +483,12 @@ def test_example_fits_under_mirrored_strategy():
         pytest.skip("the example runs MirroredStrategy; run once, on TF")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "sync_batchnorm.py"),
-         "--epochs", "1"],
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "sync_batchnorm.py"),
+            "--epochs",
+            "1",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -500,7 +523,9 @@ def test_sync_batch_norm_refuses_jax_named_axes():
         jax.pmap(step, axis_name="devices"),
         jax.vmap(step, axis_name="devices"),
     ):
-        with pytest.raises(ValueError, match=r"Received: axis_names=\('devices',\)"):
+        with pytest.raises(
+            ValueError, match=r"Received: axis_names=\('devices',\)"
+        ):
             mapped(x)
     # Inference (moving statistics, no collective) and plain
     # BatchNormalization (per-device statistics by definition) are fine.

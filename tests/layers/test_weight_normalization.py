@@ -45,7 +45,9 @@ def _wn_cases():
     return {
         "dense": (lambda: keras.layers.Dense(4), (6, 5)),
         "conv1d_causal": (
-            lambda: keras.layers.Conv1D(3, 3, padding="causal", dilation_rate=2),
+            lambda: keras.layers.Conv1D(
+                3, 3, padding="causal", dilation_rate=2
+            ),
             (2, 7, 2),
         ),
         "conv2d_nchw": (
@@ -54,7 +56,10 @@ def _wn_cases():
             ),
             (2, 2, 6, 8),
         ),
-        "conv3d": (lambda: keras.layers.Conv3D(2, 2, padding="same"), (1, 3, 3, 3, 2)),
+        "conv3d": (
+            lambda: keras.layers.Conv3D(2, 2, padding="same"),
+            (1, 3, 3, 3, 2),
+        ),
     }
 
 
@@ -70,8 +75,11 @@ def test_wn_equals_plain_layer_at_init_and_after_changing_g(case):
     np.testing.assert_allclose(y, helpers.infer(inner, x), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
         to_numpy(wn.g),
-        np.sqrt((to_numpy(inner.kernel) ** 2)
-                .reshape(-1, inner.kernel.shape[-1]).sum(0)),
+        np.sqrt(
+            (to_numpy(inner.kernel) ** 2)
+            .reshape(-1, inner.kernel.shape[-1])
+            .sum(0)
+        ),
         rtol=1e-6,
     )
     # w = g * v / ||v||, norm over all kernel axes but the last.
@@ -84,8 +92,9 @@ def test_wn_equals_plain_layer_at_init_and_after_changing_g(case):
     plain.build(shape)
     plain.kernel.assign(w.astype("float32"))
     plain.bias.assign(to_numpy(inner.bias))
-    np.testing.assert_allclose(to_numpy(wn(x)), helpers.infer(plain, x),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(wn(x)), helpers.infer(plain, x), rtol=1e-5, atol=1e-5
+    )
     kernel, bias = wn.effective_kernel_and_bias()
     np.testing.assert_allclose(to_numpy(kernel), w, rtol=1e-5, atol=1e-6)
 
@@ -95,8 +104,11 @@ def test_wn_gradients_match_numpy():
     wn = kn.WeightNormalization(keras.layers.Dense(3))
     wn.build(x.shape)
     rng = np.random.RandomState(4)
-    params = {"g": rng.uniform(0.5, 1.5, 3), "kernel": rng.randn(4, 3),
-              "bias": rng.randn(3)}
+    params = {
+        "g": rng.uniform(0.5, 1.5, 3),
+        "kernel": rng.randn(4, 3),
+        "bias": rng.randn(3),
+    }
     assign(wn, g=params["g"])
     assign(wn.layer, kernel=params["kernel"], bias=params["bias"])
     params = {k: v.astype("float32") for k, v in params.items()}
@@ -146,8 +158,11 @@ def test_wn_data_init_flag_survives_fit_and_saving(tmp_path):
         [
             keras.Input((2, 6, 6)),
             kn.WeightNormalization(
-                keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first"),
-                data_init=True, name="wn",
+                keras.layers.Conv2D(
+                    4, 3, padding="same", data_format="channels_first"
+                ),
+                data_init=True,
+                name="wn",
             ),
             keras.layers.GlobalAveragePooling2D(data_format="channels_first"),
             keras.layers.Dense(1),
@@ -197,8 +212,11 @@ def test_weight_normalization_data_init_waits_for_a_non_empty_batch():
 
 def test_config_round_trips_keep_the_wrapped_layer():
     layer_checks.check_config_round_trip(
-        kn.WeightNormalization(keras.layers.Conv2D(3, 2, activation="relu"),
-                               data_init=True, name="wn_conv")
+        kn.WeightNormalization(
+            keras.layers.Conv2D(3, 2, activation="relu"),
+            data_init=True,
+            name="wn_conv",
+        )
     )
     clone = layer_checks.check_config_round_trip(
         kn.WeightNormalization(keras.layers.Dense(3, use_bias=False))
@@ -207,11 +225,17 @@ def test_config_round_trips_keep_the_wrapped_layer():
     assert clone.layer.units == 3
 
 
-@pytest.mark.parametrize("make,shape,bad,message", layer_checks.WRONG_RANK_CASES)
-def test_wrong_rank_input_same_message_as_the_wrapped_layer(make, shape, bad, message):
+@pytest.mark.parametrize(
+    "make,shape,bad,message", layer_checks.WRONG_RANK_CASES
+)
+def test_wrong_rank_input_same_message_as_the_wrapped_layer(
+    make, shape, bad, message
+):
     # Issue 21, item 9: checked with the wrapped layer's input spec, as
     # WeightStandardization (which calls the wrapped layer) does.
-    layer_checks.check_wrong_rank_message(kn.WeightNormalization, make, shape, bad, message)
+    layer_checks.check_wrong_rank_message(
+        kn.WeightNormalization, make, shape, bad, message
+    )
 
 
 def test_bad_arguments_raise_clearly():
@@ -224,5 +248,6 @@ def test_bad_arguments_raise_clearly():
     with pytest.raises(TypeError, match="Received: data_init="):
         kn.WeightNormalization(keras.layers.Dense(2), data_init="yes")
     with pytest.raises(ValueError, match="use_bias=False"):
-        kn.WeightNormalization(keras.layers.Dense(2, use_bias=False),
-                               data_init=True)(np.ones((2, 3), "float32"))
+        kn.WeightNormalization(
+            keras.layers.Dense(2, use_bias=False), data_init=True
+        )(np.ones((2, 3), "float32"))

@@ -26,7 +26,9 @@ class TestSharedChecks(layer_checks.LayerChecks):
             mixed_tolerance=layer_checks.WRAPPER_MIXED_TOLERANCE,
         ),
         "dense": layer_checks.Case(
-            lambda: kn.WeightStandardization(keras.layers.Dense(3), epsilon=1e-5),
+            lambda: kn.WeightStandardization(
+                keras.layers.Dense(3), epsilon=1e-5
+            ),
             (5, 4),
             mixed_tolerance=layer_checks.WRAPPER_MIXED_TOLERANCE,
             fit=False,
@@ -152,7 +154,9 @@ def test_ws_fit_updates_kernel_and_saves(tmp_path):
     assert [w.name for w in conv.weights] == ["kernel"]
     before = helpers.to_numpy(conv.layer.kernel).copy()
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    losses = model.fit(x, y, epochs=4, batch_size=len(x), verbose=0).history["loss"]
+    losses = model.fit(x, y, epochs=4, batch_size=len(x), verbose=0).history[
+        "loss"
+    ]
     assert losses[-1] < losses[0]
     change = helpers.to_numpy(conv.layer.kernel) - before
     assert np.abs(change).max() > 1e-5
@@ -238,8 +242,14 @@ def test_ws_refuses_quantized_and_lora_layers():
         kn.WeightStandardization(lora).build((2, 4))
 
 
-@pytest.mark.parametrize("make,shape,bad,message", layer_checks.WRONG_RANK_CASES)
-def test_wrong_rank_input_same_message_as_the_wrapped_layer(make, shape, bad, message):
+@pytest.mark.parametrize(
+    "make,shape,bad,message", layer_checks.WRONG_RANK_CASES
+)
+def test_wrong_rank_input_same_message_as_the_wrapped_layer(
+    make, shape, bad, message
+):
     # Issue 21, item 9: the wrapped layer's input-spec message, as
     # WeightNormalization gives.
-    layer_checks.check_wrong_rank_message(kn.WeightStandardization, make, shape, bad, message)
+    layer_checks.check_wrong_rank_message(
+        kn.WeightStandardization, make, shape, bad, message
+    )
