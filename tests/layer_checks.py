@@ -20,9 +20,10 @@ them all on a module's cases. A layer module subclasses it once:
         )
 
 and gets, per case: config round trip, symbolic and eager call, a `fit`
-step then `.keras` save/load with all state, mixed precision
-(`mixed_float16` and `mixed_bfloat16`), an empty batch, weights against
-the `keras.layers` twin; and one masking check. A layer without a
+step then `.keras` save/load with all state (unless `fit=False`), mixed
+precision (`mixed_float16` and `mixed_bfloat16`), an empty batch, weights
+against the `keras.layers` twin (where `twin` is set); and one masking
+check. A layer without a
 `keras.layers` twin sets `test_weights_match_keras_twin = None`.
 
 The checks use only the public API (`keras_norms.X`, `keras.*`), so they
