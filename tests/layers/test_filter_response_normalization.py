@@ -179,27 +179,6 @@ def test_frn_config_round_trip_keeps_every_argument():
     assert clone.learned_epsilon and clone.axis == 1
 
 
-def test_frn_fit_and_save_after_a_convolution(tmp_path):
-    x = helpers.random_input((6, 4, 4, 2))
-    model = keras.Sequential(
-        [
-            keras.Input((4, 4, 2)),
-            keras.layers.Conv2D(3, 3),
-            kn.FilterResponseNormalization(learned_epsilon=True),
-            keras.layers.GlobalAveragePooling2D(),
-        ]
-    )
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    history = model.fit(
-        x, np.ones((6, 3), "float32"), epochs=3, batch_size=6, verbose=0
-    )
-    losses = history.history["loss"]
-    assert losses[-1] < losses[0]
-    helpers.set_random_weights(model.layers[1])
-    loaded = helpers.assert_saves_and_loads(model, x, tmp_path)
-    assert isinstance(loaded.layers[1], kn.FilterResponseNormalization)
-
-
 @pytest.mark.parametrize(
     "kwargs,error",
     [
