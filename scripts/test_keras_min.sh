@@ -2,6 +2,9 @@
 # The lower end of the supported Keras range: a separate venv with the
 # oldest Keras we support (constraints-keras-min.txt; everything else as
 # pinned in constraints.txt) runs the layer and conversion tests on torch.
+# Left out: the comparisons with behaviour newer Keras added (renorm in
+# keras.layers.BatchNormalization, its mask on any axis, LayerNormalization's
+# rms_scaling warning), which Keras 3.10 does not have.
 # The upper end is the main suite (constraints.txt's keras).
 # Usage: bash scripts/test_keras_min.sh [pytest args]
 set -euo pipefail
@@ -22,4 +25,6 @@ echo "=== lowest Keras: $("$VENV/bin/python" -c 'import keras; print(keras.__ver
   tests/layers/test_layer_normalization.py \
   tests/layers/test_instance_normalization.py \
   tests/layers/test_group_normalization.py \
-  tests/test_conversion.py "$@"
+  tests/test_conversion.py \
+  -k "not renorm_equals_keras and not keras_twin[renorm] and not mask_on_any_axis and not rms_scaling_matches_keras" \
+  "$@"
