@@ -12,9 +12,11 @@ is what `model.fit` runs on torch by default).
 
 Contenders: `ours` (keras_norms), `keras` (the `keras.layers` built-in;
 GroupNormalization(groups=C) stands in for InstanceNormalization; none for
-BIN, SN, FRN), `native` (the backend's own kernel: `torch.nn.functional.*`
-(`F.rms_norm` for RMS, a plain torch expression for FRN + TLU),
-`tf.nn.fused_batch_norm` or TF ops, flax-style jnp), and on torch `ours_ops` (keras_norms with its
+BIN, SN, FRN, LRN), `native` (the backend's own kernel: `torch.nn.functional.*`
+(`F.rms_norm` for RMS, a plain torch expression for FRN + TLU,
+`F.local_response_norm` for LRN), `tf.nn.fused_batch_norm`,
+`tf.nn.local_response_normalization` or TF ops, flax-style jnp; none for
+LRN on JAX), and on torch `ours_ops` (keras_norms with its
 native fast paths disabled: the one `keras.ops` implementation), and `copy`
 (a negation of the tensor: one read and one write, the bandwidth yardstick).
 """
@@ -52,6 +54,7 @@ def make_ours(kind, axis, groups):
         "SN": lambda: kn.SwitchableNormalization(axis=axis, epsilon=EPS),
         "RMS": lambda: kn.RMSNormalization(axis=axis, epsilon=EPS),
         "FRN": lambda: kn.FilterResponseNormalization(axis=axis, epsilon=EPS),
+        "LRN": lambda: kn.LocalResponseNormalization(axis=axis),
     }[kind]()
 
 
@@ -135,6 +138,8 @@ def _native_torch(kind, axis, groups, ndim, c):
             nu2 = x.pow(2).mean(spatial, keepdim=True)
             y = g.reshape(shape) * x * torch.rsqrt(nu2 + EPS) + b.reshape(shape)
             return torch.maximum(y, params["tau"].reshape(shape))
+        if kind == "LRN":  # TF's defaults, mapped: size 11, alpha * 11
+            return back(F.local_response_norm(cf(x), 11, 11.0, 0.5, 1.0))
         if kind == "SN":  # the official code, with biased variances
             xc = cf(x)
             n = xc.shape[0]
@@ -170,6 +175,8 @@ def _jnp_stats(x, axes):
 
 
 def _native_jax(kind, axis, groups, ndim, c):
+    if kind == "LRN":  # JAX has no LRN kernel to compare with
+        return None
     import jax
     import jax.numpy as jnp
 
@@ -265,6 +272,11 @@ def _native_tf(kind, axis, groups, ndim, c):
                     data_format=fmt, is_training=False,
                 )
             return y
+        if kind == "LRN":  # the NHWC kernel (XLA lowers it too)
+            if ax == ndim - 1:
+                return tf.nn.local_response_normalization(x)
+            y = tf.nn.local_response_normalization(tf.transpose(x, [0, 2, 3, 1]))
+            return tf.transpose(y, [0, 3, 1, 2])
         if kind == "BN":
             if training:
                 mean, var = tf.nn.moments(x, [0] + spatial, keepdims=True)
@@ -377,6 +389,8 @@ def runner(contender, mode, execution, x_np, up_np, meta):
     maker = {"torch": _native_torch, "jax": _native_jax,
              "tensorflow": _native_tf}[BACKEND]
     fn_params = maker(kind, axis, groups, ndim, c)
+    if fn_params is None:
+        return None
     if BACKEND == "torch":
         return _torch_runner(fn_params, mode, x_np, up_np)
     if BACKEND == "jax":
@@ -546,8 +560,18 @@ def _jax_temp_bytes(f, *args):
 WARM_UP_CALLS = 4
 
 
-def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None):
+def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None,
+                     minima=None, clock=time.perf_counter):
     """Median seconds per call of each runner, interleaved over rounds.
+
+    Where `minima` is a dict, it receives each runner's fastest sample too:
+    on a machine whose run queue is several times its cores, a sample
+    preempted midway can take 10-100x its time, and the minimum (noise only
+    adds time) separates two equal programs better than the median.
+    `clock` times the samples: `time.process_time` (CPU seconds of this
+    process, every thread) leaves out the time other processes hold the
+    cores, which wall time cannot; it is the work done, where the backend
+    computes on as many threads as it was given (`--threads`).
 
     Each round runs every runner once (in a rotated order, so none always
     goes first); where a call is faster than `min_sample_s`, every runner is
@@ -580,10 +604,12 @@ def time_interleaved(runners, rounds, min_sample_s=0.004, budget_s=None):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             n = reps[name]
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(n):
                 runners[name]()
-            samples[name].append((time.perf_counter() - t0) / n)
+            samples[name].append((clock() - t0) / n)
         if budget_s and r >= 2 and time.perf_counter() - start > budget_s:
             break
+    if minima is not None:
+        minima.update({name: min(s) for name, s in samples.items()})
     return {name: statistics.median(s) for name, s in samples.items()}

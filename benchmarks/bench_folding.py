@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_norms.export import export_saved_model  # noqa: E402
+from keras_norms.saved_model import export_saved_model  # noqa: E402
 from keras_norms.folding import fold_batch_norms  # noqa: E402
 
 L = keras.layers

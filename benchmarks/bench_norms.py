@@ -8,7 +8,7 @@ table:
     python benchmarks/bench_norms.py --full     # every shape x layout
     python benchmarks/bench_norms.py --backends torch --layers GN BN
 
-For each layer (BN, LN, IN, GN, BIN, SN, RMS, FRN), shape, layout (channels-last
+For each layer (BN, LN, IN, GN, BIN, SN, RMS, FRN, LRN), shape, layout (channels-last
 `cl`, channels-first `cf`), execution (eager; compiled: `jax.jit`,
 `tf.function(jit_compile=True)`; torch runs eager only) and mode (`infer`,
 `train` forward, `grad` = forward + backward), on identical inputs in one
@@ -16,11 +16,12 @@ process, the contenders run interleaved over repeated rounds and the
 medians are reported (see `_harness.py`):
 
 - `ours/keras`: keras_norms over the `keras.layers` built-in (GN with
-  groups=C stands in for IN; BIN, SN and FRN have none);
+  groups=C stands in for IN; BIN, SN, FRN and LRN have none);
 - `ours/native`: over the backend's own kernel (`torch.nn.functional.*`,
-  `F.rms_norm` for RMS and a plain torch expression for FRN + TLU;
-  `tf.nn.fused_batch_norm` for 4-D BN and TF ops otherwise; flax-style
-  jnp), run in the same execution mode;
+  `F.rms_norm` for RMS, a plain torch expression for FRN + TLU,
+  `F.local_response_norm` for LRN; `tf.nn.fused_batch_norm` for 4-D BN,
+  `tf.nn.local_response_normalization` for LRN and TF ops otherwise;
+  flax-style jnp, none for LRN), run in the same execution mode;
 - `floor`: the fraction of the memory-bandwidth floor reached, (bytes that
   must move / time) / (bandwidth of a negation of the same tensor measured
   in the same rounds); 100% = as fast as moving the bytes can be;
@@ -49,11 +50,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("torch", "jax", "tensorflow")
-LAYERS = ("BN", "LN", "IN", "GN", "BIN", "SN", "RMS", "FRN")
-GRID_LAYERS = LAYERS[:6]  # every shape; RMS and FRN on their own shapes
+LAYERS = ("BN", "LN", "IN", "GN", "BIN", "SN", "RMS", "FRN", "LRN")
+GRID_LAYERS = LAYERS[:6]  # every shape; RMS, FRN, LRN on their own shapes
 # Layers whose training forward is the inference forward (no batch
 # statistics, no moving statistics): no separate `train` mode.
-NO_TRAIN = ("LN", "IN", "GN", "RMS", "FRN")
+NO_TRAIN = ("LN", "IN", "GN", "RMS", "FRN", "LRN")
 MODES = ("infer", "train", "grad")
 SHAPES = {  # channels-last shapes
     "small": (8, 16, 16, 32),
@@ -89,6 +90,8 @@ def cases(preset, layers):
         for name in ("medium", "large"):
             out.append(("FRN", name, SHAPES[name], "cl", 8))
     out.append(("RMS", SEQUENCE[0], SEQUENCE[1], "cl", 1))
+    for layout in ("cl", "cf"):  # LRN (TF's defaults) against tf.nn.lrn/F's
+        out.append(("LRN", "medium", SHAPES["medium"], layout, 8))
     return [c for c in out if c[0] in layers]
 
 
@@ -98,19 +101,27 @@ def cases(preset, layers):
 def run_backend(args):
     import numpy as np
 
+    if args.threads:
+        _limit_threads(args.threads)
     import _harness as H
 
+    print(f"keras_norms from {os.path.dirname(H.kn.__file__)}",
+          file=sys.stderr, flush=True)
     if H.BACKEND == "torch":
         executions = ("eager",)
         contenders = ("ours", "keras", "native", "ours_ops", "copy")
     else:
         executions = ("compiled",) if args.quick else ("eager", "compiled")
         contenders = ("ours", "keras", "native", "copy")
+    if args.execs:
+        executions = tuple(e for e in executions if e in args.execs)
     rows = []
     for kind, shape_name, shape, layout, groups in cases(
         "quick" if args.quick else ("full" if args.full else "standard"),
         args.layers,
     ):
+        if args.shapes and shape_name not in args.shapes:
+            continue
         rng = np.random.RandomState(0)
         x = (2.0 + 3.0 * rng.randn(*shape)).astype("float32")
         up = rng.randn(*shape).astype("float32")
@@ -129,9 +140,12 @@ def run_backend(args):
                     if run is None:
                         continue
                     runners[name] = run
-                times = H.time_interleaved(
-                    runners, args.rounds, budget_s=args.cell_budget
+                minima = {}
+                medians = H.time_interleaved(
+                    runners, args.rounds, budget_s=args.cell_budget,
+                    minima=minima, clock=CLOCKS[args.clock],
                 )
+                times = minima if args.estimator == "min" else medians
                 if mode == "grad" and not args.quick:
                     for name in ("ours", "native", "keras"):
                         run = runners.get(name)
@@ -142,11 +156,45 @@ def run_backend(args):
                     "dims": list(x.shape), "layout": layout,
                     "exec": execution, "mode": mode,
                     "ms": {k: 1e3 * v for k, v in times.items()},
+                    "estimator": args.estimator, "clock": args.clock,
+                    "ms_median": {k: 1e3 * v for k, v in medians.items()},
+                    "ms_min": {k: 1e3 * v for k, v in minima.items()},
                     "mem": memory, "nbytes": int(x.nbytes),
                 }
                 rows.append(row)
                 print(format_row(row), flush=True, file=sys.stderr)
     return rows
+
+
+def _limit_threads(n):
+    """At most `n` compute threads in this backend's kernels.
+
+    On a machine shared with other work, a kernel split over every core
+    waits at each barrier for its slowest thread: torch's `F.batch_norm` on
+    32x32x32x64 measured 10 ms median with 2 threads on a loaded 2-core
+    machine against 1.0 ms with one. With `--threads 1` the contenders
+    still run side by side, so the ratios stay comparable, with far less
+    scatter. Called before the backend is imported.
+    """
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(n)
+    os.environ["TF_NUM_INTEROP_THREADS"] = str(n)
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = (
+        f"{flags} --xla_cpu_multi_thread_eigen=false "
+        f"intra_op_parallelism_threads={n}"
+    ).strip()
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(n)
+        torch.set_num_interop_threads(n)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
 
 
 # ---------------------------------------------------------------------------
@@ -201,14 +249,22 @@ def summary(rows, keras_target=1.0, native_target=1.25):
         sub = [r for r in rows if r["backend"] == backend]
         rk = [ratios(r)["keras"] for r in sub if ratios(r)["keras"] is not None]
         rn = [ratios(r)["native"] for r in sub if ratios(r)["native"] is not None]
-        miss_k = sum(v > keras_target for v in rk)
-        miss_n = sum(v > native_target for v in rn)
-        lines.append(
-            f"{backend}: ours/keras median {statistics.median(rk):.2f} "
-            f"(max {max(rk):.2f}, {miss_k}/{len(rk)} above {keras_target}); "
-            f"ours/native median {statistics.median(rn):.2f} "
-            f"(max {max(rn):.2f}, {miss_n}/{len(rn)} above {native_target})"
-        )
+        parts = []
+        # A selection of layers may have no keras twin (FRN, LRN) or no
+        # native kernel (LRN on JAX): say so rather than fail.
+        for label, values, target in (
+            ("ours/keras", rk, keras_target),
+            ("ours/native", rn, native_target),
+        ):
+            if not values:
+                parts.append(f"{label}: none")
+                continue
+            miss = sum(v > target for v in values)
+            parts.append(
+                f"{label} median {statistics.median(values):.2f} "
+                f"(max {max(values):.2f}, {miss}/{len(values)} above {target})"
+            )
+        lines.append(f"{backend}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
@@ -242,6 +298,113 @@ def median_table(rows):
                     f"| {med([r['ops'] for r in sub])} "
                     f"| {med([r['mem'] for r in sub])} |"
                 )
+    return "\n".join(lines)
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+USER_EXECUTION = {"torch": "eager", "jax": "compiled", "tensorflow": "compiled"}
+
+
+def _f2(v):
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _load_rows(patterns):
+    """Rows of every JSON file matching the glob `patterns`, in order."""
+    import glob
+
+    rows = []
+    for pattern in patterns:
+        paths = sorted(glob.glob(pattern)) or [pattern]
+        for path in paths:
+            with open(path) as f:
+                rows += json.load(f)
+    return rows
+
+
+def _cell(row):
+    return (row["backend"], row["exec"], row["layer"], row["shape"],
+            row["layout"], row["mode"])
+
+
+def compare_table(before, after, keras_target=1.0, native_target=1.25,
+                  slower_by=1.10):
+    """Markdown: each cell measured in both runs, before and after.
+
+    Columns: ours/keras and ours/native before and after (each run times
+    them side by side, so Keras' layer and the native contender are the
+    yardsticks across runs), and after over before of ours/keras (of
+    ours/native where Keras has no such layer). Then which targets hold
+    on the executions users run (compiled JAX and TensorFlow, eager torch);
+    a cell counts as slower where after/before exceeds `slower_by` (single
+    cells of identical programs scatter by about that much on a shared
+    machine).
+    """
+    old = {_cell(r): ratios(r) for r in before}
+    lines = [
+        "| layer | backend | exec | shape | layout | mode "
+        "| before ours/keras | after ours/keras | before ours/native "
+        "| after ours/native | after/before |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = {b: i for i, b in enumerate(BACKENDS)}
+    misses, slower, native_misses, user_cells = [], [], [], 0
+    for row in sorted(after, key=lambda r: (
+        LAYERS.index(r["layer"]), order[r["backend"]], r["exec"],
+        r["shape"], ("cl", "cf").index(r["layout"]), MODES.index(r["mode"]),
+    )):
+        new = ratios(row)
+        prev = old.get(_cell(row), {})
+        k0, k1 = prev.get("keras"), new["keras"]
+        n0, n1 = prev.get("native"), new["native"]
+        # Against Keras where it has the layer, else against the native
+        # contender: the yardstick timed beside ours in each run.
+        change = k1 / k0 if k0 and k1 else (n1 / n0 if n0 and n1 else None)
+        lines.append(
+            f"| {row['layer']} | {row['backend']} | {row['exec']} "
+            f"| {row['shape']} | {row['layout']} | {row['mode']} "
+            f"| {_f2(k0)} | {_f2(k1)} | {_f2(n0)} | {_f2(n1)} "
+            f"| {_f2(change)} |"
+        )
+        if row["exec"] != USER_EXECUTION[row["backend"]]:
+            continue
+        user_cells += 1
+        name = " ".join(str(v) for v in _cell(row))
+        if k1 is not None and k1 > keras_target:
+            misses.append(f"{name} ({k1:.2f})")
+        if change is not None and change > slower_by:
+            slower.append(f"{name} ({change:.2f})")
+        if (row["backend"] == "torch" and n1 is not None
+                and n1 > native_target):
+            native_misses.append(f"{name} ({n1:.2f})")
+    medians = []
+    for backend in BACKENDS:
+        execution = USER_EXECUTION[backend]
+        pairs = [
+            (old[_cell(r)].get("keras"), ratios(r)["keras"])
+            for r in after
+            if r["backend"] == backend and r["exec"] == execution
+            and _cell(r) in old
+            and old[_cell(r)].get("keras") and ratios(r)["keras"]
+        ]
+        if pairs:
+            medians.append(
+                f"{backend} {execution} {statistics.median(p[0] for p in pairs):.2f}"
+                f" -> {statistics.median(p[1] for p in pairs):.2f}"
+            )
+    lines += [
+        "",
+        "Median ours/keras over the cells with a Keras twin, before -> "
+        "after: " + "; ".join(medians) + ".",
+        "",
+        f"Executions users run ({user_cells} cells): "
+        f"ours/keras above {keras_target}: "
+        + (", ".join(misses) if misses else "none") + "; "
+        f"ratio more than {slower_by:.2f}x its before: "
+        + (", ".join(slower) if slower else "none") + "; "
+        f"torch ours/native above {native_target}: "
+        + (", ".join(native_misses) if native_misses else "none") + ".",
+    ]
     return "\n".join(lines)
 
 
@@ -293,11 +456,31 @@ def parse(argv=None):
     p.add_argument("--backend", help=argparse.SUPPRESS)  # child process
     p.add_argument("--layers", nargs="+", default=list(LAYERS))
     p.add_argument("--modes", nargs="+", default=list(MODES))
+    p.add_argument("--shapes", nargs="+", default=None,
+                   help="only these shape names (small, medium, large, seq, "
+                   "gn256)")
+    p.add_argument("--execs", nargs="+", default=None,
+                   choices=("eager", "compiled"),
+                   help="only these executions (torch runs eager only)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="compute threads per backend (1 on a shared machine)")
+    p.add_argument("--estimator", choices=("median", "min"),
+                   default="median",
+                   help="per-contender statistic the ratios use (both are "
+                   "saved): min on a heavily shared machine")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall time, or this process's CPU time (leaves out "
+                   "other processes' turns on a shared machine; use with "
+                   "--threads 1)")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--cell-budget", type=float, default=None,
                    help="seconds of timing per cell before stopping early")
     p.add_argument("--json", help="save the rows here")
     p.add_argument("--from-json", help="print/plot saved rows, run nothing")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                   help="JSON files (glob patterns) of two runs: print, or "
+                   "with --markdown write, their cell-by-cell table; runs "
+                   "nothing")
     p.add_argument("--plot", help="draw the ratio figure here")
     p.add_argument("--markdown", help="write the table of medians here")
     p.add_argument("--timeout", type=float, default=900,
@@ -313,14 +496,22 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     if args.backend:  # child: one backend, rows as JSON on --json
-        sys.path.insert(0, HERE)
+        # The checkout's keras_norms, not whichever one is installed (an
+        # editable install of another worktree would be measured instead).
+        sys.path[:0] = [HERE, os.path.dirname(HERE)]
         rows = run_backend(args)
         with open(args.json, "w") as f:
             json.dump(rows, f)
         return 0
+    if args.compare:
+        table = compare_table(*(_load_rows([p]) for p in args.compare))
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(table + "\n")
+        print(table)
+        return 0
     if args.from_json:
-        with open(args.from_json) as f:
-            rows = json.load(f)
+        rows = _load_rows([args.from_json])
     else:
         rows = []
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]

@@ -34,7 +34,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import keras_norms as kn  # noqa: E402
-from keras_norms.export import run_saved_model  # noqa: E402
+from keras_norms.saved_model import run_saved_model  # noqa: E402
 
 NORMS = {
     "BatchNormalization": lambda: kn.BatchNormalization(),

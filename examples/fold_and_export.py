@@ -5,7 +5,7 @@
 2. folds every BatchNormalization into the convolution before it
    (`keras_norms.folding.fold_batch_norms`);
 3. exports the folded model as a TensorFlow SavedModel with an
-   XLA-compiled `serving_default` (`keras_norms.export.export_saved_model`);
+   XLA-compiled `serving_default` (`keras_norms.saved_model.export_saved_model`);
 4. reloads it with plain TensorFlow (`tf.saved_model.load`; a child process
    on the torch backend) and checks its predictions against the model;
 5. prints the inference speedup from folding.
@@ -25,8 +25,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from keras_norms.export import export_saved_model  # noqa: E402
-from keras_norms.export import run_saved_model  # noqa: E402
+from keras_norms.saved_model import export_saved_model  # noqa: E402
+from keras_norms.saved_model import run_saved_model  # noqa: E402
 from keras_norms.folding import fold_batch_norms  # noqa: E402
 from keras_norms.layers.batch_normalization import BatchNormalization  # noqa: E402
 

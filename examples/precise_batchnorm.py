@@ -14,7 +14,7 @@
    size batches) and prints the report and the test accuracy again;
 4. folds the BatchNormalizations into the convolutions
    (`keras_norms.folding.fold_batch_norms`), exports an XLA-compiled
-   SavedModel (`keras_norms.export.export_saved_model`), and prints the
+   SavedModel (`keras_norms.saved_model.export_saved_model`), and prints the
    accuracy of both (`--no-export` skips the SavedModel);
 5. with `--out figure.png`, draws the accuracies and the per-layer mean
    shifts (matplotlib, Agg).
@@ -79,8 +79,8 @@ def fold_and_export(model, x_test, y_test, export):
     out = {"folded": accuracy(keras.ops.convert_to_numpy(
         folded(x_test, training=False)), y_test)}
     if export:
-        from keras_norms.export import export_saved_model
-        from keras_norms.export import run_saved_model
+        from keras_norms.saved_model import export_saved_model
+        from keras_norms.saved_model import run_saved_model
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "digits_precise")

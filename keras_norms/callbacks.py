@@ -1,16 +1,152 @@
-"""A callback that folds BatchNormalization and exports the model."""
+"""Callbacks for `fit`: precise statistics, folding and export.
+
+- `PreciseBatchNorm` recomputes the BatchNormalization statistics with
+  `keras_norms.precise.recompute_batch_norm_statistics` before each
+  epoch's validation;
+- `FoldAndExport` puts the model in its inference form
+  (`keras_norms.inference.optimize_for_inference`) and exports it with
+  `keras_norms.saved_model.export_saved_model`, at the end or at each
+  improvement.
+
+Both reach the tools through their public functions only.
+"""
 
 import os
+import types
 import warnings
 
 import keras
 
-from keras_norms import export as _export
-from keras_norms import inference as _inference
-from keras_norms import precise as _precise
 from keras_norms import _validation
+from keras_norms import saved_model
+from keras_norms import inference
+from keras_norms import precise
 
-__all__ = ["FoldAndExport"]
+__all__ = ["FoldAndExport", "PreciseBatchNorm"]
+
+
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Recompute precise BatchNormalization statistics during `fit`.
+
+    Every `every_n_epochs` epochs, once the epoch's training steps are done
+    and BEFORE its validation runs, the moving statistics of every
+    BatchNormalization-like layer are replaced by precise ones on `x`
+    (`recompute_batch_norm_statistics`), so the epoch's `val_*` metrics,
+    and any later callback (`ModelCheckpoint`, `EarlyStopping`), see the
+    model with precise statistics. At the end of training they are
+    recomputed once more if training steps ran since the last time.
+
+    How: Keras' `fit` runs validation (`evaluate` with fit's callbacks)
+    before `on_epoch_end`, on every backend, so the callback recomputes in
+    `on_test_begin` when that comes from fit's validation, and in
+    `on_epoch_end` for epochs without validation. Training then goes on
+    from the precise statistics (the moving averages continue from them).
+
+    Args:
+        x: Data to compute the statistics on, as `model.predict` takes it;
+            it is iterated once per recomputation, so it must be
+            re-iterable (array, `tf.data.Dataset`, `PyDataset`, torch
+            `DataLoader`; not a generator). Usually a part of the training
+            data, in training-size batches.
+        batch_size: Batch size for array inputs (default 32).
+        steps: Largest number of batches per recomputation (200, as in
+            Wu & Johnson; `None`: all of `x`).
+        every_n_epochs: Recompute every this many epochs (the last epoch of
+            a period, counted from epoch 1).
+        include_frozen: Also recompute frozen layers (see
+            `recompute_batch_norm_statistics`).
+        verbose: Progress bar of each recomputation (`0`: none).
+
+    Reference:
+        - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576).
+
+    Examples:
+        >>> bn = kn.BatchNormalization()
+        >>> model = keras.Sequential([keras.Input((2,)), bn])
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> x = np.array([[0.0, 10.0], [4.0, 30.0]] * 4, dtype="float32")
+        >>> callback = kn.PreciseBatchNorm(x)
+        >>> _ = model.fit(x, x, epochs=1, callbacks=[callback], verbose=0)
+        >>> print(np.round(keras.ops.convert_to_numpy(bn.moving_mean), 3))
+        [ 2. 20.]
+    """
+
+    def __init__(
+        self,
+        x,
+        *,
+        batch_size=None,
+        steps=200,
+        every_n_epochs=1,
+        include_frozen=False,
+        verbose=0,
+    ):
+        super().__init__()
+        if isinstance(x, types.GeneratorType):
+            raise TypeError(
+                "PreciseBatchNorm iterates `x` at every recomputation, so it "
+                "must be re-iterable (an array, tf.data.Dataset, PyDataset or "
+                "torch DataLoader), not a generator. Received: "
+                f"x={_validation.describe(x)}"
+            )
+        self.x = x
+        self.batch_size = _validation.check_positive_int(
+            "batch_size", batch_size, allow_none=True
+        )
+        self.steps = _validation.check_positive_int(
+            "steps", steps, allow_none=True
+        )
+        self.every_n_epochs = _validation.check_positive_int(
+            "every_n_epochs", every_n_epochs
+        )
+        self.include_frozen = _validation.check_bool(
+            "include_frozen", include_frozen
+        )
+        self.verbose = _validation.check_verbose(verbose)
+        self.history = []  # (epoch or "end", result) of each recomputation
+        self._pending = False
+        self._fresh = True
+        self._epoch = None
+
+    def _recompute(self, when):
+        with warnings.catch_warnings():
+            if when != "end":
+                warnings.simplefilter("ignore", UserWarning)
+            result = precise.recompute_batch_norm_statistics(
+                self.model,
+                self.x,
+                batch_size=self.batch_size,
+                steps=self.steps,
+                verbose=self.verbose,
+                include_frozen=self.include_frozen,
+            )
+        self.history.append((when, result))
+        self._pending = False
+        self._fresh = True
+
+    def on_train_begin(self, logs=None):
+        self._pending = False
+        self._fresh = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._pending = (epoch + 1) % self.every_n_epochs == 0
+        self._fresh = False
+
+    def on_test_begin(self, logs=None):
+        # Called by fit's validation (after the epoch's training steps);
+        # `_pending` is False for an `evaluate` outside `fit`.
+        if self._pending:
+            self._recompute(self._epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._pending:  # no validation this epoch
+            self._recompute(epoch)
+
+    def on_train_end(self, logs=None):
+        if not self._fresh:
+            self._recompute("end")
+
 
 
 class FoldAndExport(keras.callbacks.Callback):
@@ -23,7 +159,7 @@ class FoldAndExport(keras.callbacks.Callback):
     plain layers; a leading `keras.layers.Normalization` goes into the
     first layer) and written as a TensorFlow SavedModel whose
     `serving_default` signature is XLA-compiled
-    (`keras_norms.export.export_saved_model`). The live model keeps
+    (`keras_norms.saved_model.export_saved_model`). The live model keeps
     training untouched: the inference form is a new model.
 
     With `monitor`, it exports instead whenever the monitored metric
@@ -108,8 +244,8 @@ class FoldAndExport(keras.callbacks.Callback):
         monitor=None,
         mode="auto",
         sample=None,
-        atol=_inference.ATOL,
-        rtol=_inference.RTOL,
+        atol=inference.ATOL,
+        rtol=inference.RTOL,
         on_mismatch="warn",
         precise_statistics=None,
         fold=True,
@@ -125,11 +261,7 @@ class FoldAndExport(keras.callbacks.Callback):
                 f"Received: monitor={monitor!r}"
             )
         self.monitor = monitor
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(
-                "Argument `mode` must be 'auto', 'min' or 'max'. "
-                f"Received: mode={mode!r}"
-            )
+        _validation.check_one_of("mode", mode, ("auto", "min", "max"))
         if mode == "auto":
             better_high = monitor is not None and (
                 "acc" in monitor
@@ -140,7 +272,7 @@ class FoldAndExport(keras.callbacks.Callback):
             mode = "max" if better_high else "min"
         self.mode = mode
         self.sample = sample
-        self.atol, self.rtol, self.on_mismatch = _inference.check_tolerance(
+        self.atol, self.rtol, self.on_mismatch = inference.check_tolerance(
             atol, rtol, on_mismatch
         )
         self.fold = bool(fold)
@@ -157,7 +289,7 @@ class FoldAndExport(keras.callbacks.Callback):
         self.failed = []
         if "{" not in self.filepath:
             # Refuse an unsafe target now, not after the training.
-            _export.check_target(self.filepath, overwrite=True)
+            saved_model.check_target(self.filepath, overwrite=True)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is None:
@@ -186,7 +318,7 @@ class FoldAndExport(keras.callbacks.Callback):
         """The live model, with precise statistics first if asked for."""
         if self.precise_statistics is not None:
             x, steps = self.precise_statistics
-            _precise.recompute_batch_norm_statistics(
+            precise.recompute_batch_norm_statistics(
                 self.model, x, steps=steps, verbose=int(self.verbose)
             )
         return self.model
@@ -200,7 +332,7 @@ class FoldAndExport(keras.callbacks.Callback):
         path = self._format_path(epoch, logs)
         try:
             model = self._model_to_export()
-            result = _export.export(
+            result = saved_model.export(
                 model,
                 path,
                 fold=self.fold,
@@ -212,7 +344,7 @@ class FoldAndExport(keras.callbacks.Callback):
                 on_mismatch=self.on_mismatch,
                 verbose=0,
             )
-        except _inference.OutputMismatchError:
+        except inference.OutputMismatchError:
             raise  # on_mismatch="raise": asked for
         except Exception as e:  # keep training, and the last good export
             reason = f"{type(e).__name__}: {e}"
@@ -241,12 +373,13 @@ def _check_precise_statistics(value):
         x, steps = value
     else:
         x, steps = value, None
-    if steps is not None and (
-        isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0
+    if steps is not None and not (
+        _validation.is_integer(steps) and steps > 0
     ):
-        raise ValueError(
+        error = ValueError if _validation.is_integer(steps) else TypeError
+        raise error(
             "Argument `precise_statistics` must be `x` or `(x, steps)` with "
             "steps a positive int or None. "
             f"Received: precise_statistics=(..., {steps!r})"
         )
-    return x, steps
+    return x, None if steps is None else int(steps)

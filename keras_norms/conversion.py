@@ -5,14 +5,15 @@ built with keras_norms' drop-in layers (same arguments, same weights, same
 outputs); `convert_sync_batchnorm(model)` turns every BatchNormalization
 into a `SyncBatchNormalization`, as `torch.nn.SyncBatchNorm.
 convert_sync_batchnorm` does for PyTorch modules. Both rebuild the graph
-with the machinery of `keras_norms.folding` (`clone_model` with a
-`clone_function`) and leave the original model untouched.
+with the machinery the folding tools share (`keras_norms._graph`:
+`clone_model` with a `clone_function`) and leave the original model
+untouched.
 """
-
 
 import keras
 
-from keras_norms import folding
+from keras_norms import _graph
+from keras_norms import _legacy_configs
 from keras_norms.layers import batch_normalization as _bn
 from keras_norms.layers import group_normalization as _gn
 from keras_norms.layers import layer_normalization as _ln
@@ -62,15 +63,30 @@ def convert(model):
     ours with the same deprecated behaviour; prefer
     `keras.layers.RMSNormalization` (which converts too).
 
+    Given a serialized layer (a dict `{"class_name": ..., "config": ...}`)
+    from `tf_keras` (Keras 2) or TensorFlow Addons instead of a model, it
+    returns the keras_norms twin of that layer, unbuilt:
+    `BatchNormalization` (`virtual_batch_size` included; `fused` dropped;
+    a built `axis` list such as `[3]` taken as its one axis),
+    `LayerNormalization`, `GroupNormalization`,
+    `Addons>GroupNormalization`, `Addons>InstanceNormalization`,
+    `Addons>FilterResponseNormalization` (whose `axis` lists the spatial
+    axes; ours is the channel axis) and `Addons>WeightNormalization`
+    (Addons' `data_init=True` default kept). Load the weights with
+    `set_weights` after building: the twins create the same weights in the
+    same order.
+
     Args:
-        model: A built `keras.Sequential` or functional `keras.Model`.
+        model: A built `keras.Sequential` or functional `keras.Model`, or a
+            serialized tf_keras / TF Addons layer (a dict).
 
     Returns:
-        The new model.
+        The new model (or layer).
 
     Raises:
         ValueError: If the model is not built, or is a subclassed model
-            whose layer graph cannot be read.
+            whose layer graph cannot be read; or a layer config has no
+            twin or an argument the twin cannot take.
 
     Examples:
         >>> model = keras.Sequential([
@@ -85,8 +101,14 @@ def convert(model):
         >>> y, y_new = model.predict(x, verbose=0), new.predict(x, verbose=0)
         >>> np.allclose(y, y_new)
         True
+        >>> legacy = {"class_name": "BatchNormalization",
+        ...           "config": {"axis": [3], "virtual_batch_size": 8}}
+        >>> kn.convert(legacy).virtual_batch_size
+        8
     """
-    folding.check_graph_model(model, "convert the normalization layers of")
+    if isinstance(model, dict):
+        return _legacy_configs.layer_from_config(model)
+    _graph.check_graph_model(model, "convert the normalization layers of")
     pairs = _keras_to_keras_norms()
 
     def target(layer):
@@ -133,7 +155,7 @@ def convert_sync_batchnorm(model):
         >>> isinstance(synced.layers[-1], kn.SyncBatchNormalization)
         True
     """
-    folding.check_graph_model(
+    _graph.check_graph_model(
         model, "convert the BatchNormalization layers of"
     )
     sources = (keras.layers.BatchNormalization, _bn.BatchNormalization)
@@ -152,14 +174,14 @@ def _replace(model, target):
     def clone_function(layer, assignments):
         if isinstance(layer, keras.Model):
             # A nested subclassed model: its norms cannot be reached.
-            folding.check_graph_model(
+            _graph.check_graph_model(
                 layer,
                 f"convert the norms inside model '{model.name}', as it nests",
             )
             return _replace(layer, target)
         cls = target(layer)
         if cls is None:
-            return folding.copy_layer(layer, assignments)
+            return _graph.copy_layer(layer, assignments)
         config = layer.get_config()
         try:
             new = cls.from_config(config)
@@ -172,4 +194,4 @@ def _replace(model, target):
         assignments.append((new, layer.get_weights()))
         return new
 
-    return folding.rebuild_model(model, clone_function)
+    return _graph.rebuild_model(model, clone_function)

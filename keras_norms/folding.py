@@ -16,68 +16,13 @@ folded becomes one fixed `keras_norms.layers.affine.Affine` layer.
 import keras
 import numpy as np
 
+from keras_norms import _graph
 from keras_norms import _validation
-from keras_norms.layers import batch_normalization as _kn_bn
+from keras_norms.layers.affine import Affine
+from keras_norms.layers.affine import batch_norm_input_rank
+from keras_norms.layers.affine import batch_norm_scale_and_shift
 
 __all__ = ["FoldReport", "fold_batch_norms", "batch_norm_scale_and_shift"]
-
-_BN_CLASSES = (keras.layers.BatchNormalization, _kn_bn.BatchNormalization)
-
-# Layers a BatchNormalization folds into, by kernel layout. Order matters:
-# none of these groups subclasses another, but keep the specific ones first.
-_TRANSPOSE = (
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
-_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_DENSE = (keras.layers.Dense,)
-_FOLDABLE = _TRANSPOSE + _DEPTHWISE + _SEPARABLE + _CONV + _DENSE
-
-
-def is_batch_normalization(layer):
-    """Whether `layer` is a Keras or keras_norms BatchNormalization, or an
-    InstanceNormalization with `track_running_stats=True`: at inference
-    the same fixed per-channel scale and shift of its moving statistics."""
-    from keras_norms.layers import instance_normalization as _kn_in
-
-    return isinstance(layer, _BN_CLASSES) or (
-        isinstance(layer, _kn_in.InstanceNormalization)
-        and layer.track_running_stats
-    )
-
-
-def batch_norm_scale_and_shift(layer):
-    """`(a, b)` in float64 with `layer(x, training=False) == x * a + b`.
-
-    `a = gamma / sqrt(moving_variance + epsilon)`,
-    `b = beta - moving_mean * a`; `gamma = 1` without `scale`, `beta = 0`
-    without `center`.
-    """
-    if not layer.built:
-        raise ValueError(
-            f"BatchNormalization layer '{layer.name}' is not built; build or "
-            "call the model before folding it."
-        )
-    def numpy(w):
-        return np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float64)
-
-    mean = numpy(layer.moving_mean)
-    variance = numpy(layer.moving_variance)
-    gamma = numpy(layer.gamma) if layer.scale else np.ones_like(mean)
-    beta = numpy(layer.beta) if layer.center else np.zeros_like(mean)
-    scale = gamma / np.sqrt(variance + float(layer.epsilon))
-    return scale, beta - mean * scale
-
-
-def batch_norm_input_rank(layer):
-    """The rank of the input a built BatchNormalization was built for."""
-    spec = getattr(layer, "input_spec", None)
-    if spec is not None and getattr(spec, "ndim", None) is not None:
-        return spec.ndim
-    return len(layer.input.shape)
 
 
 class FoldReport:
@@ -213,39 +158,7 @@ def fold_batch_norms(model, verbose="auto", return_report=False):
 # Model walking
 # ----------------------------------------------------------------------
 def _check_foldable_model(model):
-    check_graph_model(model, "fold BatchNormalization layers of")
-
-
-def check_graph_model(model, action):
-    """Raise unless `model` is a built Sequential or functional model.
-
-    `action` completes the messages, as in "Cannot {action} the subclassed
-    model ...". Shared by folding, conversion and `optimize_for_inference`.
-    """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "Argument `model` must be a keras.Model. Received: "
-            f"model={model!r} of type {type(model).__name__}"
-        )
-    if not model.built:
-        raise ValueError(
-            f"Model '{model.name}' is not built: build it (call it on data, "
-            f"or create it with an Input) before you {action} it. "
-            f"Received: model={model.name}"
-        )
-    if not _is_graph_model(model):
-        raise ValueError(
-            f"Cannot {action} the subclassed model '{model.name}' "
-            f"({type(model).__name__}): its layer graph cannot be read. "
-            "Rebuild it as a functional or Sequential model. "
-            f"Received: model={model.name}"
-        )
-
-
-def _is_graph_model(model):
-    return isinstance(model, keras.Sequential) or isinstance(
-        model, keras.src.models.functional.Functional
-    )
+    _graph.check_graph_model(model, "fold BatchNormalization layers of")
 
 
 def _fold_model(model, report):
@@ -256,12 +169,61 @@ def _fold_model(model, report):
 
 def _clone_layer(layer, report, assignments):
     """A fresh copy of a layer that is kept (weights assigned later)."""
-    if isinstance(layer, keras.Model) and _is_graph_model(layer):
+    if isinstance(layer, keras.Model) and _graph.is_graph_model(layer):
         inner = FoldReport()
         new = _fold_model(layer, inner)
         report._merge(inner, layer.name + "/")
         return new
-    return copy_layer(layer, assignments)
+    folded = _fold_wrapped_batch_norm(layer, report, assignments)
+    if folded is not None:
+        return folded
+    return _graph.copy_layer(layer, assignments)
+
+
+# The reason `FoldReport.affine` gives for a BatchNormalization that a
+# ConditionalNormalization wraps (`optimize_for_inference` reports these).
+WRAPPED_BATCH_NORM = (
+    "it is wrapped by a ConditionalNormalization, whose conditional scale "
+    "and shift stay"
+)
+
+
+def _fold_wrapped_batch_norm(layer, report, assignments):
+    """A `ConditionalNormalization` around a BatchNormalization, copied
+    with the BatchNormalization replaced by its fixed `Affine` (reported
+    as `"wrapper/bn"`); `None` for any other layer.
+
+    The conditional scale and shift depend on the sample, so they cannot
+    fold into a neighbouring kernel: only the wrapped statistics do.
+    """
+    from keras_norms.layers import conditional_normalization as _cn
+
+    if not isinstance(layer, _cn.ConditionalNormalization) or not (
+        _graph.is_batch_normalization(layer.normalization)
+    ):
+        return None
+    config = layer.get_config()
+    config["normalization"] = Affine.from_batch_normalization(
+        layer.normalization
+    )
+    new = type(layer)(**config)
+    report.affine.append(
+        (
+            f"{layer.name}/{layer.normalization.name}",
+            WRAPPED_BATCH_NORM,
+        )
+    )
+    # The wrapper's weights: the wrapped layer's (the Affine's, already
+    # set), then the `scale` and `shift` Dense layers'.
+    assignments.append(
+        (
+            new,
+            config["normalization"].get_weights()
+            + layer.scale.get_weights()
+            + layer.shift.get_weights(),
+        )
+    )
+    return new
 
 
 def _fold_sequential(model, report):
@@ -273,67 +235,56 @@ def _fold_sequential(model, report):
     while i < len(layers):
         layer = layers[i]
         following = layers[i + 1] if i + 1 < len(layers) else None
-        if isinstance(layer, _FOLDABLE) and is_batch_normalization(following):
-            why = _refusal(layer, following, _output_shape(layer))
-            if why is None:
-                new, shift = _folded_copy(
-                    layer, following, _output_shape(layer), assignments
-                )
+        foldable = isinstance(layer, _graph.FOLDABLE)
+        if foldable and _graph.is_batch_normalization(following):
+            shape = _graph.output_shape(layer)
+            if _refusal(layer, following, shape) is None:
+                new, shift = _folded_copy(layer, following, shape, assignments)
                 new_layers += [new] if shift is None else [new, shift]
                 report.folded.append((following.name, layer.name))
                 i += 2
                 previous = following
                 continue
-        if is_batch_normalization(layer):
+        if _graph.is_batch_normalization(layer):
             if previous is None:
                 why = "its input is the model input"
             else:
-                why = _refusal(previous, layer, _output_shape(previous))
-            new_layers.append(_affine(layer))
+                why = _refusal(previous, layer, _graph.output_shape(previous))
+            new_layers.append(Affine.from_batch_normalization(layer))
             report.affine.append((layer.name, why))
         else:
             new_layers.append(_clone_layer(layer, report, assignments))
         previous = layer
         i += 1
-    inputs = [
-        keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name)
-        for x in model.inputs
-    ]
-    new_model = keras.Sequential(inputs + new_layers, name=model.name)
-    _apply(assignments)
+    new_model = _graph.new_sequential(model, new_layers)
+    _graph.apply(assignments)
     return new_model
 
 
 def _fold_functional(model, report):
-    nodes = [n for depth in model._nodes_by_depth.values() for n in depth]
-    consumers = {}
-    node_count = {}
-    for node in nodes:
-        node_count[id(node.operation)] = node_count.get(id(node.operation), 0) + 1
-        for kt in node.arguments.keras_tensors:
-            consumers[id(kt)] = consumers.get(id(kt), 0) + 1
-    for kt in keras.tree.flatten(model.outputs):
-        consumers[id(kt)] = consumers.get(id(kt), 0) + 1
-
-    fold_into = {}  # id(conv) -> bn
+    graph = _graph.usage(model)
+    fold_into = {}  # id(conv) -> (bn, conv output shape)
     folded_bns = set()  # id(bn)
     affine_bns = {}  # id(bn) -> reason
-    for node in nodes:
+    for node in graph.nodes:
         bn = node.operation
-        if not is_batch_normalization(bn):
+        if not _graph.is_batch_normalization(bn):
             continue
-        if node_count[id(bn)] > 1:
+        if graph.calls[id(bn)] > 1:
             affine_bns[id(bn)] = "it is called more than once"
             continue
         kt = node.arguments.keras_tensors[0]
-        producer = kt._keras_history.operation
+        producer = _graph.producer(kt)
         if isinstance(producer, keras.layers.InputLayer):
             affine_bns[id(bn)] = "its input is the model input"
             continue
         why = _refusal(producer, bn, tuple(kt.shape))
-        if why is None and consumers[id(kt)] > 1:
+        consumers = len(graph.consumers.get(id(kt), ())) + (
+            id(kt) in graph.outputs
+        )
+        if why is None and consumers > 1:
             why = f"the output of '{producer.name}' has other consumers"
-        if why is None and node_count[id(producer)] > 1:
+        if why is None and graph.calls[id(producer)] > 1:
             why = f"'{producer.name}' is called more than once"
         if why is None and node.arguments.kwargs.get("training") is True:
             why = "it is called with training=True"
@@ -350,7 +301,7 @@ def _fold_functional(model, report):
             return layer  # never called: `call_function` skips it
         if id(layer) in affine_bns:
             report.affine.append((layer.name, affine_bns[id(layer)]))
-            return _affine(layer)
+            return Affine.from_batch_normalization(layer)
         if id(layer) in fold_into:
             bn, shape = fold_into[id(layer)]
             report.folded.append((bn.name, layer.name))
@@ -363,121 +314,23 @@ def _fold_functional(model, report):
         if id(layer) in folded_bns:
             shift = shifts[id(layer)]
             return args[0] if shift is None else shift(args[0])
-        if isinstance(layer, _affine_class()):
+        if isinstance(layer, Affine):
             # BatchNormalization takes `training` and `mask`; the fixed map
             # needs neither (masks propagate, `supports_masking=True`).
             return layer(args[0])
         return layer(*args, **kwargs)
 
-    return rebuild_model(model, clone_function, call_function=call_function)
-
-
-# ----------------------------------------------------------------------
-# Graph rebuilding, shared with keras_norms.conversion and .inference
-# ----------------------------------------------------------------------
-def copy_layer(layer, assignments):
-    """A fresh copy of `layer` (from its config); weights copied once built.
-
-    A nested Sequential/functional model is copied with `rebuild_model`.
-    """
-    if isinstance(layer, keras.Model) and _is_graph_model(layer):
-        return rebuild_model(layer, copy_layer)
-    new = layer.__class__.from_config(layer.get_config())
-    assignments.append((new, layer.get_weights()))
-    return new
-
-
-def rebuild_model(model, clone_function, *, skip=(), call_function=None):
-    """A new model with the graph of `model` and the layers it is given.
-
-    `keras.models.clone_model(recursive=False)` for functional models, a
-    new `keras.Sequential` over the same inputs for Sequential ones.
-
-    Args:
-        model: A built Sequential or functional model.
-        clone_function: `clone_function(layer, assignments)` returns the
-            layer that takes `layer`'s place (called once per layer, so
-            shared layers stay shared; never for the operations that are
-            not layers, `keras.ops` calls recorded in a functional graph
-            such as `Add` from `x + y`, which are stateless and kept as
-            they are). It may append `(new_layer,
-            weights)` to `assignments` (a list for `set_weights`, or a
-            `_WeightsByName`): they are set once the new model is built.
-            Nested models are its business (see `copy_layer`).
-        skip: Ids of single-input layers to remove: their consumers take
-            their input instead.
-        call_function: Functional models only, as in `clone_model`:
-            `call_function(new_layer, *args, **kwargs)` builds the node of
-            each layer that is not skipped.
-
-    Returns:
-        The new model, with the assigned weights set.
-    """
-    skip = frozenset(skip)
-    assignments = []
-    if isinstance(model, keras.Sequential):
-        if call_function is not None:
-            raise ValueError("`call_function` needs a functional model.")
-        new_layers = [
-            clone_function(layer, assignments)
-            for layer in model.layers
-            if id(layer) not in skip
-        ]
-        inputs = [
-            keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name)
-            for x in model.inputs
-        ]
-        new_model = keras.Sequential(
-            inputs + new_layers, name=model.name, trainable=model.trainable
-        )
-    else:
-
-        def clone(layer):
-            if id(layer) in skip:
-                return layer  # never called: `call` passes its input on
-            if not isinstance(layer, keras.layers.Layer):
-                # A `keras.ops` call recorded as a graph node (`Add` from
-                # `x + y`, `Multiply`, `Transpose`, ...): an `Operation`
-                # without weights or state, passed through unchanged.
-                return layer
-            return clone_function(layer, assignments)
-
-        def call(layer, *args, **kwargs):
-            if id(layer) in skip:
-                return args[0]
-            if call_function is not None:
-                return call_function(layer, *args, **kwargs)
-            return layer(*args, **kwargs)
-
-        new_model = keras.models.clone_model(
-            model, clone_function=clone, call_function=call, recursive=False
-        )
-    _apply(assignments)
-    return new_model
+    return _graph.rebuild_model(
+        model, clone_function, call_function=call_function
+    )
 
 
 # ----------------------------------------------------------------------
 # The fold itself
 # ----------------------------------------------------------------------
-def _affine_class():
-    from keras_norms.layers.affine import Affine
-
-    return Affine
-
-
-def _affine(bn):
-    return _affine_class().from_batch_normalization(bn)
-
-
-def _channel_axis(layer):
-    if isinstance(layer, _DENSE):
-        return -1
-    return 1 if layer.data_format == "channels_first" else -1
-
-
 def _refusal(layer, bn, output_shape=None):
     """Why `bn` cannot fold into `layer` (its producer), or None."""
-    if not isinstance(layer, _FOLDABLE):
+    if not isinstance(layer, _graph.FOLDABLE):
         return (
             f"it follows '{layer.name}' ({type(layer).__name__}), not a "
             "Conv/Dense layer"
@@ -487,52 +340,24 @@ def _refusal(layer, bn, output_shape=None):
         activation = activation.get("config", activation)
     if activation not in ("linear", None):
         return f"'{layer.name}' has the non-linear activation {activation!r}"
-    if getattr(layer, "lora_enabled", False) or getattr(
-        layer, "quantization_mode", None
-    ):
+    if _graph.is_lora_or_quantized(layer):
         return f"'{layer.name}' is LoRA-enabled or quantized"
-    if layer.use_bias and _keras_bias_add_is_wrong(layer, output_shape):
+    if layer.use_bias and _graph.keras_bias_add_is_wrong(layer, output_shape):
         return (
             f"the bias add of the channels-first '{layer.name}' is wrong in "
             "Keras on TensorFlow for its output shape (see "
-            "`_keras_bias_add_is_wrong`), so the fold could not match it"
+            "`keras_norms._graph.keras_bias_add_is_wrong`), so the fold "
+            "could not match it"
         )
     ndim = batch_norm_input_rank(bn)
     (bn_axis,) = _validation.canonical_axes(bn.axis, ndim)
-    if bn_axis != _channel_axis(layer) % ndim:
+    channel_axis = _graph.channel_axis(layer)
+    if bn_axis != channel_axis % ndim:
         return (
             f"its axis {bn.axis} is not the channel axis of "
-            f"'{layer.name}' ({_channel_axis(layer)})"
+            f"'{layer.name}' ({channel_axis})"
         )
     return None
-
-
-def _output_shape(layer):
-    try:
-        return tuple(layer.output.shape)
-    except (AttributeError, ValueError):
-        return None
-
-
-def _keras_bias_add_is_wrong(layer, output_shape):
-    """Whether Keras' bias add of a channels-first `layer` may be wrong.
-
-    On the TensorFlow backend, Keras 3 (3.15) convolutions add their bias
-    with `ops.add(outputs, reshape(bias, (1, C, 1, ...)))`, and `ops.add`
-    turns that into `tf.nn.bias_add(..., "NHWC")` whenever the last axis
-    of the output also has size C: the bias goes along the last spatial
-    axis. A channels-first layer without a bias gets none here, so that
-    its folded copy is right on every backend (and in the SavedModel).
-    """
-    if isinstance(layer, _DENSE) or layer.data_format != "channels_first":
-        return False
-    if output_shape is None or output_shape[-1] is None:
-        return True
-    return output_shape[-1] == output_shape[1]
-
-
-def _numpy64(w):
-    return np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float64)
 
 
 def _folded_copy(layer, bn, output_shape, assignments):
@@ -540,62 +365,43 @@ def _folded_copy(layer, bn, output_shape, assignments):
 
     The shift goes into the layer's bias, added if needed, except for a
     channels-first layer without a bias whose Keras bias add could be wrong
-    (see `_keras_bias_add_is_wrong`): it then goes into an `Affine` (scale
-    1) after the layer. Weights are assigned once the copy is built.
+    (see `keras_norms._graph.keras_bias_add_is_wrong`): it then goes into
+    an `Affine` (scale 1) after the layer. Weights are assigned once the
+    copy is built.
     """
     a, b = batch_norm_scale_and_shift(bn)
+    numpy64 = _graph.numpy64
     config = layer.get_config()
-    separate_shift = not layer.use_bias and _keras_bias_add_is_wrong(
+    separate_shift = not layer.use_bias and _graph.keras_bias_add_is_wrong(
         layer, output_shape
     )
     config["use_bias"] = not separate_shift
     new = layer.__class__.from_config(config)
-    if isinstance(layer, _DEPTHWISE):
-        kernel = _numpy64(layer.kernel)  # (..., in, multiplier)
+    if isinstance(layer, _graph.DEPTHWISE):
+        kernel = numpy64(layer.kernel)  # (..., in, multiplier)
         weights = {"kernel": kernel * a.reshape(kernel.shape[-2:])}
-    elif isinstance(layer, _SEPARABLE):
+    elif isinstance(layer, _graph.SEPARABLE):
         weights = {
-            "depthwise_kernel": _numpy64(layer.depthwise_kernel),
-            "pointwise_kernel": _numpy64(layer.pointwise_kernel) * a,
+            "depthwise_kernel": numpy64(layer.depthwise_kernel),
+            "pointwise_kernel": numpy64(layer.pointwise_kernel) * a,
         }
-    elif isinstance(layer, _TRANSPOSE):
-        kernel = _numpy64(layer.kernel)  # (..., out, in)
+    elif isinstance(layer, _graph.TRANSPOSE):
+        kernel = numpy64(layer.kernel)  # (..., out, in)
         weights = {"kernel": kernel * a[:, None]}
     else:
-        weights = {"kernel": _numpy64(layer.kernel) * a}
-    bias = _numpy64(layer.bias) if layer.use_bias else np.zeros_like(a)
+        weights = {"kernel": numpy64(layer.kernel) * a}
+    bias = numpy64(layer.bias) if layer.use_bias else np.zeros_like(a)
     shift = None
     if separate_shift:
-        shift = _affine_class().from_batch_normalization(bn)
-        shift.scale.assign(np.ones_like(a).astype(shift.scale.dtype))
-        shift.offset.assign((bias * a + b).astype(shift.offset.dtype))
+        shift = Affine.from_scale_and_offset(
+            np.ones_like(a),
+            bias * a + b,
+            axis=bn.axis,
+            ndim=batch_norm_input_rank(bn),
+            name=bn.name,
+            dtype=bn.dtype_policy,
+        )
     else:
         weights["bias"] = bias * a + b
-    assignments.append((new, _WeightsByName(weights)))
+    assignments.append((new, _graph.WeightsByName(weights)))
     return new, shift
-
-
-class _WeightsByName(dict):
-    """Weights to assign by attribute name once the new layer is built."""
-
-
-def _set_weights(new, weights):
-    if isinstance(weights, _WeightsByName):
-        for name, value in weights.items():
-            variable = getattr(new, name)
-            variable.assign(value.astype(variable.dtype))
-    else:
-        new.set_weights(weights)
-        # Adapted preprocessing layers (keras.layers.Normalization,
-        # Discretization, ...) compute from their state variables only in
-        # `finalize_state()`, which Keras' loader calls after loading them
-        # but `set_weights` does not: without it a copied Normalization
-        # would normalize with mean 0 and variance 1.
-        finalize = getattr(new, "finalize_state", None)
-        if callable(finalize):
-            finalize()
-
-
-def _apply(assignments):
-    for new, weights in assignments:
-        _set_weights(new, weights)

@@ -16,9 +16,11 @@ import warnings
 import keras
 import numpy as np
 
+from keras_norms import _compat
+from keras_norms import _graph
+from keras_norms import _validation
 from keras_norms import backend as kn_backend
 from keras_norms import folding
-from keras_norms import _validation
 from keras_norms.layers import weight_normalization as _wn
 from keras_norms.layers import weight_standardization as _ws
 from keras_norms.layers.affine import Affine
@@ -41,15 +43,6 @@ _ON_MISMATCH = ("raise", "warn")
 # feature, whose std Keras clamps to 1e-7) the terms are so much larger than
 # their difference that float32 loses the feature: the layer is kept.
 _MAX_SHIFT_RATIO = 100.0
-
-# Layers a scale-and-shift of their input folds into: a kernel of layout
-# (..., input channels, output channels) and no padding to break the shift.
-_FORWARD = (
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-)
 
 
 class InferenceReport(folding.FoldReport):
@@ -228,7 +221,7 @@ def optimize_for_inference(
     """
     verbose = _validation.check_verbose(verbose)
     atol, rtol, on_mismatch = check_tolerance(atol, rtol, on_mismatch)
-    new, report = _optimize(model)
+    new, report = optimize_unchecked(model)
     sample, expected = reference_outputs(model, sample)
     report.check = Check.run(
         model_outputs(new, sample),
@@ -245,9 +238,13 @@ def optimize_for_inference(
     return new
 
 
-def _optimize(model):
-    """`(new model, InferenceReport)`, unchecked."""
-    folding.check_graph_model(model, "optimize for inference")
+def optimize_unchecked(model):
+    """`(new model, InferenceReport)`: `optimize_for_inference` unchecked.
+
+    For the exports, which check the written model against the original
+    themselves (`report.check` is `None`).
+    """
+    _graph.check_graph_model(model, "optimize for inference")
     report = InferenceReport()
     normalizations = set()  # names of the Normalizations now Affine
     model = _unwrap(model, report, normalizations, "")
@@ -257,6 +254,13 @@ def _optimize(model):
     report.folded = list(fold_report.folded)
     reasons = dict(fold_report.affine)
     model = _fold_forward(model, report, normalizations, reasons, "")
+    # BatchNormalizations inside a ConditionalNormalization became Affine
+    # layers inside it, out of `_fold_forward`'s reach: report them here.
+    report.affine += [
+        (name, why)
+        for name, why in fold_report.affine
+        if why == folding.WRAPPED_BATCH_NORM
+    ]
     return model, report
 
 
@@ -264,21 +268,12 @@ def _optimize(model):
 # The check against the original model (shared by the exports)
 # ----------------------------------------------------------------------
 def check_tolerance(atol, rtol, on_mismatch):
-    """Validated `(atol, rtol, on_mismatch)`."""
-    for name, value in (("atol", atol), ("rtol", rtol)):
-        if isinstance(value, bool) or not isinstance(
-            value, (int, float, np.integer, np.floating)
-        ) or not (0 <= float(value) < np.inf):
-            raise ValueError(
-                f"Argument `{name}` must be a finite float >= 0. "
-                f"Received: {name}={value!r}"
-            )
-    if on_mismatch not in _ON_MISMATCH:
-        raise ValueError(
-            "Argument `on_mismatch` must be 'raise' or 'warn'. "
-            f"Received: on_mismatch={on_mismatch!r}"
-        )
-    return float(atol), float(rtol), on_mismatch
+    """Validated `(atol, rtol, on_mismatch)` (the policy of `_validation`)."""
+    return (
+        _validation.check_non_negative_float("atol", atol),
+        _validation.check_non_negative_float("rtol", rtol),
+        _validation.check_one_of("on_mismatch", on_mismatch, _ON_MISMATCH),
+    )
 
 
 def sample_batch(model, sample=None):
@@ -296,10 +291,8 @@ def sample_batch(model, sample=None):
         inputs = list(model.inputs)
         statistics = _normalization_statistics(model)
     except (AttributeError, ValueError):  # a subclassed model
-        from keras.src.export.export_utils import get_input_signature
-
         try:
-            inputs = keras.tree.flatten(get_input_signature(model))
+            inputs = keras.tree.flatten(_compat.input_signature(model))
         except Exception:
             raise ValueError(
                 f"Model '{model.name}' has no known input shape to build a "
@@ -337,10 +330,10 @@ def _normalization_statistics(model):
         except (AttributeError, ValueError):
             continue  # called several times
         if id(source) in ids:
-            shape = layer._broadcast_shape
+            shape = _compat.normalization_layout(layer)["broadcast_shape"]
             found[id(source)] = (
-                _numpy64(layer.mean).reshape(shape),
-                _numpy64(layer.variance).reshape(shape),
+                _graph.numpy64(layer.mean).reshape(shape),
+                _graph.numpy64(layer.variance).reshape(shape),
             )
     return found
 
@@ -469,15 +462,11 @@ class Check:
 # ----------------------------------------------------------------------
 # Step 1: unwrap WN / WS, Normalization -> Affine
 # ----------------------------------------------------------------------
-def _numpy64(w):
-    return np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float64)
-
-
 def _unwrap(model, report, normalizations, prefix):
     def clone_function(layer, assignments):
         if isinstance(layer, keras.Model):
             # A nested subclassed model: its layers cannot be reached.
-            folding.check_graph_model(
+            _graph.check_graph_model(
                 layer,
                 f"optimize model '{model.name}' for inference, as it nests",
             )
@@ -493,22 +482,22 @@ def _unwrap(model, report, normalizations, prefix):
             affine, why = _normalization_affine(layer)
             if affine is None:
                 report.kept.append((prefix + layer.name, why))
-                return folding.copy_layer(layer, assignments)
+                return _graph.copy_layer(layer, assignments)
             normalizations.add(prefix + layer.name)
             return affine
         else:
-            return folding.copy_layer(layer, assignments)
+            return _graph.copy_layer(layer, assignments)
         report.unwrapped.append((prefix + layer.name, type(layer).__name__))
         config = layer.layer.get_config()
         config["name"] = layer.name
         new = layer.layer.__class__.from_config(config)
-        weights = {"kernel": _numpy64(kernel)}
+        weights = {"kernel": _graph.numpy64(kernel)}
         if bias is not None:
-            weights["bias"] = _numpy64(bias)
-        assignments.append((new, folding._WeightsByName(weights)))
+            weights["bias"] = _graph.numpy64(bias)
+        assignments.append((new, _graph.WeightsByName(weights)))
         return new
 
-    return folding.rebuild_model(model, clone_function)
+    return _graph.rebuild_model(model, clone_function)
 
 
 def _normalization_affine(layer):
@@ -520,16 +509,17 @@ def _normalization_affine(layer):
             f"`variance`) before optimizing the model. Received: "
             f"layer={layer.name}"
         )
-    ndim = len(layer._build_input_shape)
-    if len(layer._keep_axis) != 1:
+    layout = _compat.normalization_layout(layer)
+    ndim = layout["rank"]
+    if len(layout["keep_axes"]) != 1:
         return None, (
             f"it normalizes with statistics of shape "
-            f"{tuple(layer._mean_and_var_shape)} over axis={layer.axis}, "
+            f"{layout['statistics_shape']} over axis={layer.axis}, "
             "not one per channel"
         )
-    (axis,) = layer._keep_axis
-    mean = _numpy64(layer.mean).reshape(-1)
-    variance = _numpy64(layer.variance).reshape(-1)
+    (axis,) = layout["keep_axes"]
+    mean = _graph.numpy64(layer.mean).reshape(-1)
+    variance = _graph.numpy64(layer.variance).reshape(-1)
     std = np.maximum(np.sqrt(variance), keras.backend.epsilon())
     if layer.invert:
         scale, offset = std, mean
@@ -544,14 +534,14 @@ def _normalization_affine(layer):
                 f"{mean[worst]:.6g}, variance {variance[worst]:.3g}): in "
                 "float32 a fixed scale and shift would lose that feature"
             )
-    affine = Affine(
-        axis=axis - ndim, name=layer.name, dtype=layer.dtype_policy
+    affine = Affine.from_scale_and_offset(
+        scale,
+        offset,
+        axis=axis - ndim,
+        ndim=ndim,
+        name=layer.name,
+        dtype=layer.dtype_policy,
     )
-    affine.build(
-        tuple(mean.shape[0] if a == axis else None for a in range(ndim))
-    )
-    affine.scale.assign(scale.astype(affine.scale.dtype))
-    affine.offset.assign(offset.astype(affine.offset.dtype))
     return affine, None
 
 
@@ -560,20 +550,17 @@ def _normalization_affine(layer):
 # ----------------------------------------------------------------------
 def _forward_refusal(affine, consumer):
     """Why `affine` cannot fold into `consumer` (the layer after it)."""
-    if not isinstance(consumer, _FORWARD):
+    if not isinstance(consumer, _graph.FORWARD):
         return (
             f"it feeds '{consumer.name}' ({type(consumer).__name__}), not a "
             "Dense or Conv1D/2D/3D layer"
         )
-    if getattr(consumer, "lora_enabled", False) or getattr(
-        consumer, "quantization_mode", None
-    ):
+    if _graph.is_lora_or_quantized(consumer):
         return f"'{consumer.name}' is LoRA-enabled or quantized"
     ndim = affine.input_spec.ndim
-    (axis,) = folding._validation.canonical_axes(affine.axis, ndim)
-    if isinstance(consumer, keras.layers.Dense):
-        channel_axis = ndim - 1
-    else:
+    (axis,) = _validation.canonical_axes(affine.axis, ndim)
+    channel_axis = _graph.channel_axis(consumer) % ndim
+    if not isinstance(consumer, keras.layers.Dense):
         if consumer.padding != "valid":
             return (
                 f"'{consumer.name}' has padding='{consumer.padding}': it pads "
@@ -582,11 +569,8 @@ def _forward_refusal(affine, consumer):
             )
         if getattr(consumer, "groups", 1) != 1:
             return f"'{consumer.name}' is a grouped convolution"
-        channel_axis = 1 if consumer.data_format == "channels_first" else (
-            ndim - 1
-        )
-        if folding._keras_bias_add_is_wrong(
-            consumer, folding._output_shape(consumer)
+        if _graph.keras_bias_add_is_wrong(
+            consumer, _graph.output_shape(consumer)
         ):
             return (
                 f"the bias add of the channels-first '{consumer.name}' is "
@@ -602,11 +586,11 @@ def _forward_refusal(affine, consumer):
 
 def _forward_folded_copy(affine, consumer, assignments):
     """A copy of `consumer` computing `consumer(affine(x))`."""
-    scale = _numpy64(affine.scale)
-    offset = _numpy64(affine.offset)
-    kernel = _numpy64(consumer.kernel)  # (..., in, out)
+    scale = _graph.numpy64(affine.scale)
+    offset = _graph.numpy64(affine.offset)
+    kernel = _graph.numpy64(consumer.kernel)  # (..., in, out)
     bias = (
-        _numpy64(consumer.bias)
+        _graph.numpy64(consumer.bias)
         if consumer.use_bias
         else np.zeros(kernel.shape[-1])
     )
@@ -618,7 +602,7 @@ def _forward_folded_copy(affine, consumer, assignments):
     config["use_bias"] = True
     new = consumer.__class__.from_config(config)
     assignments.append(
-        (new, folding._WeightsByName({"kernel": new_kernel, "bias": new_bias}))
+        (new, _graph.WeightsByName({"kernel": new_kernel, "bias": new_bias}))
     )
     return new
 
@@ -642,32 +626,23 @@ def _fold_forward(model, report, normalizations, reasons, prefix):
                 into[id(consumer)] = layer
                 skip.add(id(layer))
     else:
-        nodes = [n for depth in model._nodes_by_depth.values() for n in depth]
-        node_count = {}
-        consumers = {}  # id(keras tensor) -> consumer nodes
-        for node in nodes:
-            node_count[id(node.operation)] = (
-                node_count.get(id(node.operation), 0) + 1
-            )
-            for kt in node.arguments.keras_tensors:
-                consumers.setdefault(id(kt), []).append(node)
-        outputs = {id(kt) for kt in keras.tree.flatten(model.outputs)}
-        for node in nodes:
+        graph = _graph.usage(model)
+        for node in graph.nodes:
             layer = node.operation
             if not isinstance(layer, Affine):
                 continue
             consumer = None
             (kt,) = node.outputs
-            users = consumers.get(id(kt), [])
-            if node_count[id(layer)] > 1:
+            users = graph.consumers.get(id(kt), [])
+            if graph.calls[id(layer)] > 1:
                 why = "it is called more than once"
-            elif id(kt) in outputs:
+            elif id(kt) in graph.outputs:
                 why = "its output is a model output"
             elif len(users) != 1:
                 why = "its output has several consumers"
             else:
                 consumer = users[0].operation
-                if node_count[id(consumer)] > 1:
+                if graph.calls[id(consumer)] > 1:
                     why = f"'{consumer.name}' is called more than once"
                 elif len(users[0].arguments.keras_tensors) != 1:
                     why = f"'{consumer.name}' takes several inputs"
@@ -692,7 +667,7 @@ def _fold_forward(model, report, normalizations, reasons, prefix):
             report.affine.append((name, f"{reasons[name]}; {why}"))
 
     def clone_function(layer, assignments):
-        if isinstance(layer, keras.Model) and folding._is_graph_model(layer):
+        if isinstance(layer, keras.Model) and _graph.is_graph_model(layer):
             return _fold_forward(
                 layer,
                 report,
@@ -702,6 +677,6 @@ def _fold_forward(model, report, normalizations, reasons, prefix):
             )
         if id(layer) in into:
             return _forward_folded_copy(into[id(layer)], layer, assignments)
-        return folding.copy_layer(layer, assignments)
+        return _graph.copy_layer(layer, assignments)
 
-    return folding.rebuild_model(model, clone_function, skip=skip)
+    return _graph.rebuild_model(model, clone_function, skip=skip)

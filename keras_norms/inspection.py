@@ -9,6 +9,7 @@ contributes to the mean and to the variance it normalizes with.
 
 import keras
 
+from keras_norms import _compat
 from keras_norms.layers.switchable_normalization import SWITCH_NAMES
 from keras_norms.layers.switchable_normalization import SwitchableNormalization
 
@@ -23,7 +24,7 @@ def _walk(layer, prefix=""):
     if isinstance(layer, keras.layers.Wrapper):
         children.append(layer.layer)
     # Models list their layers; custom layers track sublayers.
-    tracked = getattr(layer, "_layers", None) or []
+    tracked = _compat.tracked_sublayers(layer)
     for child in list(getattr(layer, "layers", [])) + list(tracked):
         if all(child is not c for c in children):
             children.append(child)

@@ -19,8 +19,9 @@ mode, every layer before it also in training mode (so each layer sees
 exactly the inputs it saw in training).
 
 - `recompute_batch_norm_statistics(model, x)` does it once;
-- `PreciseBatchNorm(x)` is a callback doing it during `fit`, so that each
-  epoch's validation metrics (and the final model) use precise statistics;
+- `keras_norms.callbacks.PreciseBatchNorm(x)` is a callback doing it
+  during `fit`, so that each epoch's validation metrics (and the final
+  model) use precise statistics;
 - `batch_norm_statistics_report(model, x)` says, layer by layer, how far
   the moving statistics are from the precise ones, without changing them.
 
@@ -37,15 +38,13 @@ import warnings
 
 import keras
 import numpy as np
-from keras.src.trainers import data_adapters
-from keras.src.trainers.data_adapters import data_adapter_utils
 
-from keras_norms import backend as kn_backend
+from keras_norms import _compat
+from keras_norms import _graph
 from keras_norms import _validation
-from keras_norms.layers import batch_normalization as _kn_bn
+from keras_norms import backend as kn_backend
 
 __all__ = [
-    "PreciseBatchNorm",
     "batch_norm_layers",
     "batch_norm_statistics_report",
     "format_report",
@@ -56,21 +55,12 @@ __all__ = [
 # `recompute_batch_norm_statistics` too (models with synchronized layers).
 DISTRIBUTED_JOIN_TIMEOUT = 60.0
 
-_BN_CLASSES = (keras.layers.BatchNormalization, _kn_bn.BatchNormalization)
 _STAT_NAMES = ("moving_mean", "moving_variance")
 
 
 # ----------------------------------------------------------------------
 # Finding the layers
 # ----------------------------------------------------------------------
-def _is_batch_norm_like(layer):
-    if isinstance(layer, _BN_CLASSES):
-        return True
-    return all(
-        hasattr(layer, name) for name in ("moving_mean", "moving_variance")
-    ) and hasattr(layer, "momentum")
-
-
 def _is_frozen(layer):
     """Whether the layer normalizes with its moving statistics in training."""
     return (not layer.trainable) or bool(
@@ -92,11 +82,12 @@ def batch_norm_layers(model):
         model: A Keras model or layer.
 
     Returns:
-        A list of layers, in the order `model._flatten_layers()` walks them.
+        A list of layers, in the order Keras walks them (depth first, as
+        `Layer._flatten_layers`).
     """
     found = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        if not _is_batch_norm_like(layer):
+    for layer in _compat.flatten_layers(model):
+        if not _graph.is_batch_norm_like(layer):
             continue
         if getattr(layer, "moving_mean", None) is None:
             continue  # not built
@@ -121,37 +112,6 @@ def _layer_keys(layers):
 # ----------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------
-def _check_steps(steps):
-    if steps is None:
-        return None
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-        raise TypeError(
-            f"`steps` must be a positive integer or None. Received: "
-            f"steps={steps!r}"
-        )
-    if steps <= 0:
-        raise ValueError(
-            f"`steps` must be a positive integer or None. Received: "
-            f"steps={steps}"
-        )
-    return int(steps)
-
-
-def _check_batch_size(batch_size):
-    if batch_size is None:
-        return None
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size <= 0
-    ):
-        raise ValueError(
-            f"`batch_size` must be a positive integer or None. Received: "
-            f"batch_size={batch_size!r}"
-        )
-    return int(batch_size)
-
-
 def _num_samples(x):
     leaves = keras.tree.flatten(x)
     if not leaves:
@@ -164,12 +124,10 @@ def _num_samples(x):
 
 def _batches(x, batch_size, steps):
     """`(num_batches or None, iterator of input batches)` as predict sees x."""
-    if isinstance(x, data_adapters.data_adapter.DataAdapter):
-        adapter = x
-    elif isinstance(x, types.GeneratorType):
+    if isinstance(x, types.GeneratorType):
         # Keras wants tuples from generators; a bare batch is the inputs.
         try:
-            adapter = data_adapters.get_data_adapter(
+            adapter = _compat.data_adapter(
                 (b if isinstance(b, tuple) else (b,) for b in x)
             )
         except ValueError as e:
@@ -180,17 +138,16 @@ def _batches(x, batch_size, steps):
             ) from None
     else:
         try:
-            adapter = data_adapters.get_data_adapter(
+            adapter = _compat.data_adapter(
                 x,
                 # Keras' array adapter would otherwise spread the samples
                 # over `steps` batches: keep `predict`'s default of 32.
                 batch_size=batch_size or 32,
-                steps_per_epoch=steps,
-                shuffle=False,
+                steps=steps,
             )
         except (ZeroDivisionError, IndexError) as e:
             raise ValueError(
-                f"`x` holds no samples. Received: x={_describe(x)}"
+                f"`x` holds no samples. Received: x={_validation.describe(x)}"
             ) from e
     total = adapter.num_batches
     if steps is not None:
@@ -202,21 +159,11 @@ def _batches(x, batch_size, steps):
             for i, data in enumerate(adapter.get_numpy_iterator()):
                 if steps is not None and i >= steps:
                     break
-                inputs, _, _ = data_adapter_utils.unpack_x_y_sample_weight(
-                    data
-                )
-                yield inputs
+                yield _compat.unpack_inputs(data)
         finally:
             adapter.on_epoch_end()
 
     return total, iterate()
-
-
-def _describe(x):
-    shape = getattr(x, "shape", None)
-    if shape is not None:
-        return f"<{type(x).__name__} of shape {tuple(shape)}>"
-    return f"<{type(x).__name__}>"
 
 
 # ----------------------------------------------------------------------
@@ -277,9 +224,28 @@ def _statistics_mode(layers, include_frozen):
                 layer.use_global_stats = entry["use_global_stats"]
 
 
+def _forward_state(model):
+    """The variables a training-mode forward pass of `model` may assign.
+
+    Keras' contract (`stateless_call` returns only these; JAX's trainer
+    keeps only these): a forward pass updates non-trainable variables, never
+    trainable ones. That is the moving statistics of the BatchNormalization-
+    like layers, the seed generator states of dropout and noise layers, and
+    other layers' state: `WeightNormalization(data_init=True)`'s
+    `data_initialized` flag and the offsets it sets on its first training
+    batch (non-trainable for that very reason), the moving statistics of
+    renormalization. Frozen layers' weights are non-trainable too and come
+    along (with `include_frozen`, the pass makes them trainable for a while;
+    they are listed before it does). Trainable weights, optimizer and metric
+    state are left out: nothing here writes them.
+    """
+    return list(model.non_trainable_variables)
+
+
 def _ensure_built(model, inputs):
     if model.built and all(
-        layer.built for layer in model._flatten_layers(include_self=False)
+        layer.built
+        for layer in _compat.flatten_layers(model, include_self=False)
     ):
         return
     model(_to_tensors(inputs), training=False)
@@ -295,20 +261,25 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
     Returns `(layers, skipped, stats, num_batches, num_samples)` where
     `stats[i] = (mean, variance)` (float64) for `layers[i]`.
     """
-    steps = _check_steps(steps)
-    batch_size = _check_batch_size(batch_size)
+    steps = _validation.check_positive_int("steps", steps, allow_none=True)
+    batch_size = _validation.check_positive_int(
+        "batch_size", batch_size, allow_none=True
+    )
     verbose = _validation.check_verbose(verbose)
+    include_frozen = _validation.check_bool("include_frozen", include_frozen)
     if isinstance(x, (list, tuple)) and len(x) == 0:
         raise ValueError("`x` holds no samples. Received: x=[]")
     if hasattr(x, "shape") and len(x.shape) > 0 and x.shape[0] == 0:
-        raise ValueError(f"`x` holds no samples. Received: x={_describe(x)}")
+        raise ValueError(
+            f"`x` holds no samples. Received: x={_validation.describe(x)}"
+        )
 
     total, batches = _batches(x, batch_size, steps)
     try:
         first = next(batches)
     except StopIteration:
         raise ValueError(
-            f"`x` holds no samples. Received: x={_describe(x)}"
+            f"`x` holds no samples. Received: x={_validation.describe(x)}"
         ) from None
     _ensure_built(model, first)
 
@@ -332,9 +303,8 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
             batches.close()
             raise
 
-    # Everything the forward pass may write (moving statistics, seed
-    # generator states, ...), restored afterwards.
-    variables = list(model.variables)
+    # What a training-mode forward pass may write, restored afterwards.
+    variables = _forward_state(model)
     snapshot = [_numpy(v) for v in variables]
     sums = [
         [np.zeros(layer.moving_mean.shape, np.float64) for _ in _STAT_NAMES]
@@ -386,7 +356,9 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
         for v, value in zip(variables, snapshot):
             v.assign(value)
     if num_samples == 0:
-        raise ValueError(f"`x` holds no samples. Received: x={_describe(x)}")
+        raise ValueError(
+            f"`x` holds no samples. Received: x={_validation.describe(x)}"
+        )
     if progbar is not None and total is None:
         progbar.update(num_batches, finalize=True)
     stats = [
@@ -462,9 +434,13 @@ def recompute_batch_norm_statistics(
     batch variances (what each layer normalized with in training), not the
     variance of the whole data set.
 
-    Trainable weights, optimizer and metric state and every other variable
-    (seed generator states included) stay exactly as they were; the
-    layers' `momentum` is untouched. Under a TensorFlow distribution
+    Everything else stays exactly as it was: a training-mode forward pass
+    writes only non-trainable state (Keras' contract: `stateless_call`
+    returns no other), which is saved before the pass and restored after
+    it (seed generator states, the data-init state of
+    `WeightNormalization`, frozen layers' statistics); trainable weights,
+    optimizer and metric state are never written. The layers' `momentum`
+    is untouched. Under a TensorFlow distribution
     strategy or a `keras.distribution`, call it outside the replica
     context: the model sees whole batches, so the statistics are global
     ones, as SyncBatchNormalization computes them.
@@ -518,7 +494,8 @@ def recompute_batch_norm_statistics(
         statistics were not finite, left alone; see below).
 
     Raises:
-        ValueError: `x` is empty or `steps <= 0`.
+        TypeError: `steps` or `batch_size` is not an integer (or None).
+        ValueError: `x` is empty, or `steps` or `batch_size` is `<= 0`.
         RuntimeError: Under `torch.distributed`, a model with synchronized
             layers and a process that does not call it too (see above).
 
@@ -644,16 +621,12 @@ def batch_norm_statistics_report(
         >>> report["bn"]["stale"]
         False
     """
-    for name, value in (
-        ("mean_threshold", mean_threshold),
-        ("variance_threshold", variance_threshold),
-    ):
-        if isinstance(value, bool) or not isinstance(
-            value, (int, float, np.floating, np.integer)
-        ) or not value >= 0:
-            raise ValueError(
-                f"`{name}` must be a number >= 0. Received: {name}={value!r}"
-            )
+    mean_threshold = _validation.check_non_negative_float(
+        "mean_threshold", mean_threshold, finite=False
+    )
+    variance_threshold = _validation.check_non_negative_float(
+        "variance_threshold", variance_threshold, finite=False
+    )
     layers, skipped, stats, _, _ = _precise_statistics(
         model, x, batch_size, steps, verbose, include_frozen
     )
@@ -730,130 +703,3 @@ def format_report(report, mean_threshold=0.1, variance_threshold=0.1):
         f" Stale layers: {stale} of {len(report)}",
     ]
     return "\n".join(out)
-
-
-# ----------------------------------------------------------------------
-# Callback
-# ----------------------------------------------------------------------
-class PreciseBatchNorm(keras.callbacks.Callback):
-    """Recompute precise BatchNormalization statistics during `fit`.
-
-    Every `every_n_epochs` epochs, once the epoch's training steps are done
-    and BEFORE its validation runs, the moving statistics of every
-    BatchNormalization-like layer are replaced by precise ones on `x`
-    (`recompute_batch_norm_statistics`), so the epoch's `val_*` metrics,
-    and any later callback (`ModelCheckpoint`, `EarlyStopping`), see the
-    model with precise statistics. At the end of training they are
-    recomputed once more if training steps ran since the last time.
-
-    How: Keras' `fit` runs validation (`evaluate` with fit's callbacks)
-    before `on_epoch_end`, on every backend, so the callback recomputes in
-    `on_test_begin` when that comes from fit's validation, and in
-    `on_epoch_end` for epochs without validation. Training then goes on
-    from the precise statistics (the moving averages continue from them).
-
-    Args:
-        x: Data to compute the statistics on, as `model.predict` takes it;
-            it is iterated once per recomputation, so it must be
-            re-iterable (array, `tf.data.Dataset`, `PyDataset`, torch
-            `DataLoader`; not a generator). Usually a part of the training
-            data, in training-size batches.
-        batch_size: Batch size for array inputs (default 32).
-        steps: Largest number of batches per recomputation (200, as in
-            Wu & Johnson; `None`: all of `x`).
-        every_n_epochs: Recompute every this many epochs (the last epoch of
-            a period, counted from epoch 1).
-        include_frozen: Also recompute frozen layers (see
-            `recompute_batch_norm_statistics`).
-        verbose: Progress bar of each recomputation (`0`: none).
-
-    Reference:
-        - [Wu & Johnson, 2021](https://arxiv.org/abs/2105.07576).
-
-    Examples:
-        >>> bn = kn.BatchNormalization()
-        >>> model = keras.Sequential([keras.Input((2,)), bn])
-        >>> model.compile(optimizer="sgd", loss="mse")
-        >>> x = np.array([[0.0, 10.0], [4.0, 30.0]] * 4, dtype="float32")
-        >>> callback = kn.PreciseBatchNorm(x)
-        >>> _ = model.fit(x, x, epochs=1, callbacks=[callback], verbose=0)
-        >>> print(np.round(keras.ops.convert_to_numpy(bn.moving_mean), 3))
-        [ 2. 20.]
-    """
-
-    def __init__(
-        self,
-        x,
-        *,
-        batch_size=None,
-        steps=200,
-        every_n_epochs=1,
-        include_frozen=False,
-        verbose=0,
-    ):
-        super().__init__()
-        if isinstance(x, types.GeneratorType):
-            raise TypeError(
-                "PreciseBatchNorm iterates `x` at every recomputation, so it "
-                "must be re-iterable (an array, tf.data.Dataset, PyDataset or "
-                "torch DataLoader), not a generator. Received: "
-                f"x={_describe(x)}"
-            )
-        if (
-            isinstance(every_n_epochs, bool)
-            or not isinstance(every_n_epochs, (int, np.integer))
-            or every_n_epochs <= 0
-        ):
-            raise ValueError(
-                "`every_n_epochs` must be a positive integer. Received: "
-                f"every_n_epochs={every_n_epochs!r}"
-            )
-        self.x = x
-        self.batch_size = _check_batch_size(batch_size)
-        self.steps = _check_steps(steps)
-        self.every_n_epochs = int(every_n_epochs)
-        self.include_frozen = bool(include_frozen)
-        self.verbose = _validation.check_verbose(verbose)
-        self.history = []  # (epoch or "end", result) of each recomputation
-        self._pending = False
-        self._fresh = True
-        self._epoch = None
-
-    def _recompute(self, when):
-        with warnings.catch_warnings():
-            if when != "end":
-                warnings.simplefilter("ignore", UserWarning)
-            result = recompute_batch_norm_statistics(
-                self.model,
-                self.x,
-                batch_size=self.batch_size,
-                steps=self.steps,
-                verbose=self.verbose,
-                include_frozen=self.include_frozen,
-            )
-        self.history.append((when, result))
-        self._pending = False
-        self._fresh = True
-
-    def on_train_begin(self, logs=None):
-        self._pending = False
-        self._fresh = True
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._pending = (epoch + 1) % self.every_n_epochs == 0
-        self._fresh = False
-
-    def on_test_begin(self, logs=None):
-        # Called by fit's validation (after the epoch's training steps);
-        # `_pending` is False for an `evaluate` outside `fit`.
-        if self._pending:
-            self._recompute(self._epoch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self._pending:  # no validation this epoch
-            self._recompute(epoch)
-
-    def on_train_end(self, logs=None):
-        if not self._fresh:
-            self._recompute("end")

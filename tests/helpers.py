@@ -77,14 +77,25 @@ def forward_and_grads(layer, x, upstream=None, training=True):
 
     Uses `stateless_call`, so state updates are not applied. Works on the
     TensorFlow, JAX and torch backends with the backend's own autodiff.
+    For a layer of several inputs, `x` is a list of arrays and `dx` the
+    list of their gradients (the default `upstream` has the first
+    input's shape).
     """
-    x = np.asarray(x, dtype="float32")
+    several = isinstance(x, (list, tuple))
+    if several:
+        x = [np.asarray(a, dtype="float32") for a in x]
+        shape = [a.shape for a in x]
+    else:
+        x = np.asarray(x, dtype="float32")
+        shape = x.shape
     if not layer.built:
-        layer.build(x.shape)
+        layer.build(shape)
     if upstream is None:
-        upstream = random_input(x.shape, seed=123)
+        upstream = random_input(shape[0] if several else shape, seed=123)
     upstream = np.asarray(upstream, dtype="float32")
     names = [v.name for v in layer.trainable_variables]
+    if len(set(names)) < len(names):  # sublayers' "kernel", "bias", ...
+        names = [v.path for v in layer.trainable_variables]
     tv = [to_numpy(v) for v in layer.trainable_variables]
     ntv = [v.value for v in layer.non_trainable_variables]
 
@@ -99,12 +110,14 @@ def forward_and_grads(layer, x, upstream=None, training=True):
         # One compiled function rather than op-by-op dispatch: faster.
         (_, y), (gtv, gx) = jax.jit(
             jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
-        )([jnp.asarray(t) for t in tv], jnp.asarray(x))
+        )(
+            [jnp.asarray(t) for t in tv], jax.tree_util.tree_map(jnp.asarray, x)
+        )
     elif BACKEND == "tensorflow":
         import tensorflow as tf
 
         tvt = [tf.constant(t) for t in tv]
-        xt = tf.constant(x)
+        xt = [tf.constant(a) for a in x] if several else tf.constant(x)
         with tf.GradientTape() as tape:
             tape.watch(tvt)
             tape.watch(xt)
@@ -115,18 +128,22 @@ def forward_and_grads(layer, x, upstream=None, training=True):
         import torch
 
         tvt = [torch.tensor(t, requires_grad=True) for t in tv]
-        xt = torch.tensor(x, requires_grad=True)
+        if several:
+            xt = [torch.tensor(a, requires_grad=True) for a in x]
+        else:
+            xt = torch.tensor(x, requires_grad=True)
         y, _ = layer.stateless_call(tvt, ntv, xt, training=training)
         loss = torch.sum(y.float() * torch.tensor(upstream))
         loss.backward()
         gtv = [t.grad for t in tvt]
-        gx = xt.grad
+        gx = [t.grad for t in xt] if several else xt.grad
     else:  # pragma: no cover
         raise NotImplementedError(BACKEND)
     grads = {
         n: (None if g is None else to_numpy(g)) for n, g in zip(names, gtv)
     }
-    return to_numpy(y), to_numpy(gx), grads
+    gx = [to_numpy(g) for g in gx] if several else to_numpy(gx)
+    return to_numpy(y), gx, grads
 
 
 def torch_reference(fn, x, params, upstream, channel_axis):
@@ -200,3 +217,52 @@ def assert_saves_and_loads(model, x, tmp_path=None):
         atol=1e-6,
     )
     return loaded
+
+
+def numeric_gradients(loss, arrays, eps=1e-6):
+    """Central finite differences of the scalar `loss()` w.r.t. each array.
+
+    `arrays` are float64 NumPy arrays that `loss` reads; each is perturbed
+    in place one value at a time and restored. The gradient reference for
+    a NumPy formula with no closed-form gradient at hand.
+    """
+    grads = []
+    for array in arrays:
+        grad = np.zeros_like(array)
+        flat, gflat = array.reshape(-1), grad.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + eps
+            hi = loss()
+            flat[i] = old - eps
+            lo = loss()
+            flat[i] = old
+            gflat[i] = (hi - lo) / (2 * eps)
+        grads.append(grad)
+    return grads
+
+
+def channels_at(x, axis):
+    """A channels-last array with its channels moved to `axis` (contiguous)."""
+    return np.ascontiguousarray(np.moveaxis(x, -1, axis % x.ndim))
+
+
+def run_python(source, timeout=300):
+    """Run `source` in a fresh Python from the repository root.
+
+    The child imports this checkout's `keras_norms` and the session's
+    backend (`KERAS_BACKEND` is inherited); TensorFlow's C++ logging is
+    off. Returns the `subprocess.CompletedProcess` (text output).
+    """
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(
+        [sys.executable, "-c", source],
+        cwd=root,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -4,7 +4,7 @@
 64x64 inputs, batch 4, 5 classes) go through the pipeline a user runs:
 `convert` -> one training step -> `recompute_batch_norm_statistics` ->
 `optimize_for_inference` -> `export_saved_model` -> reload with
-`tf.saved_model.load` (`keras_norms.export.run_saved_model`). The reference
+`tf.saved_model.load` (`keras_norms.saved_model.run_saved_model`). The reference
 at every stage is the original Keras model put through the same steps (the
 same training step, the same statistics pass): each stage's outputs must
 match it to a tolerance relative to the output scale,
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import keras_norms as kn
-from keras_norms.export import run_saved_model
+from keras_norms.saved_model import run_saved_model
 from keras_norms.layers.affine import Affine
 from keras_norms.layers.batch_normalization import (
     BatchNormalization as KnBatchNormalization,

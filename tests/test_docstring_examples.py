@@ -32,6 +32,8 @@ _EXAMPLES_HEADING = re.compile(r"^\s*Examples:\s*$", re.MULTILINE)
 WITHOUT_EXAMPLE = {
     "export_saved_model": "writes a SavedModel, through a TensorFlow child "
     "process on torch: seconds, not a doctest (docs/guide/export.md runs it)",
+    "export": "writes an artifact and runs it in a fresh process with its "
+    "runtime: seconds, not a doctest (tests/test_deploy.py runs it)",
     "ops": "a module: its public functions are collected one by one",
 }
 

@@ -19,7 +19,7 @@ import pytest
 
 from keras_norms import backend as kn_backend
 from keras_norms.callbacks import FoldAndExport
-from keras_norms.export import export_saved_model
+from keras_norms.saved_model import export_saved_model
 from keras_norms.layers.batch_normalization import (
     BatchNormalization as KnBatchNormalization,
 )
@@ -259,7 +259,7 @@ def test_callback_recomputes_precise_statistics_before_export(
     monkeypatch, tmp_path
 ):
     """`precise_statistics=(x, steps)`: PreciseBN on the live model first."""
-    from keras_norms import export as export_module
+    from keras_norms import saved_model as export_module
 
     exported_means = []
     monkeypatch.setattr(

@@ -29,10 +29,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_norms import export as kn_export
+from keras_norms import saved_model as kn_export
 from keras_norms import inference
 from keras_norms.callbacks import FoldAndExport
-from keras_norms.export import export_saved_model
+from keras_norms.saved_model import export_saved_model
 from keras_norms.inference import OutputMismatchError
 from keras_norms.inference import optimize_for_inference
 

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_norms import export as kn_export
+from keras_norms import saved_model as kn_export
 from keras_norms.inference import InferenceReport
 from keras_norms.inference import optimize_for_inference
 from keras_norms.layers.affine import Affine
@@ -164,7 +164,7 @@ def test_no_forward_fold_where_keras_bias_add_is_wrong():
     """Channels-first conv with as many output columns as channels.
 
     Keras (3.15) on TensorFlow adds such a layer's bias along the last
-    axis (see `keras_norms.folding._keras_bias_add_is_wrong`): the fold
+    axis (see `keras_norms._graph.keras_bias_add_is_wrong`): the fold
     would give it a bias, so the Normalization stays an Affine.
     """
     data = _data((4, 7, 6, 3)).transpose(0, 3, 1, 2).copy()  # (4, 3, 7, 6)

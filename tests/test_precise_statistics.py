@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_norms import callbacks
 from keras_norms import precise
 from keras_norms.layers.batch_normalization import BatchNormalization
 from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization
@@ -146,6 +147,47 @@ def test_recompute_replaces_non_finite_statistics_and_keeps_seed_state():
     for v, old in zip(model.variables, all_vars):
         if "moving" not in v.path:  # seed generator state included
             np.testing.assert_array_equal(_np(v), old, v.path)
+
+
+def test_recompute_restores_what_a_training_forward_pass_writes():
+    # The pass snapshots only the state a training-mode forward may write
+    # (non-trainable variables): a WeightNormalization(data_init=True) not
+    # yet initialized sets its flag and offsets on its first training
+    # batch, a frozen BatchNormalization made trainable by
+    # `include_frozen` moves its statistics. All of it comes back; only
+    # the recomputed statistics change.
+    from keras_norms.layers.weight_normalization import WeightNormalization
+
+    inp = keras.Input((3,))
+    h = WeightNormalization(keras.layers.Dense(5), data_init=True, name="wn")(
+        inp
+    )
+    h = BatchNormalization(name="bn1")(h)
+    h = keras.layers.Dense(4)(h)
+    h = keras.layers.GaussianNoise(0.1, seed=5)(h)
+    out = BatchNormalization(name="bn2")(h)
+    model = keras.Model(inp, out)
+    model.get_layer("bn1").trainable = False
+    wn = model.get_layer("wn")
+    assert float(_np(wn.data_initialized)) == 0.0
+    before = {v.path: _np(v) for v in model.variables}
+    trainable_before = [v.trainable for v in model.variables]
+    x, _ = _data(12)
+    result = precise.recompute_batch_norm_statistics(
+        model, x, batch_size=4, verbose=0, include_frozen=True
+    )
+    assert sorted(result["layers"]) == ["bn1", "bn2"]
+    assert float(_np(wn.data_initialized)) == 0.0  # still uninitialized
+    assert [v.trainable for v in model.variables] == trainable_before
+    changed = set()
+    for v in model.variables:
+        if not np.array_equal(_np(v), before[v.path]):
+            changed.add(v.path)
+    assert changed == {
+        f"{bn}/{stat}"
+        for bn in ("bn1", "bn2")
+        for stat in ("moving_mean", "moving_variance")
+    }
 
 
 def _as_generator(x, y, batch_size):
@@ -399,11 +441,11 @@ def test_non_finite_statistics_are_refused_with_a_warning(bad):
 def test_callback_rejects_generators_and_bad_period():
     x, y = _data(10)
     with pytest.raises(TypeError, match="re-iterable"):
-        precise.PreciseBatchNorm(_as_generator(x, y, 4))
+        callbacks.PreciseBatchNorm(_as_generator(x, y, 4))
     with pytest.raises(ValueError, match="every_n_epochs"):
-        precise.PreciseBatchNorm(x, every_n_epochs=0)
+        callbacks.PreciseBatchNorm(x, every_n_epochs=0)
     with pytest.raises(ValueError, match="steps"):
-        precise.PreciseBatchNorm(x, steps=0)
+        callbacks.PreciseBatchNorm(x, steps=0)
 
 
 # ----------------------------------------------------------------------
@@ -423,7 +465,7 @@ def test_callback_validation_uses_precise_statistics(bn):
     xv, yv = _data(8, seed=7)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     recorder = _RecordStatistics()  # runs before PreciseBatchNorm
-    callback = precise.PreciseBatchNorm(x, batch_size=4, steps=None)
+    callback = callbacks.PreciseBatchNorm(x, batch_size=4, steps=None)
     history = model.fit(
         x,
         y,
@@ -453,7 +495,7 @@ def test_callback_period_without_validation_and_at_train_end():
     model = _model("ours")
     x, y = _data(16)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    callback = precise.PreciseBatchNorm(x, batch_size=8, every_n_epochs=2)
+    callback = callbacks.PreciseBatchNorm(x, batch_size=8, every_n_epochs=2)
     model.fit(
         x, y, batch_size=8, epochs=3, shuffle=False, callbacks=[callback],
         verbose=0,
@@ -524,7 +566,7 @@ tf.config.set_logical_device_configuration(
 import keras
 import numpy as np
 sys.path.insert(0, os.getcwd())
-from keras_norms import precise
+from keras_norms import callbacks, precise
 from tests import test_precise_statistics as t
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -550,7 +592,7 @@ def check(batch_size):
 
 precise.recompute_batch_norm_statistics(model, x, batch_size=4, verbose=0)
 check(4)
-callback = precise.PreciseBatchNorm(x, batch_size=8, steps=None)
+callback = callbacks.PreciseBatchNorm(x, batch_size=8, steps=None)
 history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False,
                     validation_data=(xv, yv), callbacks=[callback], verbose=0)
 check(8)

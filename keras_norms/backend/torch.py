@@ -18,6 +18,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from keras_norms import _compat
+
 
 def num_replicas():
     if not (dist.is_available() and dist.is_initialized()):
@@ -26,14 +28,10 @@ def num_replicas():
 
 
 def _differentiable_all_reduce(x):
-    try:
-        from torch.distributed import _functional_collectives as fc
-
-        if hasattr(fc, "all_reduce_backward"):  # autograd registered
-            out = fc.all_reduce(x, "sum", dist.group.WORLD)
-            return fc.wait_tensor(out) if hasattr(out, "wait") else out
-    except ImportError:  # pragma: no cover - older torch
-        pass
+    fc = _compat.torch_functional_collectives()
+    if fc is not None:  # autograd registered
+        out = fc.all_reduce(x, "sum", dist.group.WORLD)
+        return fc.wait_tensor(out) if hasattr(out, "wait") else out
     from torch.distributed.nn import functional as dist_nn  # pragma: no cover
 
     return dist_nn.all_reduce(x)  # pragma: no cover
@@ -64,7 +62,7 @@ def join_all_processes(what, timeout):
     world = num_replicas()
     if world < 2:
         return
-    store = dist.distributed_c10d._get_default_store()
+    store = _compat.torch_default_store()
     key = "keras_norms/join/" + what
     arrived = store.add(key, 1)
     target = -(-arrived // world) * world

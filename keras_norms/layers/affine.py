@@ -1,6 +1,11 @@
-"""A fixed per-channel scale and shift: what a frozen BatchNormalization is."""
+"""A fixed per-channel scale and shift: what a frozen BatchNormalization is.
+
+Also the BatchNormalization-to-affine math (`batch_norm_scale_and_shift`),
+which `Affine.from_batch_normalization` and `keras_norms.folding` share.
+"""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_norms import ops as kn_ops
@@ -111,19 +116,75 @@ class Affine(keras.layers.Layer):
         scale and offset are computed in float64 from the moving statistics,
         `gamma`, `beta` and `epsilon`, then rounded once to float32.
         """
-        from keras_norms import folding
-
-        scale, offset = folding.batch_norm_scale_and_shift(layer)
-        ndim = folding.batch_norm_input_rank(layer)
-        affine = cls(
+        scale, offset = batch_norm_scale_and_shift(layer)
+        return cls.from_scale_and_offset(
+            scale,
+            offset,
             axis=layer.axis,
+            ndim=batch_norm_input_rank(layer),
             name=name or layer.name,
             dtype=layer.dtype_policy,
         )
-        (axis,) = _validation.canonical_axes(layer.axis, ndim)
+
+    @classmethod
+    def from_scale_and_offset(
+        cls, scale, offset, *, axis, ndim, name=None, dtype=None
+    ):
+        """The built `Affine` computing `x * scale + offset` along `axis`.
+
+        Args:
+            scale, offset: 1-D arrays of one value per channel (any float
+                dtype; rounded once to the weights' float32).
+            axis: The channel axis, as the layer's `axis` argument.
+            ndim: The rank of the inputs it is built for.
+            name, dtype: As for the layer.
+        """
+        affine = cls(axis=axis, name=name, dtype=dtype)
+        (channel_axis,) = _validation.canonical_axes(affine.axis, ndim)
         affine.build(
-            tuple(scale.shape[0] if a == axis else None for a in range(ndim))
+            tuple(
+                len(scale) if a == channel_axis else None for a in range(ndim)
+            )
         )
-        affine.scale.assign(scale.astype(affine.scale.dtype))
-        affine.offset.assign(offset.astype(affine.offset.dtype))
+        affine.scale.assign(np.asarray(scale).astype(affine.scale.dtype))
+        affine.offset.assign(np.asarray(offset).astype(affine.offset.dtype))
         return affine
+
+
+def float64_numpy(value):
+    """A variable or tensor as a float64 NumPy array (for exact folds)."""
+    return np.asarray(ops.convert_to_numpy(value), dtype=np.float64)
+
+
+def batch_norm_scale_and_shift(layer):
+    """`(a, b)` in float64 with `layer(x, training=False) == x * a + b`.
+
+    `a = gamma / sqrt(moving_variance + epsilon)`,
+    `b = beta - moving_mean * a`; `gamma = 1` without `scale`, `beta = 0`
+    without `center`. For a built `keras.layers.BatchNormalization`,
+    `keras_norms.layers.BatchNormalization` (or a subclass), or any layer
+    with the same attributes (an `InstanceNormalization` with
+    `track_running_stats=True`).
+
+    Raises:
+        ValueError: If `layer` is not built.
+    """
+    if not layer.built:
+        raise ValueError(
+            f"BatchNormalization layer '{layer.name}' is not built; build or "
+            "call the model before folding it."
+        )
+    mean = float64_numpy(layer.moving_mean)
+    variance = float64_numpy(layer.moving_variance)
+    gamma = float64_numpy(layer.gamma) if layer.scale else np.ones_like(mean)
+    beta = float64_numpy(layer.beta) if layer.center else np.zeros_like(mean)
+    scale = gamma / np.sqrt(variance + float(layer.epsilon))
+    return scale, beta - mean * scale
+
+
+def batch_norm_input_rank(layer):
+    """The rank of the input a built BatchNormalization was built for."""
+    spec = getattr(layer, "input_spec", None)
+    if spec is not None and getattr(spec, "ndim", None) is not None:
+        return spec.ndim
+    return len(layer.input.shape)

@@ -82,15 +82,9 @@ class GroupNormalization(_base.Normalization):
 
     def _layout(self, input_shape):
         (channel_axis,) = self._param_axes
-        channels = input_shape[channel_axis]
-        groups = channels if self.groups == -1 else self.groups
-        if groups > channels or channels % groups:
-            raise ValueError(
-                f"Argument `groups` must divide the number of channels "
-                f"({channels}, along axis {self.axis}). "
-                f"Received: groups={self.groups}"
-            )
-        self._num_groups = groups
+        self._num_groups = _validation.resolve_groups(
+            self.groups, input_shape[channel_axis], self.axis
+        )
         return tuple(
             a for a in range(1, len(input_shape)) if a != channel_axis
         )

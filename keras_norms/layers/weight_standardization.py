@@ -1,8 +1,8 @@
 """WeightStandardization: standardize a Dense or Conv kernel per output unit."""
 
 import keras
-from keras.src.backend.common.stateless_scope import get_stateless_scope
 
+from keras_norms import _compat
 from keras_norms import ops as kn_ops
 from keras_norms import _validation
 
@@ -153,7 +153,7 @@ class WeightStandardization(keras.layers.Wrapper):
             (v, w_hat if v is kernel else v.value)
             for v in self.layer.variables
         ]
-        outer = get_stateless_scope()
+        outer = _compat.stateless_scope()
         with keras.StatelessScope(
             state_mapping=mapping,
             collect_losses=True,

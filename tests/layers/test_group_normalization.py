@@ -172,7 +172,7 @@ def test_bad_arguments_refused_at_construction(groups):
 
 
 def test_bad_argument_types_refused():
-    with pytest.raises(ValueError, match="groups"):
+    with pytest.raises(TypeError, match="groups"):
         kn.GroupNormalization(groups=2.5)
 
 

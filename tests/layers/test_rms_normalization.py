@@ -126,7 +126,7 @@ def test_rms_default_arguments_equal_keras():
     "kwargs,error",
     [
         (dict(axis="x"), TypeError),
-        (dict(axis=[1, 1]), TypeError),
+        (dict(axis=[1, 1]), ValueError),  # ints, one twice: a wrong value
         (dict(epsilon=0.0), ValueError),
         (dict(epsilon=None), TypeError),
     ],

@@ -38,8 +38,9 @@ import tempfile
 import keras
 import numpy as np
 
-from keras_norms import inference
+from keras_norms import _compat
 from keras_norms import _validation
+from keras_norms import inference
 
 __all__ = ["export_saved_model", "run_saved_model"]
 
@@ -170,6 +171,7 @@ def export_saved_model(
             `overwrite=False`, or is a directory holding anything other
             than an earlier export.
         ModuleNotFoundError: If TensorFlow is not installed.
+        TypeError: If `model` is not a `keras.Model`.
         ValueError: If the model is not built (or, with `fold=True`, is a
             subclassed model whose graph cannot be read), or, with
             `on_mismatch="raise"`, if the check fails.
@@ -221,14 +223,15 @@ def export(
     )
     target = check_target(filepath, overwrite)
     if not isinstance(model, keras.Model) or not model.built:
-        raise ValueError(
+        error = TypeError if not isinstance(model, keras.Model) else ValueError
+        raise error(
             "Argument `model` must be a built keras.Model (call it once, or "
             f"create it with an Input). Received: model={model!r}"
         )
     require_tensorflow("SavedModel export")
     exported = model
     if fold:
-        exported, report = inference._optimize(model)
+        exported, report = inference.optimize_unchecked(model)
     sample, expected = inference.reference_outputs(model, sample)
     if fold:
         report.check = inference.Check.run(
@@ -320,8 +323,8 @@ def _write_and_run(model, directory, jit_compile, inputs):
     """Write the SavedModel into `directory`; its outputs on `inputs`."""
     if keras.backend.backend() == "torch":
         return _export_in_child(model, directory, jit_compile, inputs)
-    _export_here(model, directory, jit_compile)
-    outputs, _ = _load_and_run(directory, inputs)
+    export_in_process(model, directory, jit_compile)
+    outputs, _ = load_and_run(directory, inputs)
     return outputs
 
 
@@ -397,17 +400,16 @@ def _replace(staging, target):
 
 def _input_signature(model):
     import tensorflow as tf
-    from keras.src.export.export_utils import get_input_signature
 
     def to_spec(spec):
         return tf.TensorSpec(
             shape=spec.shape, dtype=spec.dtype, name=getattr(spec, "name", None)
         )
 
-    return keras.tree.map_structure(to_spec, get_input_signature(model))
+    return keras.tree.map_structure(to_spec, _compat.input_signature(model))
 
 
-def _export_here(model, filepath, jit_compile):
+def export_in_process(model, filepath, jit_compile):
     """Export from the TensorFlow or JAX backend, in this process.
 
     On JAX, `jax2tf` converts without gradients (`with_gradient=False`):
@@ -481,14 +483,14 @@ import keras
 import numpy as np
 import keras_norms  # registers the keras_norms layers
 import keras_norms.layers.affine  # noqa: F401
-from keras_norms.export import _export_here, _load_and_run
+from keras_norms.saved_model import export_in_process, load_and_run
 
 source, target, jit_compile, x_path, y_path = sys.argv[1:6]
 model = keras.saving.load_model(source, compile=False)
-_export_here(model, target, jit_compile == "1")
+export_in_process(model, target, jit_compile == "1")
 with np.load(x_path) as data:
     inputs = [data[f"x{i}"] for i in range(len(data.files))]
-outputs, _ = _load_and_run(target, inputs)
+outputs, _ = load_and_run(target, inputs)
 np.savez(y_path, *outputs)
 """
 
@@ -544,7 +546,7 @@ def _export_in_child(model, filepath, jit_compile, inputs):
 # ----------------------------------------------------------------------
 # Running an exported SavedModel with TensorFlow alone
 # ----------------------------------------------------------------------
-def _load_and_run(filepath, inputs):
+def load_and_run(filepath, inputs):
     """`(outputs, xla)` of the serving signature; needs TensorFlow only.
 
     Kept free of Keras and keras_norms: its source also runs in a child
@@ -599,7 +601,7 @@ import numpy as np
 source, target = sys.argv[1:3]
 with np.load(source) as data:
     inputs = [data[f"x{i}"] for i in range(len(data.files))]
-outputs, xla = _load_and_run(sys.argv[3], inputs)
+outputs, xla = load_and_run(sys.argv[3], inputs)
 np.savez(target, *outputs)
 print(json.dumps({"xla": bool(xla), "n": len(outputs)}))
 """
@@ -632,7 +634,7 @@ def run_saved_model(filepath, inputs, *, in_subprocess=None, return_xla=False):
     if in_subprocess:
         source = "\n\n".join(
             inspect.getsource(f)
-            for f in (_load_and_run, _output_index, _reaches_xla)
+            for f in (load_and_run, _output_index, _reaches_xla)
         )
         with tempfile.TemporaryDirectory() as tmp:
             x_path = os.path.join(tmp, "x.npz")
@@ -647,6 +649,6 @@ def run_saved_model(filepath, inputs, *, in_subprocess=None, return_xla=False):
                 outputs = [data[f"arr_{i}"] for i in range(info["n"])]
             xla = info["xla"]
     else:
-        outputs, xla = _load_and_run(filepath, inputs)
+        outputs, xla = load_and_run(filepath, inputs)
     outputs = outputs[0] if len(outputs) == 1 else outputs
     return (outputs, xla) if return_xla else outputs

@@ -1,0 +1,629 @@
+"""Export a model in any Keras export format, checked in its own runtime.
+
+`export(model, filepath, format=...)` puts the model in its inference form
+(`keras_norms.optimize_for_inference`), writes it through Keras' own
+`model.export` (or, for `"tf_saved_model"`, through
+`keras_norms.export_saved_model`, the XLA-compiled SavedModel), then loads
+the artifact in a fresh Python process that imports the target runtime
+alone (no Keras, no keras_norms) and compares its outputs with the Keras
+model's on a sample batch.
+
+What each format needs (Keras 3.15's exporters; the runtime is what the
+check loads the artifact with):
+
+| format           | backends              | exporter needs                  | runtime                   |
+|------------------|-----------------------|---------------------------------|---------------------------|
+| `tf_saved_model` | tensorflow, jax, torch| tensorflow                      | `tf.saved_model.load`     |
+| `onnx`           | tensorflow            | tf2onnx, onnx                   | onnxruntime               |
+| `onnx`           | jax                   | jax2onnx                        | onnxruntime               |
+| `onnx`           | torch                 | onnx, onnxscript (`torch.onnx`) | onnxruntime               |
+| `litert`         | tensorflow            | tensorflow (`tf.lite`)          | ai_edge_litert            |
+| `litert`         | torch                 | litert_torch                    | ai_edge_litert            |
+| `openvino`       | tensorflow, torch     | openvino                        | openvino (`Core`, CPU)    |
+| `torch`          | torch                 | torch (`torch.export`)          | `torch.export.load`       |
+
+Keras itself refuses `litert` on JAX and `torch` off the torch backend,
+and OpenVINO cannot convert a JAX model (jax2tf leaves one XlaCallModule
+op); `export` says so before writing anything, with what to use instead.
+Install the runtimes with `pip install "keras_norms[deploy]" -c
+constraints.txt`; `import keras_norms` never imports any of them.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+
+__all__ = ["DeployReport", "export", "FORMATS"]
+
+FORMATS = ("tf_saved_model", "onnx", "litert", "openvino", "torch")
+# The file name ending Keras' exporter requires per format (None: a
+# directory).
+_SUFFIX = {
+    "tf_saved_model": None,
+    "onnx": ".onnx",
+    "litert": ".tflite",
+    "openvino": ".xml",
+    "torch": ".pt2",
+}
+# The verification tolerance: max|artifact - model| <= RTOL * max(1,
+# max|model|), output by output. Float32 runtimes reorder sums and fuse
+# ops, which costs a few ulps of the output scale; a wrong graph costs
+# far more.
+RTOL = 1e-4
+_INSTALL_HINT = 'pip install "keras_norms[deploy]" -c constraints.txt'
+
+# Modules the exporter (in this process) and the runtime (in the check's
+# process) import, per (format, backend); the runtime's first.
+_RUNTIME = {
+    "onnx": ("onnxruntime", "onnxruntime"),
+    "litert": ("ai_edge_litert", "LiteRT interpreter (ai_edge_litert)"),
+    "openvino": ("openvino", "OpenVINO runtime"),
+    "torch": ("torch", "torch.export"),
+}
+_EXPORTER = {
+    ("onnx", "tensorflow"): ("tf2onnx", "onnx"),
+    ("onnx", "jax"): ("jax2onnx", "onnx"),
+    ("onnx", "torch"): ("onnx", "onnxscript"),
+    ("litert", "tensorflow"): ("tensorflow",),
+    ("litert", "torch"): ("litert_torch",),
+    ("openvino", "tensorflow"): ("openvino",),
+    ("openvino", "torch"): ("openvino",),
+    ("torch", "torch"): (),
+}
+# Formats Keras cannot write from a backend, and what to do instead.
+_REFUSED = {
+    ("litert", "jax"): (
+        "Keras writes LiteRT only from the TensorFlow and torch backends. "
+        "Export from the TensorFlow backend (save the model as .keras and "
+        "load it there; keras_norms layers are registered), or use "
+        "format='onnx' or 'tf_saved_model' from JAX."
+    ),
+    ("openvino", "jax"): (
+        "Keras converts a JAX model for OpenVINO through jax2tf, whose "
+        "graph is one XlaCallModule op that OpenVINO has no conversion rule "
+        "for. Use format='onnx' (OpenVINO reads .onnx files directly: "
+        "openvino.Core().read_model('model.onnx')), or export from the "
+        "TensorFlow or torch backend."
+    ),
+    ("torch", "tensorflow"): (
+        "Keras writes a torch ExportedProgram (.pt2) only from the torch "
+        "backend. Export from the torch backend (KERAS_BACKEND=torch, load "
+        "the .keras file there), or use format='onnx'."
+    ),
+    ("torch", "jax"): (
+        "Keras writes a torch ExportedProgram (.pt2) only from the torch "
+        "backend. Export from the torch backend (KERAS_BACKEND=torch, load "
+        "the .keras file there), or use format='onnx'."
+    ),
+}
+
+
+class DeployReport:
+    """What `export` wrote and how close the artifact is to the model.
+
+    Attributes:
+        format: The export format.
+        path: The absolute path of the artifact.
+        runtime: The runtime the check loaded it with, and its version.
+        max_abs_difference: `max |artifact - model|` over the outputs on
+            the sample batch (`None` when `verify=False`).
+        tolerance: `RTOL * max(1, max |model output|)` (`None` when
+            `verify=False`).
+        static_batch: The batch size the artifact is fixed to, or `None`
+            if it takes any batch (the check then ran one batch;
+            otherwise one call per sample).
+        folded: Whether the model was put in its inference form first.
+        rule: How `tolerance` was computed from the model's outputs.
+    """
+
+    def __init__(
+        self,
+        format,
+        path,
+        runtime,
+        max_abs_difference=None,
+        tolerance=None,
+        static_batch=None,
+        folded=True,
+        rule=f"{RTOL:g} * max(1, max|output|)",
+    ):
+        self.format = format
+        self.path = path
+        self.runtime = runtime
+        self.max_abs_difference = max_abs_difference
+        self.tolerance = tolerance
+        self.static_batch = static_batch
+        self.folded = folded
+        self.rule = rule
+
+    @property
+    def verified(self):
+        return self.max_abs_difference is not None
+
+    def to_dict(self):
+        return dict(vars(self))
+
+    def __str__(self):
+        if not self.verified:
+            return f"Exported {self.format} to {self.path} (not verified)."
+        return (
+            f"Exported {self.format} to {self.path}; {self.runtime} matches "
+            f"the model: max abs difference {self.max_abs_difference:.3g} <= "
+            f"tolerance {self.tolerance:.3g} ({self.rule})."
+        )
+
+    def __repr__(self):
+        return f"DeployReport({self.to_dict()!r})"
+
+
+def export(
+    model,
+    filepath,
+    format="tf_saved_model",
+    fold=True,
+    verify=True,
+    sample=None,
+    overwrite=False,
+    batch_size=None,
+    **kwargs,
+):
+    """Write `model` for a deployment runtime, and check it runs there.
+
+    With `fold=True` the model is first put in its inference form by
+    `keras_norms.optimize_for_inference` (BatchNormalization folded into
+    the layer before it, WeightNormalization / WeightStandardization
+    unwrapped, a leading `keras.layers.Normalization` folded into the
+    first layer), which is what mobile and server runtimes (and int8
+    quantization) want. Then:
+
+    - `"tf_saved_model"`: `keras_norms.export_saved_model` (an
+      XLA-compiled SavedModel, always checked with TensorFlow);
+    - `"onnx"`, `"litert"`, `"openvino"`, `"torch"`: Keras'
+      `model.export(..., format=format)`, written into a temporary path
+      beside `filepath`.
+
+    With `verify=True` the artifact is loaded in a fresh Python process
+    by its runtime alone (onnxruntime's `InferenceSession`; LiteRT's
+    `Interpreter`; OpenVINO's `Core` on CPU in float32;
+    `torch.export.load`) and run on `sample` (or a seeded random batch of
+    4 of the model's input shape); every output must satisfy
+
+        max |artifact - model| <= 1e-4 * max(1, max |model|)
+
+    or nothing is written. Only then is the artifact renamed to
+    `filepath`: an existing export is replaced only after the new one is
+    written and verified, and only with `overwrite=True`.
+
+    Args:
+        model: A built `keras.Model` (functional or Sequential for
+            `fold=True`).
+        filepath: Where to write. A directory for `"tf_saved_model"`, else
+            a file ending in `.onnx`, `.tflite`, `.xml` (OpenVINO writes a
+            `.bin` beside it) or `.pt2`.
+        format: One of `"tf_saved_model"`, `"onnx"`, `"litert"`,
+            `"openvino"`, `"torch"`.
+        fold: Put the model in its inference form first.
+        verify: Check the artifact in its runtime (see above).
+        sample: The input batch for the check (an array, or a list of
+            arrays); `None` draws one.
+        overwrite: Replace an existing file (or earlier export).
+        batch_size: `None` keeps the batch dimension dynamic; an integer
+            fixes it (Keras then exports with that static batch; on torch,
+            `"onnx"` uses torch.onnx's dynamo exporter instead of the
+            TorchScript one, which fails on some graphs). The check runs
+            the sample in chunks of `batch_size`.
+        **kwargs: Passed to `model.export` (e.g. `opset_version` for
+            ONNX, `input_signature`).
+
+    Returns:
+        A `DeployReport`: format, path, runtime, max abs difference,
+        tolerance, static batch size.
+
+    Raises:
+        ValueError: An unknown format, a format this backend cannot
+            write, an unbuilt model, a subclassed model with `fold=True`,
+            a wrong file name ending; or an artifact that computes
+            something else than the model.
+        FileExistsError: `filepath` exists and `overwrite=False`.
+        ModuleNotFoundError: The exporter or runtime is not installed.
+
+    Example:
+
+    ```python
+    report = kn.deploy.export(model, "model.onnx", format="onnx")
+    print(report)  # Exported onnx to ...; onnxruntime 1.x matches ...
+    ```
+    """
+    backend = keras.backend.backend()
+    path = _check_arguments(model, filepath, format, fold, overwrite, backend)
+    if batch_size is not None:
+        if format == "tf_saved_model":
+            raise ValueError(
+                "Argument `batch_size` is not supported for "
+                "format='tf_saved_model' (its batch stays dynamic). "
+                f"Received: batch_size={batch_size!r}"
+            )
+        if "input_signature" in kwargs:
+            raise ValueError(
+                "Pass either `batch_size` or `input_signature`, not both. "
+                f"Received: batch_size={batch_size!r}"
+            )
+        if isinstance(batch_size, bool) or not isinstance(
+            batch_size, (int, np.integer)
+        ) or batch_size < 1:
+            raise ValueError(
+                "Argument `batch_size` must be None or an integer >= 1. "
+                f"Received: batch_size={batch_size!r}"
+            )
+        kwargs["input_signature"] = _static_signature(model, int(batch_size))
+        if sample is None:
+            sample = _sample_of(model, int(batch_size))
+        elif len(keras.tree.flatten(sample)[0]) % batch_size:
+            raise ValueError(
+                "Argument `sample` must have a multiple of `batch_size` rows "
+                "(the check runs it in chunks of batch_size). Received: "
+                f"batch_size={batch_size!r} and a sample of "
+                f"{len(keras.tree.flatten(sample)[0])} rows"
+            )
+    if format == "tf_saved_model":
+        return _export_saved_model(model, filepath, fold, sample, overwrite,
+                                   **kwargs)
+    _require(format, backend, verify)
+
+    exported = model
+    if fold:
+        from keras_norms.inference import optimize_for_inference
+
+        exported = optimize_for_inference(model, verbose=0, sample=sample)
+    runtime = _RUNTIME[format][1]
+    report = DeployReport(format, path, runtime, folded=bool(fold))
+
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent
+    )
+    try:
+        staged = os.path.join(staging, os.path.basename(path))
+        kwargs.setdefault("verbose", False)
+        try:
+            exported.export(staged, format=format, **kwargs)
+        except Exception as e:
+            _explain_export_error(e, format, backend, batch_size)
+            raise
+        if verify:
+            _verify(model, staged, format, sample, staging, report)
+        _check_target(path, filepath, overwrite)  # again: it may have changed
+        for name in _artifact_files(path):
+            os.replace(
+                os.path.join(staging, os.path.basename(name)), name
+            )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _static_signature(model, batch_size):
+    """The model's input specs with the batch dimension fixed."""
+    from keras_norms import _compat
+
+    return keras.tree.map_structure(
+        lambda spec: keras.InputSpec(
+            shape=(batch_size,) + tuple(spec.shape[1:]),
+            dtype=spec.dtype,
+            name=getattr(spec, "name", None),
+        ),
+        _compat.input_signature(model),
+    )
+
+
+def _sample_of(model, batch_size):
+    """The default check sample, its rows repeated to `batch_size`."""
+    from keras_norms import inference
+
+    batch = inference.sample_batch(model)
+    return keras.tree.map_structure(
+        lambda x: np.resize(x, (batch_size,) + x.shape[1:]), batch
+    )
+
+
+def _explain_export_error(error, format, backend, batch_size):
+    """A clear error for an exporter failure with a known way around it."""
+    if format == "onnx" and backend == "torch" and batch_size is None:
+        raise ValueError(
+            "torch.onnx could not export the model with a dynamic batch "
+            "(Keras uses torch.onnx's TorchScript exporter for a dynamic "
+            "batch on torch, and it fails on some graphs, e.g. "
+            "channels-last group_norm): "
+            f"{type(error).__name__}: {str(error).strip()[-300:]}\n"
+            "Pass batch_size=N for an artifact with a static batch of N "
+            "(torch.onnx's dynamo exporter), or export from the TensorFlow "
+            "or JAX backend for a dynamic batch. Received: batch_size=None"
+        ) from error
+
+
+def _check_arguments(model, filepath, format, fold, overwrite, backend):
+    """The absolute target path, or a clear error for a bad argument."""
+    if format not in FORMATS:
+        raise ValueError(
+            f"Argument `format` must be one of {list(FORMATS)}. "
+            f"Received: format={format!r}"
+        )
+    if (format, backend) in _REFUSED:
+        raise ValueError(
+            f"Cannot export format={format!r} from the {backend} backend: "
+            f"{_REFUSED[(format, backend)]} Received: format={format!r}"
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "Argument `model` must be a keras.Model. "
+            f"Received: model={model!r}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built: call it on a batch, or "
+            "create it with a keras.Input, before exporting it. "
+            f"Received: model={model.name} (built=False)"
+        )
+    if fold:
+        from keras_norms import _graph
+
+        if not _graph.is_graph_model(model):
+            raise ValueError(
+                f"Cannot fold the subclassed model '{model.name}' "
+                f"({type(model).__name__}): its layer graph cannot be read. "
+                "Pass fold=False to export it as it is, or rebuild it as a "
+                "functional or Sequential model. Received: fold=True"
+            )
+    try:
+        filepath = os.fspath(filepath)
+    except TypeError:
+        raise TypeError(
+            "Argument `filepath` must be a path (str or os.PathLike). "
+            f"Received: filepath={filepath!r}"
+        ) from None
+    suffix = _SUFFIX[format]
+    if suffix is not None and not filepath.endswith(suffix):
+        raise ValueError(
+            f"Argument `filepath` must end with {suffix!r} for "
+            f"format={format!r} (Keras' exporter requires it). "
+            f"Received: filepath={filepath!r}"
+        )
+    path = os.path.abspath(filepath)
+    if suffix is not None:
+        _check_target(path, filepath, overwrite)
+    return path
+
+
+def _artifact_files(path):
+    """The files an export to `path` writes (OpenVINO adds a `.bin`)."""
+    if path.endswith(".xml"):
+        return [path[: -len(".xml")] + ".bin", path]
+    return [path]
+
+
+def _check_target(path, filepath, overwrite):
+    for name in _artifact_files(path):
+        if not os.path.lexists(name):
+            continue
+        if os.path.isdir(name) and not os.path.islink(name):
+            raise FileExistsError(
+                f"The export path {name!r} is a directory; this format "
+                "writes a file. Choose another path. "
+                f"Received: filepath={filepath!r}"
+            )
+        if not overwrite:
+            raise FileExistsError(
+                f"The export path {name!r} already exists. Pass "
+                "overwrite=True to replace it (only once the new export is "
+                "written and verified), or choose another path. "
+                f"Received: filepath={filepath!r}"
+            )
+
+
+def _export_saved_model(model, filepath, fold, sample, overwrite, **kwargs):
+    from keras_norms import saved_model
+
+    result = saved_model.export(
+        model, filepath, fold=fold, overwrite=overwrite, sample=sample,
+        verbose=0, **kwargs
+    )
+    check = result.check
+    return DeployReport(
+        "tf_saved_model",
+        os.path.abspath(filepath),
+        "TensorFlow (tf.saved_model.load)",
+        max_abs_difference=check.max_difference,
+        tolerance=max(t for _, t in check.figures),
+        folded=bool(fold),
+        # export_saved_model's own check, the same scale as ours.
+        rule=(
+            f"{saved_model.inference.ATOL:g} + {saved_model.inference.RTOL:g}"
+            " * max|output|"
+        ),
+    )
+
+
+def _require(format, backend, verify):
+    """A ModuleNotFoundError naming the install, before anything is written."""
+    needed = list(_EXPORTER[(format, backend)])
+    if verify:
+        needed.append(_RUNTIME[format][0])
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if "litert_torch" in missing:
+        raise ModuleNotFoundError(
+            "Exporting format='litert' from the torch backend needs "
+            "litert_torch (pip install litert-torch), not installed here and "
+            "not part of keras_norms[deploy]: litert-torch 0.8 requires "
+            "torch<2.10. Export LiteRT from the TensorFlow backend (load the "
+            ".keras file there; keras_norms layers are registered), or use "
+            "format='onnx' or 'torch'.",
+            name="litert_torch",
+        )
+    if missing:
+        raise ModuleNotFoundError(
+            f"Exporting format={format!r} from the {backend} backend needs "
+            f"{', '.join(sorted(set(missing)))}, not installed here. "
+            f"Install the deploy runtimes: {_INSTALL_HINT}",
+            name=missing[0],
+        )
+
+
+def _verify(model, staged, format, sample, staging, report):
+    """Run `staged` in a fresh process with its runtime; fill `report`."""
+    from keras_norms import inference
+
+    sample, expected = inference.reference_outputs(model, sample)
+    inputs = [
+        np.asarray(x)
+        for x in (sample if isinstance(sample, (list, tuple)) else [sample])
+    ]
+    io = os.path.join(staging, "check")
+    np.savez(io + "_in.npz", *inputs)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, format, staged, io],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"The {report.runtime} could not load or run the {format} "
+            f"export (nothing was written to {report.path!r}):\n"
+            f"{done.stderr.strip()[-3000:]}"
+        )
+    with open(io + "_meta.json") as f:
+        meta = json.load(f)
+    out = np.load(io + "_out.npz")
+    got = [out[f"arr_{i}"] for i in range(len(out.files))]
+    report.runtime = f"{report.runtime} {meta['version']}"
+    report.static_batch = meta["static_batch"]
+    if len(got) != len(expected):
+        raise inference.OutputMismatchError(
+            f"The {format} export returns {len(got)} output(s), the model "
+            f"{len(expected)}. Nothing was written to {report.path!r}."
+        )
+    worst = 0.0
+    tolerance = 0.0
+    for g, e in zip(got, expected):
+        g = np.asarray(g, np.float64)
+        e = np.asarray(e, np.float64)
+        if g.shape != e.shape:
+            raise inference.OutputMismatchError(
+                f"The {format} export returns an output of shape {g.shape} "
+                f"where the model returns {e.shape}. Nothing was written to "
+                f"{report.path!r}."
+            )
+        tol = RTOL * max(1.0, float(np.max(np.abs(e), initial=0.0)))
+        diff = float(np.max(np.abs(g - e), initial=0.0))
+        if not np.all(np.isfinite(g)):
+            diff = float("inf")
+        if diff - tol > worst - tolerance or tolerance == 0.0:
+            worst, tolerance = diff, tol
+    report.max_abs_difference = worst
+    report.tolerance = tolerance
+    if not worst <= tolerance:
+        raise inference.OutputMismatchError(
+            f"The {format} export, run by {report.runtime}, differs from "
+            f"the model on the sample batch: max abs difference {worst:.3g} "
+            f"> tolerance {tolerance:.3g} ({RTOL:g} * max(1, max|output|)). "
+            f"Nothing was written to {report.path!r} (an earlier file there "
+            "is unchanged). Try another format, or fold=False."
+        )
+
+
+# The check's process: the runtime alone (no Keras, no keras_norms).
+# argv: format, artifact path, io prefix (reads <io>_in.npz, writes
+# <io>_out.npz and <io>_meta.json). A runtime whose artifact has a fixed
+# batch size is run one sample at a time.
+_CHILD = r"""
+import json, sys
+import numpy as np
+
+fmt, path, io = sys.argv[1:4]
+data = np.load(io + "_in.npz")
+xs = [data[f"arr_{i}"] for i in range(len(data.files))]
+static = None
+
+if fmt == "onnx":
+    import onnxruntime as rt
+    version = rt.__version__
+    session = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    first = session.get_inputs()[0].shape[0]
+    static = first if isinstance(first, int) else None
+    def run(xs):
+        return session.run(None, dict(zip(names, xs)))
+elif fmt == "litert":
+    import ai_edge_litert
+    from ai_edge_litert.interpreter import Interpreter
+    version = getattr(ai_edge_litert, "__version__", "")
+    interpreter = Interpreter(model_path=path)
+    details = interpreter.get_input_details()
+    signature = details[0].get("shape_signature", details[0]["shape"])
+    static = None if signature[0] == -1 else int(signature[0])
+    allocated = [None]
+    def run(xs):
+        shapes = [tuple(x.shape) for x in xs]
+        if allocated[0] != shapes:
+            for d, x in zip(details, xs):
+                interpreter.resize_tensor_input(d["index"], x.shape)
+            interpreter.allocate_tensors()
+            allocated[0] = shapes
+        for d, x in zip(details, xs):
+            interpreter.set_tensor(d["index"], x)
+        interpreter.invoke()
+        return [interpreter.get_tensor(d["index"])
+                for d in interpreter.get_output_details()]
+elif fmt == "openvino":
+    import openvino as ov
+    version = ov.__version__
+    core = ov.Core()
+    ov_model = core.read_model(path)
+    first = ov_model.inputs[0].get_partial_shape()[0]
+    static = None if first.is_dynamic else first.get_length()
+    # Float32 inference: the CPU plugin would otherwise run bf16 where the
+    # processor has it.
+    compiled = core.compile_model(
+        ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    def run(xs):
+        result = compiled(xs)
+        return [np.asarray(result[o]) for o in compiled.outputs]
+elif fmt == "torch":
+    import torch
+    version = torch.__version__
+    module = torch.export.load(path).module()
+    def run(xs):
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(x) for x in xs])
+        if isinstance(out, dict):
+            out = list(out.values())
+        if not isinstance(out, (list, tuple)):
+            out = [out]
+        return [o.detach().numpy() for o in out]
+    try:
+        outs = run(xs)
+    except Exception:
+        static = 1
+else:
+    raise SystemExit(f"unknown format {fmt}")
+
+n = len(xs[0])
+if static is None or static == n:
+    outs = run(xs)
+else:
+    rows = [run([x[i:i + static] for x in xs]) for i in range(0, n, static)]
+    outs = [np.concatenate(parts) for parts in zip(*rows)]
+np.savez(io + "_out.npz", *[np.asarray(o) for o in outs])
+with open(io + "_meta.json", "w") as f:
+    json.dump({"version": str(version), "static_batch": static}, f)
+"""

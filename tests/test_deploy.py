@@ -1,0 +1,381 @@
+"""`keras_norms.deploy.export`: argument errors, and every format whose
+runtime is installed, verified in that runtime in a fresh process.
+
+The per-layer matrix (`test_matrix`) records each cell (layer x backend x
+format: verified / refused / fails how) in
+`build/export_matrix_<backend>.json`, so the docs' table comes from a run,
+not from memory. A cell whose runtime is not installed is skipped with the
+missing module named (`pip install "keras_norms[deploy]" -c
+constraints.txt` installs them all).
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_norms as kn
+from keras_norms import deploy
+from tests.helpers import BACKEND
+from tests.helpers import set_random_weights
+
+SUFFIX = {
+    "tf_saved_model": "",
+    "onnx": ".onnx",
+    "litert": ".tflite",
+    "openvino": ".xml",
+    "torch": ".pt2",
+}
+FILE_FORMATS = ("onnx", "litert", "openvino", "torch")
+
+
+def _missing(format):
+    """The first exporter or runtime module this format lacks here, or None."""
+    if format == "tf_saved_model":
+        needed = ["tensorflow"]
+    else:
+        needed = list(deploy._EXPORTER.get((format, BACKEND), ()))
+        needed.append(deploy._RUNTIME[format][0])
+    for name in needed:
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
+
+
+def _small_model():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    x = kn.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = kn.LayerNormalization(name="ln")(x)
+    x = kn.GroupNormalization(groups=2, name="gn")(x)
+    x = kn.InstanceNormalization(name="in")(x)
+    x = kn.RMSNormalization(name="rms")(x)
+    x = kn.FilterResponseNormalization(name="frn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3)(x)
+    model = keras.Model(inputs, outputs)
+    for i, layer in enumerate(model.layers):
+        if layer.name in ("bn", "ln", "gn", "in", "rms", "frn"):
+            set_random_weights(layer, seed=i)
+    return model
+
+
+# ----------------------------------------------------------------------
+# Argument errors: no runtime needed
+# ----------------------------------------------------------------------
+def test_unknown_format(tmp_path):
+    with pytest.raises(ValueError, match=r"`format`.*format='pb'"):
+        deploy.export(_small_model(), tmp_path / "m", format="pb")
+
+
+def test_unbuilt_model(tmp_path):
+    model = keras.Sequential([keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="not built.*built=False"):
+        deploy.export(model, tmp_path / "m.onnx", format="onnx")
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+        self.norm = kn.LayerNormalization()
+
+    def call(self, x):
+        return self.norm(self.dense(x))
+
+
+def test_subclassed_model_with_fold(tmp_path):
+    model = _Subclassed()
+    model(np.zeros((1, 4), "float32"))
+    with pytest.raises(ValueError, match="fold=False.*Received: fold=True"):
+        deploy.export(model, tmp_path / "m.onnx", format="onnx")
+
+
+def test_wrong_suffix(tmp_path):
+    # ONNX: a format every backend writes, so the suffix is what is wrong.
+    with pytest.raises(ValueError, match=r"end with '\.onnx'"):
+        deploy.export(_small_model(), tmp_path / "m.tflite", format="onnx")
+
+
+@pytest.mark.parametrize("format", FILE_FORMATS)
+def test_existing_path_without_overwrite(tmp_path, format):
+    if (format, BACKEND) in deploy._REFUSED:
+        pytest.skip(f"{format} is refused on {BACKEND}")
+    target = tmp_path / f"m{SUFFIX[format]}"
+    target.write_text("keep me")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        deploy.export(_small_model(), target, format=format)
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "format", sorted({f for f, b in deploy._REFUSED if b == BACKEND})
+)
+def test_refused_format_says_what_to_use(tmp_path, format):
+    with pytest.raises(ValueError, match=f"{BACKEND} backend.*Received"):
+        deploy.export(
+            _small_model(), tmp_path / f"m{SUFFIX[format]}", format=format
+        )
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("batch_size", [0, 2.0, True])
+def test_bad_batch_size(tmp_path, batch_size):
+    with pytest.raises(ValueError, match="`batch_size`.*Received: batch_size="):
+        deploy.export(
+            _small_model(), tmp_path / "m.onnx", format="onnx",
+            batch_size=batch_size,
+        )
+
+
+def test_batch_size_not_for_saved_model(tmp_path):
+    with pytest.raises(ValueError, match="tf_saved_model.*batch_size=2"):
+        deploy.export(_small_model(), tmp_path / "m", batch_size=2)
+
+
+def test_missing_runtime_names_the_install(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real(name, *a),
+    )
+    with pytest.raises(ModuleNotFoundError, match=r"keras_norms\[deploy\]"):
+        deploy.export(_small_model(), tmp_path / "m.onnx", format="onnx")
+    assert not os.listdir(tmp_path)
+
+
+def test_import_keras_norms_imports_no_runtime():
+    code = (
+        "import sys, keras_norms; "
+        "print([m for m in ('onnx', 'onnxruntime', 'openvino', "
+        "'ai_edge_litert', 'tf2onnx', 'jax2onnx', 'litert_torch') "
+        "if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+# ----------------------------------------------------------------------
+# Each installed format on a CNN with several keras_norms layers
+# ----------------------------------------------------------------------
+def _options(format):
+    """Export options the small CNN needs for `format` on this backend.
+
+    On torch, torch.onnx's TorchScript exporter (Keras' choice for a dynamic
+    batch) fails on the channels-last group_norm: a static batch goes
+    through the dynamo exporter (`test_torch_onnx_dynamic_batch` checks
+    the refusal).
+    """
+    return {"batch_size": 4} if (format, BACKEND) == ("onnx", "torch") else {}
+
+
+def _usable(format):
+    if (format, BACKEND) in deploy._REFUSED:
+        pytest.skip(f"refused on {BACKEND}: {deploy._REFUSED[(format, BACKEND)]}")
+    missing = _missing(format)
+    if missing:
+        pytest.skip(
+            f"{missing} is not installed (pip install "
+            '"keras_norms[deploy]" -c constraints.txt)'
+        )
+
+
+@pytest.mark.parametrize("format", deploy.FORMATS)
+def test_cnn_exports_and_verifies(tmp_path, format):
+    _usable(format)
+    model = _small_model()
+    target = tmp_path / f"m{SUFFIX[format]}"
+    report = deploy.export(model, target, format=format, **_options(format))
+    assert report.verified and report.folded
+    assert report.max_abs_difference <= report.tolerance
+    assert os.path.exists(target)
+    # Nothing of the staging is left beside the target.
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    # The folded model has no BatchNormalization left to export.
+    assert report.format == format and str(target) in str(report)
+
+
+@pytest.mark.parametrize("format", FILE_FORMATS)
+def test_overwrite_replaces_only_after_verification(
+    tmp_path, format, monkeypatch
+):
+    _usable(format)
+    target = tmp_path / f"m{SUFFIX[format]}"
+    target.write_text("earlier export")
+    # A tolerance nothing passes: the new export fails its check, and the
+    # earlier file must still be there, unchanged.
+    monkeypatch.setattr(deploy, "RTOL", -1.0)
+    with pytest.raises(ValueError, match="differs from the model"):
+        deploy.export(
+            _small_model(), target, format=format, overwrite=True,
+            **_options(format),
+        )
+    assert target.read_text() == "earlier export"
+    assert os.listdir(tmp_path) == [target.name]
+    monkeypatch.undo()
+    report = deploy.export(
+        _small_model(), target, format=format, overwrite=True,
+        **_options(format),
+    )
+    assert report.verified and target.read_bytes() != b"earlier export"
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.onnx only")
+def test_torch_onnx_dynamic_batch(tmp_path):
+    _usable("onnx")
+    target = tmp_path / "m.onnx"
+    try:
+        report = deploy.export(_small_model(), target, format="onnx")
+    except ValueError as e:  # refused: says what to do, writes nothing
+        assert "Pass batch_size=N" in str(e)
+        assert not os.listdir(tmp_path)
+    else:  # a torch whose TorchScript exporter handles it
+        assert report.static_batch is None and report.verified
+    report = deploy.export(
+        _small_model(), target, format="onnx", batch_size=2, overwrite=True
+    )
+    assert report.static_batch == 2 and report.verified
+
+
+# ----------------------------------------------------------------------
+# The matrix: one public layer per model, every format, this backend
+# ----------------------------------------------------------------------
+def _conv(**kwargs):
+    return keras.layers.Conv2D(4, 3, padding="valid", **kwargs)
+
+
+def _norm_model(name):
+    """Input(6, 6, 3) -> a block around one layer -> pooled Dense(3)."""
+    inputs = keras.Input((6, 6, 3))
+    x = inputs
+    after = {
+        "BatchNormalization": lambda: kn.BatchNormalization(),
+        "SyncBatchNormalization": lambda: kn.SyncBatchNormalization(),
+        "LayerNormalization": lambda: kn.LayerNormalization(),
+        "InstanceNormalization": lambda: kn.InstanceNormalization(),
+        "GroupNormalization": lambda: kn.GroupNormalization(groups=2),
+        "BatchInstanceNormalization": lambda: kn.BatchInstanceNormalization(),
+        "SwitchableNormalization": lambda: kn.SwitchableNormalization(),
+        "RMSNormalization": lambda: kn.RMSNormalization(),
+        "FilterResponseNormalization": (
+            lambda: kn.FilterResponseNormalization()
+        ),
+        "Affine": lambda: kn.Affine(),
+    }
+    if name == "Normalization":
+        norm = keras.layers.Normalization()
+        norm.adapt(np.random.RandomState(0).randn(32, 6, 6, 3) * 2 + 1)
+        x = _conv()(norm(x))
+        target = None
+    elif name == "WeightNormalization":
+        target = kn.WeightNormalization(_conv())
+        x = target(x)
+    elif name == "WeightStandardization":
+        target = kn.WeightStandardization(_conv())
+        x = target(x)
+    else:
+        x = _conv()(x)
+        target = after[name]()
+        x = target(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    if target is not None:
+        set_random_weights(target, seed=3)
+    return model
+
+
+MATRIX_LAYERS = (
+    "BatchNormalization",
+    "SyncBatchNormalization",
+    "LayerNormalization",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "BatchInstanceNormalization",
+    "SwitchableNormalization",
+    "RMSNormalization",
+    "FilterResponseNormalization",
+    "WeightNormalization",
+    "WeightStandardization",
+    "Affine",
+    "Normalization",
+)
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    cells = {}
+    yield cells
+    if not cells:
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.makedirs(os.path.join(root, "build"), exist_ok=True)
+    path = os.path.join(root, "build", f"export_matrix_{BACKEND}.json")
+    previous = {}
+    if os.path.exists(path):  # a partial run keeps the other cells
+        with open(path) as f:
+            previous = json.load(f)
+    previous.update(cells)
+    with open(path, "w") as f:
+        json.dump(previous, f, indent=1, sort_keys=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("format", deploy.FORMATS)
+@pytest.mark.parametrize("layer", MATRIX_LAYERS)
+def test_matrix(tmp_path, matrix, layer, format):
+    key = f"{layer}|{BACKEND}|{format}"
+    if (format, BACKEND) in deploy._REFUSED:
+        matrix[key] = {"result": "refused"}
+        with pytest.raises(ValueError, match="Received: format="):
+            deploy.export(
+                _norm_model(layer), tmp_path / f"m{SUFFIX[format]}",
+                format=format,
+            )
+        return
+    missing = _missing(format)
+    if missing:
+        matrix[key] = {"result": "skipped", "why": f"{missing} not installed"}
+        pytest.skip(f"{missing} is not installed")
+    try:
+        try:
+            report = deploy.export(
+                _norm_model(layer), tmp_path / f"m{SUFFIX[format]}",
+                format=format,
+            )
+        except ValueError as e:
+            if "Pass batch_size=N" not in str(e):
+                raise
+            # Refused with a dynamic batch, saying to fix the batch: the
+            # cell records that, and whether the static batch verifies.
+            matrix[key] = {"result": "refused", "why": str(e)[:300]}
+            key = f"{key}[batch_size=4]"
+            report = deploy.export(
+                _norm_model(layer), tmp_path / f"m{SUFFIX[format]}",
+                format=format, batch_size=4,
+            )
+            assert report.static_batch == 4
+    except Exception as e:  # recorded, and shown as an expected failure
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
+        matrix[key] = {"result": "fails", "why": why}
+        pytest.xfail(why)
+    matrix[key] = {
+        "result": "verified",
+        "max_abs_difference": report.max_abs_difference,
+        "tolerance": report.tolerance,
+        "runtime": report.runtime,
+        "static_batch": report.static_batch,
+    }
+    assert report.max_abs_difference <= report.tolerance
