@@ -2,6 +2,9 @@
 # The lower end of the supported Keras range: a separate venv with the
 # oldest Keras we support (constraints-keras-min.txt; everything else as
 # pinned in constraints.txt) runs the layer and conversion tests on torch.
+# Left out: the comparisons with behaviour newer Keras added (renorm in
+# keras.layers.BatchNormalization, its mask on any axis, LayerNormalization's
+# rms_scaling warning), which Keras 3.10 does not have.
 # The upper end is the main suite (constraints.txt's keras).
 # Usage: bash scripts/test_keras_min.sh [pytest args]
 set -euo pipefail
@@ -18,5 +21,10 @@ grep -v '^keras==' constraints.txt > "$VENV/constraints-without-keras.txt"
 export KERAS_BACKEND=torch
 echo "=== lowest Keras: $("$VENV/bin/python" -c 'import keras; print(keras.__version__)') (KERAS_BACKEND=torch)"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-  -W ignore::DeprecationWarning tests/test_core_layers.py \
-  tests/test_conversion.py tests/test_edge_batches.py "$@"
+  -W ignore::DeprecationWarning tests/layers/test_batch_normalization.py \
+  tests/layers/test_layer_normalization.py \
+  tests/layers/test_instance_normalization.py \
+  tests/layers/test_group_normalization.py \
+  tests/test_conversion.py \
+  -k "not renorm_equals_keras and not keras_twin[renorm] and not mask_on_any_axis and not rms_scaling_matches_keras" \
+  "$@"

@@ -68,7 +68,8 @@ def set_random_weights(layer, seed=1):
         value = rng.uniform(0.5, 1.5, size=w.shape)
         if "variance" not in w.name and "rho" not in w.name:
             value = rng.randn(*w.shape)
-        w.assign(value.astype("float32"))
+        # np.asarray: a scalar weight draws a Python float.
+        w.assign(np.asarray(value, "float32"))
 
 
 def forward_and_grads(layer, x, upstream=None, training=True):

@@ -1,6 +1,6 @@
 """Shared by the distributed SyncBatchNormalization workers.
 
-A worker is launched by tests/test_sync_batch_normalization.py with
+A worker is launched by tests/layers/test_sync_batch_normalization.py with
 `sys.executable worker.py INPUTS.npz OUT_DIR`, after the test has set
 KERAS_BACKEND and whatever the backend needs before it initializes (logical
 devices, XLA_FLAGS, a process group). It reads the global batch, splits it

@@ -14,6 +14,8 @@ device, where plain BatchNormalization (per-replica statistics) does not.
 - jax: keras.distribution.DataParallel over two host devices
   (XLA_FLAGS=--xla_force_host_platform_device_count=2; jax_worker.py);
 - torch: two processes on the gloo backend (torch_worker.py).
+
+Plus the shared checks (tests/layer_checks.py).
 """
 
 import inspect
@@ -25,19 +27,48 @@ import keras
 import numpy as np
 import pytest
 
+import keras_norms as kn
 from keras_norms import backend as kn_backend
 from keras_norms.layers.batch_normalization import BatchNormalization
 from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization
 from tests import helpers
+from tests import layer_checks
 
 BACKEND = keras.backend.backend()
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKERS = os.path.join(HERE, "sync_workers")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(TESTS)
+WORKERS = os.path.join(TESTS, "sync_workers")
 sys.path.insert(0, WORKERS)
 
 import _common  # noqa: E402
 
 EPSILON = 1e-3  # the default of both layers
+STATISTICS = ("moving_mean", "moving_variance")
+
+
+class TestSharedChecks(layer_checks.LayerChecks):
+    cases = {
+        "channels_last": layer_checks.Case(
+            lambda: kn.SyncBatchNormalization(),
+            (2, 3, 3, 4),
+            state=STATISTICS,
+            twin=lambda: keras.layers.BatchNormalization(),
+        ),
+        "channels_first": layer_checks.Case(
+            lambda: kn.SyncBatchNormalization(
+                axis=1, momentum=0.9, center=False
+            ),
+            (4, 3, 5),
+            state=STATISTICS,
+            twin=lambda: keras.layers.BatchNormalization(
+                axis=1, momentum=0.9, center=False
+            ),
+            fit=False,
+        ),
+    }
+    masking = layer_checks.Masking(
+        kn.SyncBatchNormalization, (4, 6, 3), excludes_masked=True
+    )
 
 
 # ----------------------------------------------------------------------
@@ -66,8 +97,12 @@ def test_equals_batch_normalization_outside_distribution(axis, shape):
         np.testing.assert_array_equal(g_s[name], g_p[name])
     # ... and against the paper's formula in float64.
     reduce_axes = [a for a in range(len(shape)) if a != axis % len(shape)]
-    gamma = helpers.broadcast_param(helpers.to_numpy(sync.gamma), len(shape), axis)
-    beta = helpers.broadcast_param(helpers.to_numpy(sync.beta), len(shape), axis)
+    gamma = helpers.broadcast_param(
+        helpers.to_numpy(sync.gamma), len(shape), axis
+    )
+    beta = helpers.broadcast_param(
+        helpers.to_numpy(sync.beta), len(shape), axis
+    )
     np.testing.assert_allclose(
         y_s,
         helpers.numpy_normalize(x, reduce_axes, EPSILON, gamma, beta),
@@ -113,15 +148,11 @@ def test_one_value_per_channel_outside_distribution_as_keras():
     np.testing.assert_allclose(helpers.to_numpy(layer.moving_variance), 0.5)
 
 
-def test_fit_and_saves_and_loads(tmp_path):
-    x = helpers.random_input((16, 4), seed=4, loc=3.0)
-    y = helpers.random_input((16, 4), seed=5)
-    model = keras.Sequential([keras.Input((4,)), SyncBatchNormalization()])
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert not np.allclose(helpers.to_numpy(model.layers[0].moving_mean), 0)
-    loaded = helpers.assert_saves_and_loads(model, x, tmp_path)
-    assert type(loaded.layers[0]) is SyncBatchNormalization
+@pytest.mark.parametrize("shape,axis", layer_checks.MASK_AXIS_CASES)
+def test_mask_on_any_axis_is_expanded_at_the_last_axis_as_keras(shape, axis):
+    layer_checks.check_mask_on_any_axis_as_keras(
+        kn.SyncBatchNormalization, shape, axis
+    )
 
 
 def test_masked_shards_combine_into_the_masked_global_moments(monkeypatch):
@@ -154,7 +185,9 @@ def test_masked_shards_combine_into_the_masked_global_moments(monkeypatch):
     weights = kept.reshape(-1, 3)
     values = values.reshape(-1, 3)
     expected_mean = (weights * values).sum(0) / weights.sum(0)
-    expected_var = (weights * (values - expected_mean) ** 2).sum(0) / weights.sum(0)
+    expected_var = (weights * (values - expected_mean) ** 2).sum(
+        0
+    ) / weights.sum(0)
     np.testing.assert_allclose(
         helpers.to_numpy(mean).ravel(), expected_mean, rtol=1e-5, atol=1e-5
     )
@@ -207,15 +240,19 @@ def distributed(inputs, tmp_path_factory):
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     # The workers import this checkout's keras_norms, not an installed one.
     env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(HERE)] + [p for p in [env.get("PYTHONPATH")] if p]
+        [ROOT] + [p for p in [env.get("PYTHONPATH")] if p]
     )
     if BACKEND == "jax":
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     proc = subprocess.run(
-        [sys.executable, os.path.join(WORKERS, WORKER[BACKEND]),
-         inputs_path, str(directory)],
+        [
+            sys.executable,
+            os.path.join(WORKERS, WORKER[BACKEND]),
+            inputs_path,
+            str(directory),
+        ],
         env=env,
-        cwd=os.path.dirname(HERE),
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=180,
@@ -291,7 +328,10 @@ def test_distributed_matches_global_batch(distributed, inputs, case):
     np.testing.assert_allclose(dx, ref["dx"], atol=5e-4)
     for name in ("dgamma", "dbeta"):
         np.testing.assert_allclose(
-            _param_grad(distributed, case, name), ref[name], rtol=2e-3, atol=2e-3
+            _param_grad(distributed, case, name),
+            ref[name],
+            rtol=2e-3,
+            atol=2e-3,
         )
     for name in ("moving_mean", "moving_variance"):
         # Identical on every replica, and those of the global batch.
@@ -328,7 +368,9 @@ def test_plain_batch_normalization_per_replica(distributed, inputs):
         return
     assert np.max(np.abs(bn_y - ref["y"])) > 0.05
     # ... and equals BN applied to each shard on its own.
-    for r, part in enumerate(_common.shards(inputs["x"], _common.CASES["equal"])):
+    for r, part in enumerate(
+        _common.shards(inputs["x"], _common.CASES["equal"])
+    ):
         layer = BatchNormalization()
         layer.build(part.shape)
         _common.set_weights(layer, inputs)
@@ -348,7 +390,7 @@ def test_distributed_one_value_or_none_per_channel(distributed, inputs, case):
         pytest.skip(
             "a global batch of one sample (or none) cannot be sharded over "
             "two devices; the layer sees the global shape "
-            "(tests/test_edge_batches.py)"
+            "(the shared empty-batch check, tests/layer_checks.py)"
         )
     sizes = _common.EDGE_CASES[case]
     x = inputs["x1"][: sum(sizes)].astype("float64")
@@ -357,7 +399,9 @@ def test_distributed_one_value_or_none_per_channel(distributed, inputs, case):
         moving = {"moving_mean": (1 - m) * x[0], "moving_variance": m}
     else:
         moving = {"moving_mean": 0.0, "moving_variance": 1.0}
-    prefixes = [case] if BACKEND == "torch" else [f"{case}_eager", f"{case}_graph"]
+    prefixes = (
+        [case] if BACKEND == "torch" else [f"{case}_eager", f"{case}_graph"]
+    )
     for prefix in prefixes:
         for r, size in enumerate(sizes):
             y = distributed[f"{prefix}/{r}/y"]
@@ -439,8 +483,12 @@ def test_example_fits_under_mirrored_strategy():
         pytest.skip("the example runs MirroredStrategy; run once, on TF")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
-        [sys.executable, os.path.join(os.path.dirname(HERE), "examples",
-                                      "sync_batchnorm.py"), "--epochs", "1"],
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "sync_batchnorm.py"),
+            "--epochs",
+            "1",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -451,3 +499,45 @@ def test_example_fits_under_mirrored_strategy():
     assert proc.stdout.count("identical on replicas: True") == 2
     accuracy = float(proc.stdout.split("test accuracy: ")[1].split()[0])
     assert accuracy > 0.5
+
+
+# ----------------------------------------------------------------------
+# JAX named axes: synchronized statistics refuse what they cannot combine
+# ----------------------------------------------------------------------
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's pmap / shard_map")
+def test_sync_batch_norm_refuses_jax_named_axes():
+    # The refusal depends on the trace (named axes), not on the device
+    # count: a pmap over the one host device shows it in process.
+    import jax
+
+    layer = kn.SyncBatchNormalization()
+    x = helpers.random_input((1, 4, 3), seed=8)
+    layer.build(x.shape[1:])
+    tv = [v.value for v in layer.trainable_variables]
+    ntv = [v.value for v in layer.non_trainable_variables]
+
+    def step(x, training=True):
+        return layer.stateless_call(tv, ntv, x, training=training)[0]
+
+    for mapped in (
+        jax.pmap(step, axis_name="devices"),
+        jax.vmap(step, axis_name="devices"),
+    ):
+        with pytest.raises(
+            ValueError, match=r"Received: axis_names=\('devices',\)"
+        ):
+            mapped(x)
+    # Inference (moving statistics, no collective) and plain
+    # BatchNormalization (per-device statistics by definition) are fine.
+    jax.pmap(lambda x: step(x, training=False), axis_name="devices")(x)
+    plain = kn.BatchNormalization()
+    plain.build(x.shape[1:])
+    jax.pmap(
+        lambda x: plain.stateless_call(
+            [v.value for v in plain.trainable_variables],
+            [v.value for v in plain.non_trainable_variables],
+            x,
+            training=True,
+        )[0],
+        axis_name="devices",
+    )(x)
