@@ -110,9 +110,7 @@ def forward_and_grads(layer, x, upstream=None, training=True):
         # One compiled function rather than op-by-op dispatch: faster.
         (_, y), (gtv, gx) = jax.jit(
             jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
-        )(
-            [jnp.asarray(t) for t in tv], jax.tree_util.tree_map(jnp.asarray, x)
-        )
+        )([jnp.asarray(t) for t in tv], jax.tree_util.tree_map(jnp.asarray, x))
     elif BACKEND == "tensorflow":
         import tensorflow as tf
 
@@ -165,7 +163,9 @@ def torch_reference(fn, x, params, upstream, channel_axis):
         for k, v in params.items()
     }
     y = fn(xt, **pt)
-    up = torch.tensor(np.moveaxis(upstream, channel_axis, 1), dtype=torch.float64)
+    up = torch.tensor(
+        np.moveaxis(upstream, channel_axis, 1), dtype=torch.float64
+    )
     (y * up).sum().backward()
     return (
         np.moveaxis(y.detach().numpy(), 1, channel_axis),

@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 import keras_norms as kn
-from keras_norms.saved_model import run_saved_model
 from keras_norms.layers.affine import Affine
 from keras_norms.layers.batch_normalization import (
     BatchNormalization as KnBatchNormalization,
@@ -33,9 +32,8 @@ from keras_norms.layers.layer_normalization import (
     LayerNormalization as KnLayerNormalization,
 )
 from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization
-
+from keras_norms.saved_model import run_saved_model
 from tests import helpers
-from tests.helpers import BACKEND
 from tests.helpers import to_numpy
 
 L = keras.layers
@@ -50,6 +48,7 @@ BATCH, SIZE, CLASSES = 4, 64, 5
 RTOL = 1e-4
 RTOL_STATISTICS = 1e-3
 
+
 def _assert_close(got, want, rtol, what):
     got, want = np.asarray(got, "float64"), np.asarray(want, "float64")
     assert got.shape == want.shape, what
@@ -59,8 +58,6 @@ def _assert_close(got, want, rtol, what):
         f"{what}: max abs difference {error:.3g} > {rtol:g} * output scale "
         f"{scale:.3g}"
     )
-
-
 
 
 def _data(input_shape, seed=0, samples=BATCH):
@@ -149,7 +146,12 @@ def _run_pipeline(model, tmp_path, update_rtol):
     optimized = kn.optimize_for_inference(
         converted, verbose=0, sample=x, rtol=rtol
     )
-    assert helpers.count_layers(optimized, (L.BatchNormalization, KnBatchNormalization)) == 0
+    assert (
+        helpers.count_layers(
+            optimized, (L.BatchNormalization, KnBatchNormalization)
+        )
+        == 0
+    )
     _assert_close(_predict(optimized, x), got, rtol, "optimize_for_inference")
 
     path = kn.export_saved_model(
@@ -189,15 +191,15 @@ def _small_model():
         if isinstance(layer, L.BatchNormalization):
             c = layer.moving_mean.shape
             layer.moving_mean.assign(rng.randn(*c).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2, c).astype("float32"))
+            layer.moving_variance.assign(
+                rng.uniform(0.5, 2, c).astype("float32")
+            )
             layer.beta.assign(rng.randn(*c).astype("float32"))
     return model
 
 
 def _non_layer_operations(model):
-    return [
-        op for op in model._operations if not isinstance(op, L.Layer)
-    ]
+    return [op for op in model._operations if not isinstance(op, L.Layer)]
 
 
 def test_every_rewrite_passes_operations_through():
@@ -306,6 +308,4 @@ def test_application_pipeline(name, tmp_path):
 def test_application_pipeline_channels_first(name, tmp_path):
     # The training step runs Keras' channels-first convolutions op by op.
     helpers.skip_without_channels_first_conv()
-    _run_pipeline(
-        _application(name, "channels_first"), tmp_path, UPDATE_RTOL
-    )
+    _run_pipeline(_application(name, "channels_first"), tmp_path, UPDATE_RTOL)

@@ -54,8 +54,9 @@ def test_conv_on_a_channels_last_view_equals_keras_conv(
     )
     x_last = np.moveaxis(x, 1, -1)
     expected = helpers.to_numpy(
-        keras.ops.conv(x_last, kernel, strides, padding, "channels_last",
-                       dilation)
+        keras.ops.conv(
+            x_last, kernel, strides, padding, "channels_last", dilation
+        )
     )
     np.testing.assert_allclose(got, np.moveaxis(expected, -1, 1), atol=1e-5)
     assert got.shape[1] == 4 and got.ndim == rank
@@ -72,9 +73,12 @@ def test_weight_normalization_channels_first_without_nchw_kernel(
     wn.build(x.shape)
     helpers.set_random_weights(wn)
     kernel, bias = (helpers.to_numpy(t) for t in wn.effective_kernel_and_bias())
-    expected = helpers.to_numpy(
-        keras.ops.conv(np.moveaxis(x, 1, -1), kernel, 1, "valid")
-    ) + bias
+    expected = (
+        helpers.to_numpy(
+            keras.ops.conv(np.moveaxis(x, 1, -1), kernel, 1, "valid")
+        )
+        + bias
+    )
     expected = np.moveaxis(expected, -1, 1)
     up = helpers.random_input(expected.shape, seed=3)
     y, dx, grads = helpers.forward_and_grads(wn, x, up, training=False)
@@ -101,8 +105,11 @@ def test_call_for_inference_runs_a_channels_first_model(
     x = helpers.random_input((2, 3, 6, 6))
     got = helpers.to_numpy(kn_backend.call_for_inference(model, x))
     kernel, bias = (helpers.to_numpy(w) for w in model.layers[0].weights)
-    conv = helpers.to_numpy(
-        keras.ops.conv(np.moveaxis(x, 1, -1), kernel, 1, "valid")
-    ) + bias
+    conv = (
+        helpers.to_numpy(
+            keras.ops.conv(np.moveaxis(x, 1, -1), kernel, 1, "valid")
+        )
+        + bias
+    )
     expected = np.moveaxis(conv, -1, 1) / np.sqrt(1.0 + 1e-3)
     np.testing.assert_allclose(got, expected, atol=1e-4)

@@ -6,8 +6,6 @@ update its moving statistics the same way, and leave the original (and its
 weights) untouched.
 """
 
-import warnings
-
 import keras
 import numpy as np
 import pytest
@@ -27,7 +25,6 @@ from keras_norms.layers.rms_normalization import (
     RMSNormalization as KnRMSNormalization,
 )
 from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization
-
 from tests import helpers
 from tests.helpers import to_numpy
 
@@ -46,10 +43,11 @@ OURS = {
 }
 
 
-
 def _keras_classes(model):
     """Exact Keras norm classes left in `model`."""
-    return [type(l) for l in helpers.all_layers(model) if type(l) in KERAS_NORMS]
+    return [
+        type(l) for l in helpers.all_layers(model) if type(l) in KERAS_NORMS
+    ]
 
 
 def _randomize(model, seed=0):
@@ -188,9 +186,7 @@ def test_convert_shared_layer_stays_shared():
     model = keras.Model([a, b], [bn(a), bn(b)])
     _randomize(model)
     converted = convert(model)
-    norms = [
-        l for l in converted.layers if isinstance(l, KnBatchNormalization)
-    ]
+    norms = [l for l in converted.layers if isinstance(l, KnBatchNormalization)]
     assert len(norms) == 1
     xa, xb = _x((4, 3), 1), _x((4, 3), 2)
     for got, want in zip(

@@ -129,7 +129,9 @@ def test_refused_format_says_what_to_use(tmp_path, format):
 def test_bad_batch_size(tmp_path, batch_size):
     with pytest.raises(ValueError, match="`batch_size`.*Received: batch_size="):
         deploy.export(
-            _small_model(), tmp_path / "m.onnx", format="onnx",
+            _small_model(),
+            tmp_path / "m.onnx",
+            format="onnx",
             batch_size=batch_size,
         )
 
@@ -184,7 +186,9 @@ def _options(format):
 
 def _usable(format):
     if (format, BACKEND) in deploy._REFUSED:
-        pytest.skip(f"refused on {BACKEND}: {deploy._REFUSED[(format, BACKEND)]}")
+        pytest.skip(
+            f"refused on {BACKEND}: {deploy._REFUSED[(format, BACKEND)]}"
+        )
     missing = _missing(format)
     if missing:
         pytest.skip(
@@ -220,14 +224,20 @@ def test_overwrite_replaces_only_after_verification(
     monkeypatch.setattr(deploy, "RTOL", -1.0)
     with pytest.raises(ValueError, match="differs from the model"):
         deploy.export(
-            _small_model(), target, format=format, overwrite=True,
+            _small_model(),
+            target,
+            format=format,
+            overwrite=True,
             **_options(format),
         )
     assert target.read_text() == "earlier export"
     assert os.listdir(tmp_path) == [target.name]
     monkeypatch.undo()
     report = deploy.export(
-        _small_model(), target, format=format, overwrite=True,
+        _small_model(),
+        target,
+        format=format,
+        overwrite=True,
         **_options(format),
     )
     assert report.verified and target.read_bytes() != b"earlier export"
@@ -341,7 +351,8 @@ def test_matrix(tmp_path, matrix, layer, format):
         matrix[key] = {"result": "refused"}
         with pytest.raises(ValueError, match="Received: format="):
             deploy.export(
-                _norm_model(layer), tmp_path / f"m{SUFFIX[format]}",
+                _norm_model(layer),
+                tmp_path / f"m{SUFFIX[format]}",
                 format=format,
             )
         return
@@ -352,7 +363,8 @@ def test_matrix(tmp_path, matrix, layer, format):
     try:
         try:
             report = deploy.export(
-                _norm_model(layer), tmp_path / f"m{SUFFIX[format]}",
+                _norm_model(layer),
+                tmp_path / f"m{SUFFIX[format]}",
                 format=format,
             )
         except ValueError as e:
@@ -363,8 +375,10 @@ def test_matrix(tmp_path, matrix, layer, format):
             matrix[key] = {"result": "refused", "why": str(e)[:300]}
             key = f"{key}[batch_size=4]"
             report = deploy.export(
-                _norm_model(layer), tmp_path / f"m{SUFFIX[format]}",
-                format=format, batch_size=4,
+                _norm_model(layer),
+                tmp_path / f"m{SUFFIX[format]}",
+                format=format,
+                batch_size=4,
             )
             assert report.static_batch == 4
     except Exception as e:  # recorded, and shown as an expected failure

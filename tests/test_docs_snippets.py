@@ -81,10 +81,14 @@ class Block:
             if key == "backend":
                 self.backends = tuple(value.split(","))
                 if not set(self.backends) <= set(BACKENDS):
-                    raise ValueError(f"{self.where}: unknown backend in {token!r}")
+                    raise ValueError(
+                        f"{self.where}: unknown backend in {token!r}"
+                    )
             elif key == "run":
                 if value not in ("page", "script", "torchrun"):
-                    raise ValueError(f"{self.where}: unknown run mode {value!r}")
+                    raise ValueError(
+                        f"{self.where}: unknown run mode {value!r}"
+                    )
                 self.run = value
             elif key == "nproc":
                 self.nproc = int(value)
@@ -117,14 +121,20 @@ def parse_page(path):
                 Block(path, start + 1, "\n".join(body) + "\n", d and d.group(1))
             )
         elif d:
-            raise ValueError(f"{path}:{start + 1}: a snippet directive on a "
-                             f"{lang or 'plain'} block, not a python one")
+            raise ValueError(
+                f"{path}:{start + 1}: a snippet directive on a "
+                f"{lang or 'plain'} block, not a python one"
+            )
     return blocks
 
 
 BLOCKS = {page: parse_page(page) for page in PAGES}
-PAGE_CASES = [p for p, blocks in BLOCKS.items() if any(b.run == "page" for b in blocks)]
-SCRIPT_CASES = [b for blocks in BLOCKS.values() for b in blocks if b.run != "page"]
+PAGE_CASES = [
+    p for p, blocks in BLOCKS.items() if any(b.run == "page" for b in blocks)
+]
+SCRIPT_CASES = [
+    b for blocks in BLOCKS.values() for b in blocks if b.run != "page"
+]
 
 
 def _skip_reason(block):
@@ -157,7 +167,9 @@ def test_parser_reads_directives_and_refuses_unknown_ones(tmp_path):
     assert first.code == "print('a b')\n"
     assert second.skip == "a shell session" and second.run == "page"
     page.write_text("<!-- snippet: backends=jax -->\n```python\npass\n```\n")
-    with pytest.raises(ValueError, match=r"page.md:2: unknown snippet directive"):
+    with pytest.raises(
+        ValueError, match=r"page.md:2: unknown snippet directive"
+    ):
         parse_page(page)
     page.write_text("<!-- snippet: skip -->\n```python\npass\n```\n")
     with pytest.raises(ValueError, match="needs a reason"):
@@ -199,7 +211,9 @@ def test_page_blocks_run_in_order(page, tmp_path, monkeypatch):
         pytest.skip("; ".join(skipped))
 
 
-@pytest.mark.parametrize("block", SCRIPT_CASES, ids=[b.where for b in SCRIPT_CASES])
+@pytest.mark.parametrize(
+    "block", SCRIPT_CASES, ids=[b.where for b in SCRIPT_CASES]
+)
 def test_script_blocks_run(block, tmp_path):
     reason = _skip_reason(block)
     if reason:
@@ -207,8 +221,14 @@ def test_script_blocks_run(block, tmp_path):
     script = tmp_path / f"snippet_{block.line}.py"
     script.write_text(block.code)
     if block.run == "torchrun":
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={block.nproc}", str(script)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={block.nproc}",
+            str(script),
+        ]
     else:
         command = [sys.executable, str(script)]
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
@@ -216,9 +236,17 @@ def test_script_blocks_run(block, tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p]
     )
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{block.where}:\n{output[-6000:]}"
     for text in block.stdout:
-        assert text in proc.stdout, f"{block.where}: no {text!r} in\n{output[-4000:]}"
+        assert text in proc.stdout, (
+            f"{block.where}: no {text!r} in\n{output[-4000:]}"
+        )

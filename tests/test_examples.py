@@ -67,8 +67,13 @@ def test_example_runs(script, tmp_path):
         pytest.skip(f"examples/{script} is not in this checkout")
     args, extra_env, expected = CASES[script]
     args = [a.replace("{out}", str(tmp_path)) for a in args]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg",
-               PYTHONPATH=str(ROOT), **extra_env)
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        MPLBACKEND="Agg",
+        PYTHONPATH=str(ROOT),
+        **extra_env,
+    )
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(path), *args],
@@ -92,4 +97,6 @@ def test_every_example_is_covered():
     """A new example must get a CI setting here, or CI never runs it."""
     scripts = {p.name for p in EXAMPLES.glob("*.py")}
     missing = sorted(scripts - set(CASES))
-    assert not missing, f"add a CI setting to tests/test_examples.py for {missing}"
+    assert not missing, (
+        f"add a CI setting to tests/test_examples.py for {missing}"
+    )

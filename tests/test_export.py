@@ -19,11 +19,10 @@ import pytest
 
 from keras_norms import backend as kn_backend
 from keras_norms.callbacks import FoldAndExport
-from keras_norms.saved_model import export_saved_model
 from keras_norms.layers.batch_normalization import (
     BatchNormalization as KnBatchNormalization,
 )
-
+from keras_norms.saved_model import export_saved_model
 from tests.helpers import BACKEND
 from tests.helpers import to_numpy
 
@@ -76,7 +75,14 @@ def _serve_in_clean_child(path, batches, tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("KERAS_BACKEND", None)
     result = subprocess.run(
-        [sys.executable, "-c", _CLEAN_CHILD, str(path), str(x_path), str(y_path)],
+        [
+            sys.executable,
+            "-c",
+            _CLEAN_CHILD,
+            str(path),
+            str(x_path),
+            str(y_path),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -94,7 +100,9 @@ def _randomize_bns(model, seed=0):
         if isinstance(layer, (L.BatchNormalization, KnBatchNormalization)):
             c = layer.moving_mean.shape
             layer.moving_mean.assign(rng.randn(*c).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.2, 3, c).astype("float32"))
+            layer.moving_variance.assign(
+                rng.uniform(0.2, 3, c).astype("float32")
+            )
             layer.gamma.assign(rng.randn(*c).astype("float32"))
             layer.beta.assign(rng.randn(*c).astype("float32"))
 
@@ -174,12 +182,14 @@ def test_channels_first_export_runs_or_says_why(tmp_path):
     )
     export_saved_model(model, tmp_path / "xla", verbose=0)
     if kn_backend.channels_first_conv_supported():
-        export_saved_model(model, tmp_path / "plain", jit_compile=False,
-                           verbose=0)
+        export_saved_model(
+            model, tmp_path / "plain", jit_compile=False, verbose=0
+        )
     else:
         with pytest.raises(ValueError, match="jit_compile=True.*channels_last"):
-            export_saved_model(model, tmp_path / "plain", jit_compile=False,
-                               verbose=0)
+            export_saved_model(
+                model, tmp_path / "plain", jit_compile=False, verbose=0
+            )
         assert not (tmp_path / "plain").exists()
 
 
@@ -224,7 +234,9 @@ def test_callback_exports_and_checks_after_fit(tmp_path, capsys):
 
 
 def _tiny_fit_model():
-    model = keras.Sequential([keras.Input((3,)), L.Dense(2), L.BatchNormalization()])
+    model = keras.Sequential(
+        [keras.Input((3,)), L.Dense(2), L.BatchNormalization()]
+    )
     model.compile(optimizer="sgd", loss="mse")
     return model
 
@@ -235,7 +247,10 @@ def test_callback_monitor_exports_on_improvement(monkeypatch, tmp_path):
     monkeypatch.setattr(
         FoldAndExport,
         "_fold_export_and_check",
-        lambda self, epoch, logs: (calls.append(epoch), self.exported.append(epoch)),
+        lambda self, epoch, logs: (
+            calls.append(epoch),
+            self.exported.append(epoch),
+        ),
     )
     losses = iter([3.0, 2.0, 2.5, 1.0])
 
@@ -246,7 +261,9 @@ def test_callback_monitor_exports_on_improvement(monkeypatch, tmp_path):
     callback = FoldAndExport(tmp_path / "m{epoch}", monitor="fake_loss")
     model = _tiny_fit_model()
     x = np.zeros((4, 3), "float32")
-    model.fit(x, x[:, :2], epochs=4, verbose=0, callbacks=[FakeLoss(), callback])
+    model.fit(
+        x, x[:, :2], epochs=4, verbose=0, callbacks=[FakeLoss(), callback]
+    )
     assert calls == [1, 2, 4]  # not after epoch 3 (2.5 > 2.0), none at end
     assert callback.best == 1.0
     assert FoldAndExport(tmp_path, monitor="val_accuracy").mode == "max"
@@ -277,8 +294,14 @@ def test_callback_recomputes_precise_statistics_before_export(
     callback = FoldAndExport(
         tmp_path / "m", precise_statistics=(x, 2), verbose=0
     )
-    model.fit(x, np.zeros((16, 2)), epochs=1, batch_size=8, verbose=0,
-              callbacks=[callback])
+    model.fit(
+        x,
+        np.zeros((16, 2)),
+        epochs=1,
+        batch_size=8,
+        verbose=0,
+        callbacks=[callback],
+    )
     # Two batches of 8 (steps=2), equal weights: the mean of all 16 outputs.
     dense_out = to_numpy(model.layers[1](x))
     np.testing.assert_allclose(

@@ -29,13 +29,12 @@ import keras
 import numpy as np
 import pytest
 
-from keras_norms import saved_model as kn_export
 from keras_norms import inference
+from keras_norms import saved_model as kn_export
 from keras_norms.callbacks import FoldAndExport
-from keras_norms.saved_model import export_saved_model
 from keras_norms.inference import OutputMismatchError
 from keras_norms.inference import optimize_for_inference
-
+from keras_norms.saved_model import export_saved_model
 from tests.helpers import to_numpy
 
 L = keras.layers
@@ -85,7 +84,11 @@ def _content(path):
 def _fit(model, callbacks, epochs=1):
     x = np.random.RandomState(0).randn(8, 3).astype("float32")
     return model.fit(
-        x, x[:, :2], epochs=epochs, batch_size=8, verbose=0,
+        x,
+        x[:, :2],
+        epochs=epochs,
+        batch_size=8,
+        verbose=0,
         callbacks=callbacks,
     )
 
@@ -209,7 +212,10 @@ def test_callback_failed_export_warns_and_training_goes_on(
 def test_check_is_relative_to_the_output_scale():
     e = np.linspace(-1500.0, 2000.0, 12).reshape(4, 3)
     check = inference.Check.run(
-        [e * (1 + 2e-5)], [e], atol=inference.ATOL, rtol=inference.RTOL,
+        [e * (1 + 2e-5)],
+        [e],
+        atol=inference.ATOL,
+        rtol=inference.RTOL,
         what="x",
     )  # float32 reassociation on outputs of order 1e3 (issue 19): passes
     assert check.passed and "0.04 <= tolerance 0.2" in str(check)
@@ -273,9 +279,7 @@ def _normalization_model(data):
     norm.adapt(data)
     dense = L.Dense(4, name="d")
     model = keras.Sequential([keras.Input((3,)), norm, dense])
-    dense.kernel.assign(
-        np.random.RandomState(1).randn(3, 4).astype("float32")
-    )
+    dense.kernel.assign(np.random.RandomState(1).randn(3, 4).astype("float32"))
     return model
 
 
@@ -370,8 +374,11 @@ def _run_tf_only(code, cwd):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("KERAS_BACKEND", None)
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=env,
-        capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # JAX exports carry no unsaved custom gradients (5c): no absl warning.

@@ -19,13 +19,14 @@ from keras_norms.layers.affine import Affine
 from keras_norms.layers.batch_normalization import (
     BatchNormalization as KnBatchNormalization,
 )
-
 from tests import helpers
 from tests.helpers import to_numpy
 
 L = keras.layers
-BN_CLASSES = {"keras": L.BatchNormalization, "keras_norms": KnBatchNormalization}
-
+BN_CLASSES = {
+    "keras": L.BatchNormalization,
+    "keras_norms": KnBatchNormalization,
+}
 
 
 def _randomize_bns(model, seed=0):
@@ -46,7 +47,6 @@ def _randomize_bns(model, seed=0):
 
 def _weights(model):
     return [to_numpy(w).copy() for w in model.weights]
-
 
 
 def _assert_equivalent(model, x, atol=1e-4, **kwargs):
@@ -77,7 +77,10 @@ def _kinds(data_format):
 
     return {
         "Conv1D": (lambda b: L.Conv1D(3, 3, use_bias=b, **df), shape((7,), 2)),
-        "Conv2D": (lambda b: L.Conv2D(3, 3, use_bias=b, **df), shape((6, 6), 2)),
+        "Conv2D": (
+            lambda b: L.Conv2D(3, 3, use_bias=b, **df),
+            shape((6, 6), 2),
+        ),
         "Conv3D": (
             lambda b: L.Conv3D(3, 2, use_bias=b, **df),
             shape((5, 4, 5), 2),
@@ -138,7 +141,9 @@ def test_fold_each_layer_kind(kind, data_format, bn_class, use_bias):
     assert report.affine == []
 
 
-@pytest.mark.parametrize("center,scale", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize(
+    "center,scale", [(False, False), (True, False), (False, True)]
+)
 @pytest.mark.parametrize("bn_class", list(BN_CLASSES))
 def test_fold_without_center_or_scale(center, scale, bn_class):
     model = keras.Sequential(
@@ -189,9 +194,14 @@ def test_fold_matches_the_formula():
     )
     a = g / np.sqrt(v + 0.5)
     folded = fold_batch_norms(model, verbose=0)
-    np.testing.assert_allclose(to_numpy(folded.layers[0].kernel), w * a, rtol=1e-6)
     np.testing.assert_allclose(
-        to_numpy(folded.layers[0].bias), (b - m) * a + beta, rtol=1e-6, atol=1e-7
+        to_numpy(folded.layers[0].kernel), w * a, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        to_numpy(folded.layers[0].bias),
+        (b - m) * a + beta,
+        rtol=1e-6,
+        atol=1e-7,
     )
     scale, shift = batch_norm_scale_and_shift(bn)
     np.testing.assert_allclose(scale, a)
@@ -301,7 +311,12 @@ def test_resnet_like_block(data_format):
 
 def test_folded_model_saves_and_loads():
     model = keras.Sequential(
-        [keras.Input((5,)), L.BatchNormalization(), L.Dense(3), KnBatchNormalization()]
+        [
+            keras.Input((5,)),
+            L.BatchNormalization(),
+            L.Dense(3),
+            KnBatchNormalization(),
+        ]
     )
     _randomize_bns(model)
     folded = fold_batch_norms(model, verbose=0)
@@ -335,7 +350,11 @@ def test_affine_layer_against_numpy():
 
 def test_verbose_prints_the_report(capsys):
     model = keras.Sequential(
-        [keras.Input((3,)), L.Dense(2, name="d"), L.BatchNormalization(name="bn")]
+        [
+            keras.Input((3,)),
+            L.Dense(2, name="d"),
+            L.BatchNormalization(name="bn"),
+        ]
     )
     fold_batch_norms(model)
     assert "folded bn -> d" in capsys.readouterr().out

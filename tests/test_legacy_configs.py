@@ -12,8 +12,12 @@ import pytest
 import keras_norms as kn
 from tests import helpers
 
-ZEROS = {"module": "keras.initializers", "class_name": "Zeros", "config": {},
-         "registered_name": None}
+ZEROS = {
+    "module": "keras.initializers",
+    "class_name": "Zeros",
+    "config": {},
+    "registered_name": None,
+}
 ONES = dict(ZEROS, class_name="Ones")
 
 
@@ -22,15 +26,24 @@ def _tf_keras_batch_norm():
         "module": "keras.layers",
         "class_name": "BatchNormalization",
         "config": {
-            "name": "batch_normalization", "trainable": True,
-            "dtype": "float32", "axis": [4], "momentum": 0.9,
-            "epsilon": 0.001, "center": True, "scale": True,
-            "beta_initializer": ZEROS, "gamma_initializer": ONES,
+            "name": "batch_normalization",
+            "trainable": True,
+            "dtype": "float32",
+            "axis": [4],
+            "momentum": 0.9,
+            "epsilon": 0.001,
+            "center": True,
+            "scale": True,
+            "beta_initializer": ZEROS,
+            "gamma_initializer": ONES,
             "moving_mean_initializer": ZEROS,
             "moving_variance_initializer": ONES,
-            "beta_regularizer": None, "gamma_regularizer": None,
-            "beta_constraint": None, "gamma_constraint": None,
-            "virtual_batch_size": 4, "fused": False,
+            "beta_regularizer": None,
+            "gamma_regularizer": None,
+            "beta_constraint": None,
+            "gamma_constraint": None,
+            "virtual_batch_size": 4,
+            "fused": False,
         },
         "registered_name": None,
         "build_config": {"input_shape": [None, 5, 5, 3]},
@@ -47,45 +60,78 @@ def test_tf_keras_ghost_batch_norm_config():
     x = helpers.random_input((8, 5, 5, 3), loc=1.0)
     y = helpers.to_numpy(layer(x, training=True))
     ref = np.concatenate(
-        [helpers.numpy_normalize(x[i : i + 4], (0, 1, 2), 1e-3)
-         for i in (0, 4)]
+        [helpers.numpy_normalize(x[i : i + 4], (0, 1, 2), 1e-3) for i in (0, 4)]
     )
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
     assert [w.name for w in layer.weights] == [
-        "gamma", "beta", "moving_mean", "moving_variance"
+        "gamma",
+        "beta",
+        "moving_mean",
+        "moving_variance",
     ]
 
 
 def test_tf_keras_layer_and_group_norm_configs():
-    ln = kn.convert({"class_name": "LayerNormalization",
-                     "config": {"axis": [1, 2], "epsilon": 0.01}})
+    ln = kn.convert(
+        {
+            "class_name": "LayerNormalization",
+            "config": {"axis": [1, 2], "epsilon": 0.01},
+        }
+    )
     assert type(ln) is kn.LayerNormalization and ln.epsilon == 0.01
-    gn = kn.convert({"class_name": "GroupNormalization",
-                     "config": {"groups": 2, "axis": -1,
-                                "gamma_initializer": ONES}})
+    gn = kn.convert(
+        {
+            "class_name": "GroupNormalization",
+            "config": {"groups": 2, "axis": -1, "gamma_initializer": ONES},
+        }
+    )
     assert type(gn) is kn.GroupNormalization and gn.groups == 2
 
 
 def test_addons_configs():
-    gn = kn.convert({"class_name": "Addons>GroupNormalization",
-                     "config": {"groups": 4, "axis": 1, "epsilon": 1e-5}})
+    gn = kn.convert(
+        {
+            "class_name": "Addons>GroupNormalization",
+            "config": {"groups": 4, "axis": 1, "epsilon": 1e-5},
+        }
+    )
     assert type(gn) is kn.GroupNormalization
     assert (gn.groups, gn.axis, gn.epsilon) == (4, 1, 1e-5)
-    inorm = kn.convert({"class_name": "Addons>InstanceNormalization",
-                        "config": {"groups": -1, "axis": -1}})
+    inorm = kn.convert(
+        {
+            "class_name": "Addons>InstanceNormalization",
+            "config": {"groups": -1, "axis": -1},
+        }
+    )
     assert type(inorm) is kn.InstanceNormalization
-    frn = kn.convert({"class_name": "Addons>FilterResponseNormalization",
-                      "config": {"axis": [1, 2], "epsilon": 1e-6,
-                                 "learned_epsilon": True,
-                                 "tau_initializer": ZEROS}})
+    frn = kn.convert(
+        {
+            "class_name": "Addons>FilterResponseNormalization",
+            "config": {
+                "axis": [1, 2],
+                "epsilon": 1e-6,
+                "learned_epsilon": True,
+                "tau_initializer": ZEROS,
+            },
+        }
+    )
     assert type(frn) is kn.FilterResponseNormalization
     assert frn.axis == -1 and frn.learned_epsilon
-    frn_cf = kn.convert({"class_name": "Addons>FilterResponseNormalization",
-                         "config": {"axis": [2, 3]}})
+    frn_cf = kn.convert(
+        {
+            "class_name": "Addons>FilterResponseNormalization",
+            "config": {"axis": [2, 3]},
+        }
+    )
     assert frn_cf.axis == 1
-    wn = kn.convert({"class_name": "Addons>WeightNormalization",
-                     "config": {"layer": {"class_name": "Dense",
-                                          "config": {"units": 3}}}})
+    wn = kn.convert(
+        {
+            "class_name": "Addons>WeightNormalization",
+            "config": {
+                "layer": {"class_name": "Dense", "config": {"units": 3}}
+            },
+        }
+    )
     assert type(wn) is kn.WeightNormalization and wn.data_init is True
     assert wn.layer.units == 3
 
@@ -94,14 +140,20 @@ def test_bad_configs():
     with pytest.raises(ValueError, match="Received: class_name='Dropout'"):
         kn.convert({"class_name": "Dropout", "config": {"rate": 0.5}})
     with pytest.raises(ValueError, match="is a GroupNormalization"):
-        kn.convert({"class_name": "Addons>InstanceNormalization",
-                    "config": {"groups": 2}})
+        kn.convert(
+            {
+                "class_name": "Addons>InstanceNormalization",
+                "config": {"groups": 2},
+            }
+        )
     with pytest.raises(ValueError, match="adjustment"):
-        kn.convert({"class_name": "BatchNormalization",
-                    "config": {"adjustment": "fn"}})
+        kn.convert(
+            {"class_name": "BatchNormalization", "config": {"adjustment": "fn"}}
+        )
     with pytest.raises(ValueError, match="one channel axis"):
-        kn.convert({"class_name": "BatchNormalization",
-                    "config": {"axis": [1, 2]}})
+        kn.convert(
+            {"class_name": "BatchNormalization", "config": {"axis": [1, 2]}}
+        )
     with pytest.raises(TypeError, match="serialized="):
         kn.convert({"config": {}})
     with pytest.raises(TypeError, match="keras.Model"):

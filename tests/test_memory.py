@@ -14,7 +14,6 @@ import sys
 import weakref
 
 import keras
-import numpy as np
 import pytest
 
 import keras_norms as kn

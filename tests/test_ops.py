@@ -88,8 +88,10 @@ def _run(name, shape, axis, training, use_native):
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_native_path_matches_keras_ops_path(name, shape, axis, training):
     if name not in NATIVE.get(keras.backend.backend(), ()):
-        pytest.skip("no native fast path for this layer on this backend: "
-                    "both runs would take the same keras.ops path")
+        pytest.skip(
+            "no native fast path for this layer on this backend: "
+            "both runs would take the same keras.ops path"
+        )
     fast = _run(name, shape, axis, training, use_native=True)
     slow = _run(name, shape, axis, training, use_native=False)
     tol = dict(rtol=1e-4, atol=1e-4)
@@ -377,8 +379,9 @@ def _channel_weights(channels, axis, ndim, seed=1):
 
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_batch_normalization_op(axis):
-    x = helpers.random_input((4, 5, 3, 6) if axis == -1 else (4, 6, 5, 3),
-                             loc=3.0, scale=2.0)
+    x = helpers.random_input(
+        (4, 5, 3, 6) if axis == -1 else (4, 6, 5, 3), loc=3.0, scale=2.0
+    )
     axis_c = axis % 4
     gamma, beta, g, b = _channel_weights(6, axis_c, 4)
     axes = tuple(a for a in range(4) if a != axis_c)
@@ -440,7 +443,9 @@ def test_layer_and_rms_normalization_ops(axis):
     g, b = gamma.reshape(view), beta.reshape(view)
     y = kn.ops.layer_normalization(x, axis, gamma, beta, epsilon=1e-3)
     np.testing.assert_allclose(
-        helpers.to_numpy(y), _np_normalize(x, axes, g, b), rtol=1e-4,
+        helpers.to_numpy(y),
+        _np_normalize(x, axes, g, b),
+        rtol=1e-4,
         atol=1e-4,
     )
     y = kn.ops.rms_normalization(x, axis, gamma, epsilon=1e-6)
@@ -466,7 +471,9 @@ def test_group_instance_and_filter_response_ops(axis):
     np.testing.assert_allclose(helpers.to_numpy(y), ref, rtol=1e-4, atol=1e-4)
     y = kn.ops.instance_normalization(x, axis, gamma, beta)
     np.testing.assert_allclose(
-        helpers.to_numpy(y), _np_normalize(x, spatial, g, b), rtol=1e-4,
+        helpers.to_numpy(y),
+        _np_normalize(x, spatial, g, b),
+        rtol=1e-4,
         atol=1e-4,
     )
     tau = np.full(6, -0.5, "float32")
@@ -480,5 +487,6 @@ def test_group_instance_and_filter_response_ops(axis):
     with pytest.raises(TypeError, match="Received: groups=2.0"):
         kn.ops.group_normalization(x, 2.0, axis)
     with pytest.raises(ValueError, match="spatial|besides the batch"):
-        kn.ops.instance_normalization(x[:, 0, 0, :] if axis == -1
-                                      else x[:, :, 0, 0], axis)
+        kn.ops.instance_normalization(
+            x[:, 0, 0, :] if axis == -1 else x[:, :, 0, 0], axis
+        )

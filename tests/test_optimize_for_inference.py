@@ -23,9 +23,8 @@ from keras_norms.layers.group_normalization import (
 )
 from keras_norms.layers.weight_normalization import WeightNormalization
 from keras_norms.layers.weight_standardization import WeightStandardization
-
-from tests.helpers import assert_saves_and_loads
 from tests import helpers
+from tests.helpers import assert_saves_and_loads
 from tests.helpers import to_numpy
 
 L = keras.layers
@@ -33,8 +32,6 @@ BNS = (L.BatchNormalization, KnBatchNormalization)
 # Per-channel means and spreads far from 0 and 1, so a wrong fold shows.
 MEAN = np.array([3.0, -1.0, 10.0])
 STD = np.array([1.0, 5.0, 0.2])
-
-
 
 
 def _data(shape, seed=0):
@@ -82,7 +79,12 @@ def _optimize(model, x, rtol=1e-4):
         id(w) for w in optimized.weights
     }
     assert helpers.count_layers(optimized, BNS) == 0
-    assert helpers.count_layers(optimized, (WeightNormalization, WeightStandardization)) == 0
+    assert (
+        helpers.count_layers(
+            optimized, (WeightNormalization, WeightStandardization)
+        )
+        == 0
+    )
     assert isinstance(report, InferenceReport)
     return optimized, report
 
@@ -172,7 +174,10 @@ def test_no_forward_fold_where_keras_bias_add_is_wrong():
     conv = L.Conv2D(4, 3, data_format="channels_first", use_bias=False)
     model = keras.Sequential([keras.Input((3, 7, 6)), norm, conv])
     optimized, report = _optimize(model, data)  # output (4, 4, 5, 4)
-    assert helpers.count_layers(optimized, Affine) == 1 and report.folded_forward == []
+    assert (
+        helpers.count_layers(optimized, Affine) == 1
+        and report.folded_forward == []
+    )
     assert "bias add" in report.affine[0][1]
 
 
@@ -192,7 +197,8 @@ def test_normalization_before_padded_conv_stays_affine(padding, tmp_path):
     affine = optimized.layers[0]
     assert isinstance(affine, Affine) and affine.name == norm.name
     np.testing.assert_allclose(
-        to_numpy(affine.scale), 1 / to_numpy(norm.variance).ravel() ** 0.5,
+        to_numpy(affine.scale),
+        1 / to_numpy(norm.variance).ravel() ** 0.5,
         rtol=1e-5,
     )
     ((name, why),) = report.affine
@@ -225,7 +231,10 @@ def test_normalization_other_forms():
     inverse = _adapted(data, invert=True)
     model = keras.Sequential([keras.Input((4, 3)), inverse, L.Dense(2)])
     optimized, report = _optimize(model, data[:4])
-    assert len(report.folded_forward) == 1 and helpers.count_layers(optimized, Affine) == 0
+    assert (
+        len(report.folded_forward) == 1
+        and helpers.count_layers(optimized, Affine) == 0
+    )
     # Statistics over two axes (per position and channel): kept as it is.
     per_position = _adapted(data, axis=(1, 2))
     model = keras.Sequential([keras.Input((4, 3)), per_position, L.Dense(2)])

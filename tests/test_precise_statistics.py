@@ -61,7 +61,9 @@ def _data(n=10, seed=1):
 
 def _reference(weights, x, batch_size, frozen=()):
     """NumPy precise statistics of bn1, bn2 for the model of `_model`."""
-    w = {k.split("/")[0] + "/" + k.split("/")[-1]: v for k, v in weights.items()}
+    w = {
+        k.split("/")[0] + "/" + k.split("/")[-1]: v for k, v in weights.items()
+    }
 
     def bn(name, h):
         if name in frozen:
@@ -80,7 +82,12 @@ def _reference(weights, x, batch_size, frozen=()):
         h, m1, v1 = bn("bn1", h)
         h = np.maximum(h, 0) @ w["dense2/kernel"] + w["dense2/bias"]
         _, m2, v2 = bn("bn2", h)
-        for k, v in (("bn1_m", m1), ("bn1_v", v1), ("bn2_m", m2), ("bn2_v", v2)):
+        for k, v in (
+            ("bn1_m", m1),
+            ("bn1_v", v1),
+            ("bn2_m", m2),
+            ("bn2_v", v2),
+        ):
             sums[k] = sums[k] + n * v
         total += n
     return {k: v / total for k, v in sums.items()}
@@ -482,7 +489,9 @@ def test_callback_validation_uses_precise_statistics(bn):
     _assert_stats(model, ref, rtol=1e-4, atol=1e-5)
     # ... and the logged val_loss is computed with them.
     val_precise = model.evaluate(xv, yv, batch_size=4, verbose=0)
-    np.testing.assert_allclose(history.history["val_loss"][0], val_precise, 1e-5)
+    np.testing.assert_allclose(
+        history.history["val_loss"][0], val_precise, 1e-5
+    )
     # It differs from what the moving statistics would have given.
     for w in model.weights:
         if "moving" in w.path:
@@ -497,7 +506,12 @@ def test_callback_period_without_validation_and_at_train_end():
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     callback = callbacks.PreciseBatchNorm(x, batch_size=8, every_n_epochs=2)
     model.fit(
-        x, y, batch_size=8, epochs=3, shuffle=False, callbacks=[callback],
+        x,
+        y,
+        batch_size=8,
+        epochs=3,
+        shuffle=False,
+        callbacks=[callback],
         verbose=0,
     )
     assert [when for when, _ in callback.history] == [1, "end"]
@@ -622,10 +636,14 @@ def test_sync_batch_norm_under_mirrored_strategy():
         text=True,
         timeout=300,
     )
-    assert "MIRRORED_OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "MIRRORED_OK" in proc.stdout, (
+        proc.stdout[-3000:] + proc.stderr[-5000:]
+    )
 
 
-@pytest.mark.parametrize("name", ["BatchInstanceNormalization", "SwitchableNormalization"])
+@pytest.mark.parametrize(
+    "name", ["BatchInstanceNormalization", "SwitchableNormalization"]
+)
 def test_batch_part_of_learned_norms(name):
     if name == "BatchInstanceNormalization":
         from keras_norms.layers.batch_instance_normalization import (
@@ -675,8 +693,12 @@ def test_torch_distributed_all_ranks_or_refused(tmp_path):
         os.environ, KERAS_BACKEND="torch", PYTHONPATH=os.path.dirname(here)
     )
     proc = subprocess.run(
-        [sys.executable, os.path.join(here, "sync_workers", "precise_worker.py"),
-         str(tmp_path / "inputs.npz"), str(tmp_path)],
+        [
+            sys.executable,
+            os.path.join(here, "sync_workers", "precise_worker.py"),
+            str(tmp_path / "inputs.npz"),
+            str(tmp_path),
+        ],
         env=env,
         cwd=os.path.dirname(here),
         capture_output=True,
@@ -687,9 +709,13 @@ def test_torch_distributed_all_ranks_or_refused(tmp_path):
     ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
     for r in ranks:
         np.testing.assert_allclose(r["all/moving_mean"], x.mean(0), atol=1e-5)
-        np.testing.assert_allclose(r["all/moving_variance"], x.var(0), atol=1e-4)
+        np.testing.assert_allclose(
+            r["all/moving_variance"], x.var(0), atol=1e-4
+        )
     alone = ranks[0]
     assert "must be called on every process" in str(alone["alone/error"])
     assert "Received: rank=0, world_size=2" in str(alone["alone/error"])
     assert float(alone["alone/seconds"]) < 20
-    np.testing.assert_array_equal(alone["alone/moving_mean"], ranks[0]["all/moving_mean"])
+    np.testing.assert_array_equal(
+        alone["alone/moving_mean"], ranks[0]["all/moving_mean"]
+    )

@@ -16,14 +16,14 @@ from keras_norms import precise
 
 # (check, wrong type, wrong value), each check taking one value.
 _CHECKS = {
-    "epsilon": (
-        lambda x: v.check_positive_float("epsilon", x), "1e-3", 0.0
-    ),
+    "epsilon": (lambda x: v.check_positive_float("epsilon", x), "1e-3", 0.0),
     "momentum": (lambda x: v.check_unit_interval("momentum", x), None, 1.5),
     "atol": (lambda x: v.check_non_negative_float("atol", x), True, -1.0),
     "steps": (lambda x: v.check_positive_int("steps", x), 2.0, 0),
     "depth_radius": (
-        lambda x: v.check_non_negative_int("depth_radius", x), 2.5, -1
+        lambda x: v.check_non_negative_int("depth_radius", x),
+        2.5,
+        -1,
     ),
     "bias": (lambda x: v.check_float("bias", x), "1.0", float("nan")),
     "mode": (lambda x: v.check_one_of("mode", x, ("min", "max")), 1, "up"),
@@ -81,6 +81,4 @@ def test_tools_follow_the_policy():
     with pytest.raises(TypeError, match="Received: mean_threshold="):
         precise.batch_norm_statistics_report(None, x, mean_threshold="0.1")
     with pytest.raises(ValueError, match="Received: variance_threshold="):
-        precise.batch_norm_statistics_report(
-            None, x, variance_threshold=-0.1
-        )
+        precise.batch_norm_statistics_report(None, x, variance_threshold=-0.1)

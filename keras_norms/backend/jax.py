@@ -7,7 +7,7 @@ over the batch axis is a mean over the global batch. XLA partitions it into
 a per-device partial sum followed by an all-reduce. So the plain two-pass
 moments of `BatchNormalization` already are synchronized batch statistics,
 and the static "more than one value per channel" check already sees the
-global batch. `tests/test_sync_batch_normalization.py` checks this against
+global batch. `tests/layers/test_sync_batch_normalization.py` checks this against
 BatchNormalization on one device and counts the all-reduces in the
 compiled HLO.
 

@@ -53,7 +53,7 @@ only).
 Each function returns `None` where it does not apply (another backend,
 half-precision or mixed dtypes, axes the kernel cannot take), and the op
 then runs the `keras.ops` path. Every test of the layers runs through
-these paths on torch; `tests/test_native_fast_paths.py` also compares them
+these paths on torch; `tests/test_ops.py` also compares them
 with the `keras.ops` path directly.
 
 `disabled()` turns them off, explicitly and for the `with` block only

@@ -18,7 +18,8 @@ channels-first ones as `(N, C, rest, 1)` NCHW. The input may be float16, bfloat1
 mode the kernel returns the unbiased batch variance (as TF's moving
 variance used it); it is rescaled to the biased one Keras and the papers
 use. Large means are safe: the CPU kernel's variance is two-pass
-(`tests/test_core_layers.py`'s mean-1e4 rows pass through it).
+(`tests/layers/test_batch_normalization.py`'s mean-1e4 rows pass
+through it).
 """
 
 import tensorflow as tf

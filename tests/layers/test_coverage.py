@@ -23,9 +23,6 @@ def _public_layers():
 NOT_YET_SHARED = {
     "AdaptiveInstanceNormalization",
     "ConditionalNormalization",
-    "EvoNormB0",
-    "EvoNormS0",
-    "LocalResponseNormalization",
 }
 
 

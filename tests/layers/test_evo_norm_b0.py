@@ -13,6 +13,7 @@ import pytest
 
 import keras_norms as kn
 from tests import helpers
+from tests import layer_checks
 from tests.helpers import to_numpy
 
 EPS = 1e-5
@@ -96,7 +97,8 @@ def test_moving_variance_updates_and_is_used_at_inference(axis):
     np.testing.assert_allclose(
         y2,
         b0_reference(x2, ones, ones, 0.0, axis, variance=expected),
-        rtol=1e-5, atol=1e-6,
+        rtol=1e-5,
+        atol=1e-6,
     )
     np.testing.assert_allclose(
         to_numpy(layer.moving_variance), expected, rtol=1e-5
@@ -110,7 +112,8 @@ def test_moving_variance_updates_and_is_used_at_inference(axis):
         np.testing.assert_allclose(
             y3,
             b0_reference(x, ones, ones, 0.0, axis, variance=ones),
-            rtol=1e-5, atol=1e-6,
+            rtol=1e-5,
+            atol=1e-6,
         )
         np.testing.assert_array_equal(to_numpy(frozen.moving_variance), ones)
 
@@ -125,7 +128,8 @@ def test_op_equals_layer_and_returns_the_batch_variance():
     np.testing.assert_allclose(
         to_numpy(result.outputs),
         to_numpy(kn.EvoNormB0()(x, training=True)),
-        rtol=1e-6, atol=1e-7,
+        rtol=1e-6,
+        atol=1e-7,
     )
     moving = np.full((6,), 2.0, "float32")
     inference = kn.ops.evo_norm_b0(x, variance=moving)
@@ -133,7 +137,8 @@ def test_op_equals_layer_and_returns_the_batch_variance():
     np.testing.assert_allclose(
         to_numpy(inference.outputs),
         b0_reference(x, ones, ones, 0.0, variance=moving),
-        rtol=1e-5, atol=1e-6,
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -170,9 +175,14 @@ def test_mixed_precision():
 
 
 def test_config_fit_saves_and_loads_and_optimize_for_inference(tmp_path):
-    layer = kn.EvoNormB0(axis=1, momentum=0.9, epsilon=1e-3,
-                         use_global_stats=True, scale=False,
-                         moving_variance_initializer="zeros")
+    layer = kn.EvoNormB0(
+        axis=1,
+        momentum=0.9,
+        epsilon=1e-3,
+        use_global_stats=True,
+        scale=False,
+        moving_variance_initializer="zeros",
+    )
     clone = helpers.assert_config_round_trip(layer)
     assert (clone.axis, clone.momentum, clone.epsilon) == (1, 0.9, 1e-3)
     assert clone.use_global_stats
@@ -203,8 +213,10 @@ def test_config_fit_saves_and_loads_and_optimize_for_inference(tmp_path):
     optimized = kn.optimize_for_inference(model, verbose=0)
     assert helpers.count_layers(optimized, kn.EvoNormB0) == 1
     np.testing.assert_allclose(
-        helpers.infer(optimized, x), helpers.infer(model, x),
-        rtol=1e-5, atol=1e-5,
+        helpers.infer(optimized, x),
+        helpers.infer(model, x),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -221,3 +233,21 @@ def test_bad_arguments_raise_clearly():
         kn.EvoNormB0(axis=4)(np.ones((2, 3, 3, 2), "float32"))
     with pytest.raises(ValueError, match="ndim=2"):
         kn.ops.evo_norm_b0(np.ones((4, 3), "float32"))
+
+
+class TestSharedChecks(layer_checks.LayerChecks):
+    cases = {
+        "channels_last": layer_checks.Case(
+            lambda: kn.EvoNormB0(momentum=0.5),
+            (4, 3, 3, 4),
+            state=("moving_variance",),
+        ),
+        "channels_first": layer_checks.Case(
+            lambda: kn.EvoNormB0(axis=1),
+            (4, 3, 3, 4),
+            state=("moving_variance",),
+            fit=False,
+        ),
+    }
+    masking = layer_checks.Masking(lambda: kn.EvoNormB0(), (4, 6, 3))
+    test_weights_match_keras_twin = None

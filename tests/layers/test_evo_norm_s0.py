@@ -12,6 +12,7 @@ import pytest
 
 import keras_norms as kn
 from tests import helpers
+from tests import layer_checks
 from tests.helpers import to_numpy
 
 EPS = 1e-5
@@ -117,13 +118,20 @@ def test_mixed_precision():
         np.testing.assert_allclose(
             to_numpy(y).astype("float64"),
             s0_reference(x.astype("float16"), 4, ones, ones, 0.0, axis),
-            rtol=5e-3, atol=5e-3,
+            rtol=5e-3,
+            atol=5e-3,
         )
 
 
 def test_config_fit_and_saves_and_loads(tmp_path):
-    layer = kn.EvoNormS0(groups=-1, axis=1, epsilon=1e-3, center=False,
-                         v_initializer="zeros", v_regularizer="l2")
+    layer = kn.EvoNormS0(
+        groups=-1,
+        axis=1,
+        epsilon=1e-3,
+        center=False,
+        v_initializer="zeros",
+        v_regularizer="l2",
+    )
     clone = helpers.assert_config_round_trip(layer)
     assert (clone.groups, clone.axis, clone.epsilon) == (-1, 1, 1e-3)
     model = keras.Sequential(
@@ -160,3 +168,19 @@ def test_bad_arguments_raise_clearly():
         kn.ops.evo_norm_s0(np.ones((2, 8), "float32"), 3)
     with pytest.raises(TypeError, match="Received: groups=2.0"):
         kn.ops.evo_norm_s0(np.ones((2, 8), "float32"), 2.0)
+
+
+class TestSharedChecks(layer_checks.LayerChecks):
+    cases = {
+        "channels_last": layer_checks.Case(
+            lambda: kn.EvoNormS0(groups=2), (2, 3, 3, 4), state=()
+        ),
+        "channels_first": layer_checks.Case(
+            lambda: kn.EvoNormS0(groups=3, axis=1),
+            (2, 3, 3, 4),
+            state=(),
+            fit=False,
+        ),
+    }
+    masking = layer_checks.Masking(lambda: kn.EvoNormS0(groups=3), (4, 6, 3))
+    test_weights_match_keras_twin = None

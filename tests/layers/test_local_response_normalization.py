@@ -16,6 +16,7 @@ import pytest
 import keras_norms as kn
 from keras_norms.backend import native
 from tests import helpers
+from tests import layer_checks
 from tests.helpers import to_numpy
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
@@ -67,6 +68,7 @@ def test_matches_numpy_forward_and_gradients(shape, axis):
         np.testing.assert_allclose(
             y, lrn_reference(x64, *args), rtol=2e-5, atol=1e-6
         )
+
         def loss(x64=x64, args=args, upstream=upstream):
             return np.sum(lrn_reference(x64, *args) * upstream)
 
@@ -120,6 +122,7 @@ def test_equals_torch_local_response_norm_after_mapping(axis):
         size = 2 * depth_radius + 1
         x = _input((2, 3, 4, 12), axis, seed=3)
         upstream = helpers.random_input(x.shape, seed=4)
+
         def peer(t, size=size, alpha=alpha, beta=beta, bias=bias):
             return F.local_response_norm(t, size, alpha * size, beta, bias)
 
@@ -190,7 +193,8 @@ def test_mixed_precision():
         np.testing.assert_allclose(
             to_numpy(y).astype("float64"),
             lrn_reference(x.astype("float16"), 2, 1.0, 0.5, 0.75, axis),
-            rtol=2e-3, atol=2e-3,
+            rtol=2e-3,
+            atol=2e-3,
         )
 
 
@@ -198,7 +202,10 @@ def test_config_fit_and_saves_and_loads(tmp_path):
     layer = kn.LocalResponseNormalization(2, 2.0, 1e-4, 0.75, axis=1)
     clone = helpers.assert_config_round_trip(layer)
     assert (clone.depth_radius, clone.bias, clone.alpha, clone.beta) == (
-        2, 2.0, 1e-4, 0.75
+        2,
+        2.0,
+        1e-4,
+        0.75,
     )
     assert clone.axis == 1
     model = keras.Sequential(
@@ -237,3 +244,23 @@ def test_bad_arguments_raise_clearly():
         kn.LocalResponseNormalization(axis=4)(np.ones((2, 3, 3, 2), "float32"))
     with pytest.raises(TypeError, match="Received: bias=None"):
         kn.ops.local_response_normalization(np.ones((2, 3)), bias=None)
+
+
+class TestSharedChecks(layer_checks.LayerChecks):
+    cases = {
+        "channels_last": layer_checks.Case(
+            lambda: kn.LocalResponseNormalization(depth_radius=1),
+            (2, 3, 3, 4),
+            state=(),
+        ),
+        "channels_first": layer_checks.Case(
+            lambda: kn.LocalResponseNormalization(depth_radius=2, axis=1),
+            (2, 3, 3, 4),
+            state=(),
+            fit=False,
+        ),
+    }
+    masking = layer_checks.Masking(
+        lambda: kn.LocalResponseNormalization(depth_radius=1), (4, 6, 3)
+    )
+    test_weights_match_keras_twin = None

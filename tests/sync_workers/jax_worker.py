@@ -13,19 +13,18 @@ import sys
 
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=2"
 )
 
+import _common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _common  # noqa: E402
 from keras_norms.layers.batch_normalization import BatchNormalization  # noqa: E402
-from keras_norms.layers.sync_batch_normalization import (  # noqa: E402
-    SyncBatchNormalization,
-)
+from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization  # noqa: E402
 
 COLLECTIVES = (
     "all-reduce",
@@ -78,7 +77,10 @@ def run_case(distribution, inputs, sizes):
     results = {}
     # The batch really is split over the two devices.
     results["shard_sizes"] = np.array([p.shape[0] for p in per_device(xs)])
-    for cls, prefix in ((SyncBatchNormalization, ""), (BatchNormalization, "bn_")):
+    for cls, prefix in (
+        (SyncBatchNormalization, ""),
+        (BatchNormalization, "bn_"),
+    ):
         layer = cls(momentum=_common.MOMENTUM)
         layer.build((None,) + x.shape[1:])
         _common.set_weights(layer, inputs)

@@ -69,9 +69,7 @@ def worker(rank, port, inputs_path, out_dir):
             except RuntimeError as e:
                 results["alone/error"] = str(e)
             results["alone/seconds"] = time.monotonic() - start
-            results["alone/moving_mean"] = np.asarray(
-                layer.moving_mean.numpy()
-            )
+            results["alone/moving_mean"] = np.asarray(layer.moving_mean.numpy())
         dist.barrier()
         _common.save(out_dir, f"rank{rank}", results)
     finally:

@@ -11,17 +11,18 @@ import tensorflow as tf  # noqa: E402
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     _cpu,
-    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+    [
+        tf.config.LogicalDeviceConfiguration(),
+        tf.config.LogicalDeviceConfiguration(),
+    ],
 )
 
+import _common  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _common  # noqa: E402
 from keras_norms.layers.batch_normalization import BatchNormalization  # noqa: E402
-from keras_norms.layers.sync_batch_normalization import (  # noqa: E402
-    SyncBatchNormalization,
-)
+from keras_norms.layers.sync_batch_normalization import SyncBatchNormalization  # noqa: E402
 
 
 def distribute(strategy, parts):
@@ -136,7 +137,11 @@ def main(inputs_path, out_dir):
     for case, sizes in _common.EDGE_CASES.items():
         for mode, eager in (("eager", True), ("graph", False)):
             edge = run_case(
-                strategy, inputs, sizes, x_key="x1", with_plain=False,
+                strategy,
+                inputs,
+                sizes,
+                x_key="x1",
+                with_plain=False,
                 eager=eager,
             )
             for k, v in edge.items():

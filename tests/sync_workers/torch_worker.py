@@ -34,9 +34,9 @@ def collective_counter():
 
 
 def run_case(rank, inputs, sizes, x_key="x", with_plain=True, counts=None):
+    import _common
     import torch
 
-    import _common
     from keras_norms.layers.batch_normalization import BatchNormalization
     from keras_norms.layers.sync_batch_normalization import (
         SyncBatchNormalization,
