@@ -141,8 +141,8 @@ def test_equals_torch_local_response_norm_after_mapping(axis):
     helpers.BACKEND != "tensorflow", reason="TensorFlow's LRN kernel"
 )
 def test_tf_kernel_runs_where_it_applies_only(monkeypatch):
-    """tf.nn.lrn for eager rank-4 channels-last float32; not for
-    channels-first, float16, rank 3, or with the fast paths disabled."""
+    """tf.nn.lrn for eager rank-4 float32 (channels-first transposed to
+    it); not for float16, rank 3, or with the fast paths disabled."""
     import tensorflow as tf
 
     calls = []
@@ -156,12 +156,19 @@ def test_tf_kernel_runs_where_it_applies_only(monkeypatch):
     x = helpers.random_input((2, 3, 3, 8), seed=10)
     kn.ops.local_response_normalization(x)
     assert len(calls) == 1
-    kn.ops.local_response_normalization(np.moveaxis(x, -1, 1), axis=1)
+    y = kn.ops.local_response_normalization(np.moveaxis(x, -1, 1), axis=1)
+    assert len(calls) == 2
+    np.testing.assert_allclose(
+        helpers.to_numpy(y),
+        np.moveaxis(helpers.to_numpy(kernel(x, 5, 1.0, 1.0, 0.5)), -1, 1),
+        rtol=1e-6,
+        atol=1e-6,
+    )
     kn.ops.local_response_normalization(x.astype("float16"))
     kn.ops.local_response_normalization(x[:, 0])
     with native.disabled():
         kn.ops.local_response_normalization(x)
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
 @pytest.mark.skipif(
