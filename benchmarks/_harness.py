@@ -55,6 +55,8 @@ def make_ours(kind, axis, groups):
         "RMS": lambda: kn.RMSNormalization(axis=axis, epsilon=EPS),
         "FRN": lambda: kn.FilterResponseNormalization(axis=axis, epsilon=EPS),
         "LRN": lambda: kn.LocalResponseNormalization(axis=axis),
+        "EVS0": lambda: kn.EvoNormS0(groups, axis=axis, epsilon=EPS),
+        "EVB0": lambda: kn.EvoNormB0(axis=axis, epsilon=EPS),
     }[kind]()
 
 
@@ -82,6 +84,7 @@ def _np_params(c):
         "mw": np.ones(3, "float32"),
         "vw": np.ones(3, "float32"),
         "tau": rng.uniform(-0.5, 0.0, c).astype("float32"),
+        "v": rng.uniform(0.5, 1.5, c).astype("float32"),
     }
 
 
@@ -140,6 +143,26 @@ def _native_torch(kind, axis, groups, ndim, c):
             return torch.maximum(y, params["tau"].reshape(shape))
         if kind == "LRN":  # TF's defaults, mapped: size 11, alpha * 11
             return back(F.local_response_norm(cf(x), 11, 11.0, 0.5, 1.0))
+        if kind in ("EVS0", "EVB0"):  # timm's EvoNorm2dS0 / B0 expressions
+            xc = cf(x)
+            shape = (1, c) + (1,) * (ndim - 2)
+            v = params["v"].reshape(shape)
+            if kind == "EVS0":
+                n = xc.shape[0]
+                grouped = xc.reshape(n, groups, -1)
+                std = (
+                    grouped.var(-1, unbiased=False, keepdim=True) + EPS
+                ).sqrt()
+                scale = torch.sigmoid(v * xc) * xc
+                y = (scale.reshape(n, groups, -1) / std).reshape(xc.shape)
+            else:
+                spatial = tuple(range(2, ndim))
+                var = xc.var((0,) + spatial, unbiased=False, keepdim=True)
+                var = var if training else rv.reshape(shape)
+                inst = xc.var(spatial, unbiased=False, keepdim=True)
+                right = xc * v + (inst + EPS).sqrt()
+                y = xc / torch.maximum((var + EPS).sqrt(), right)
+            return back(y * g.reshape(shape) + b.reshape(shape))
         if kind == "SN":  # the official code, with biased variances
             xc = cf(x)
             n = xc.shape[0]
@@ -177,7 +200,7 @@ def _jnp_stats(x, axes):
 
 
 def _native_jax(kind, axis, groups, ndim, c):
-    if kind == "LRN":  # JAX has no LRN kernel to compare with
+    if kind in ("LRN", "EVS0", "EVB0"):  # no JAX peer kernel to compare with
         return None
     import jax
     import jax.numpy as jnp
@@ -243,6 +266,8 @@ def _native_jax(kind, axis, groups, ndim, c):
 
 
 def _native_tf(kind, axis, groups, ndim, c):
+    if kind in ("EVS0", "EVB0"):  # no TensorFlow peer kernel
+        return None
     import tensorflow as tf
 
     p = {k: tf.constant(v) for k, v in _np_params(c).items()}

@@ -8,7 +8,8 @@ table:
     python benchmarks/bench_norms.py --full     # every shape x layout
     python benchmarks/bench_norms.py --backends torch --layers GN BN
 
-For each layer (BN, LN, IN, GN, BIN, SN, RMS, FRN, LRN), shape, layout (channels-last
+For each layer (BN, LN, IN, GN, BIN, SN, RMS, FRN, LRN, EVS0 and EVB0 for
+EvoNorm-S0/B0), shape, layout (channels-last
 `cl`, channels-first `cf`), execution (eager; compiled: `jax.jit`,
 `tf.function(jit_compile=True)`; torch runs eager only) and mode (`infer`,
 `train` forward, `grad` = forward + backward), on identical inputs in one
@@ -16,10 +17,11 @@ process, the contenders run interleaved over repeated rounds and the
 medians are reported (see `_harness.py`):
 
 - `ours/keras`: keras_norms over the `keras.layers` built-in (GN with
-  groups=C stands in for IN; BIN, SN, FRN and LRN have none);
+  groups=C stands in for IN; BIN, SN, FRN, LRN and EvoNorm have none);
 - `ours/native`: over the backend's own kernel (`torch.nn.functional.*`,
   `F.rms_norm` for RMS, a plain torch expression for FRN + TLU,
-  `F.local_response_norm` for LRN; `tf.nn.fused_batch_norm` for 4-D BN,
+  `F.local_response_norm` for LRN, timm's EvoNorm2dS0/B0 expressions
+  for EVS0/EVB0 (torch only: no TF/JAX peer); `tf.nn.fused_batch_norm` for 4-D BN,
   `tf.nn.local_response_normalization` for LRN and TF ops otherwise;
   flax-style jnp, none for LRN), run in the same execution mode;
 - `floor`: the fraction of the memory-bandwidth floor reached, (bytes that
@@ -50,11 +52,23 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("torch", "jax", "tensorflow")
-LAYERS = ("BN", "LN", "IN", "GN", "BIN", "SN", "RMS", "FRN", "LRN")
+LAYERS = (
+    "BN",
+    "LN",
+    "IN",
+    "GN",
+    "BIN",
+    "SN",
+    "RMS",
+    "FRN",
+    "LRN",
+    "EVS0",
+    "EVB0",
+)
 GRID_LAYERS = LAYERS[:6]  # every shape; RMS, FRN, LRN on their own shapes
 # Layers whose training forward is the inference forward (no batch
 # statistics, no moving statistics): no separate `train` mode.
-NO_TRAIN = ("LN", "IN", "GN", "RMS", "FRN", "LRN")
+NO_TRAIN = ("LN", "IN", "GN", "RMS", "FRN", "LRN", "EVS0")
 MODES = ("infer", "train", "grad")
 SHAPES = {  # channels-last shapes
     "small": (8, 16, 16, 32),
@@ -96,6 +110,9 @@ def cases(preset, layers):
     out.append(("RMS", SEQUENCE[0], SEQUENCE[1], "cl", 1))
     for layout in ("cl", "cf"):  # LRN (TF's defaults) against tf.nn.lrn/F's
         out.append(("LRN", "medium", SHAPES["medium"], layout, 8))
+    for kind in ("EVS0", "EVB0"):  # EvoNorm against timm's torch expressions
+        for layout in ("cl", "cf"):
+            out.append((kind, "medium", SHAPES["medium"], layout, 8))
     return [c for c in out if c[0] in layers]
 
 
