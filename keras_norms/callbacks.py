@@ -5,8 +5,9 @@
   epoch's validation;
 - `FoldAndExport` puts the model in its inference form
   (`keras_norms.inference.optimize_for_inference`) and exports it with
-  `keras_norms.saved_model.export_saved_model`, at the end or at each
-  improvement.
+  `keras_norms.saved_model.export_saved_model` (or, with `format=`, with
+  `keras_norms.deploy.export` to ONNX, LiteRT, OpenVINO or torch), at the
+  end or at each improvement.
 
 Both reach the tools through their public functions only.
 """
@@ -18,6 +19,7 @@ import warnings
 import keras
 
 from keras_norms import _validation
+from keras_norms import deploy
 from keras_norms import inference
 from keras_norms import precise
 from keras_norms import saved_model
@@ -149,7 +151,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
 
 
 class FoldAndExport(keras.callbacks.Callback):
-    """Optimize for inference and export an XLA SavedModel during `fit`.
+    """Optimize for inference and export the model during `fit`.
 
     At the end of training, the model is put in its inference form
     (`keras_norms.inference.optimize_for_inference`: every
@@ -160,6 +162,14 @@ class FoldAndExport(keras.callbacks.Callback):
     `serving_default` signature is XLA-compiled
     (`keras_norms.saved_model.export_saved_model`). The live model keeps
     training untouched: the inference form is a new model.
+
+    With `format` set to `"onnx"`, `"litert"`, `"openvino"` or `"torch"`,
+    the export goes through `keras_norms.deploy.export` instead: Keras'
+    own exporter for that format, checked in a fresh process by the
+    format's runtime alone (`max |artifact - model| <= 1e-4 * max(1,
+    max |model|)`), written only once it passes. A format this backend
+    cannot write, or whose runtime is not installed, is refused when the
+    callback is created, not after training.
 
     With `monitor`, it exports instead whenever the monitored metric
     improves (as `keras.callbacks.ModelCheckpoint(save_best_only=True)`),
@@ -188,20 +198,24 @@ class FoldAndExport(keras.callbacks.Callback):
     see the training data). A failed check does not throw a finished
     training away: by default it warns with the figures and keeps the
     export (and says where it is); `on_mismatch="raise"` raises a
-    `ValueError` instead and keeps the previous export.
+    `ValueError` instead and keeps the previous export. (With another
+    `format`, an artifact that fails its check is never written: "warn"
+    warns and keeps the previous one, "raise" raises.)
 
     Args:
-        filepath: Directory of the SavedModel (may contain `{epoch}` and
-            metric names from the logs, formatted as in ModelCheckpoint).
+        filepath: Directory of the SavedModel, or the file for another
+            `format` (ending `.onnx`, `.tflite`, `.xml`, `.pt2`); may
+            contain `{epoch}` and metric names from the logs, formatted as
+            in ModelCheckpoint.
         monitor: Metric name to watch (`"val_loss"`), or `None` to export
             once at the end of training.
         mode: `"auto"`, `"min"` or `"max"`: whether a lower or higher
             `monitor` is better (`"auto"`: max for accuracies and AUC-like
             names, else min).
         sample: Input batch for the check (array, or list of arrays).
-        atol: Absolute part of the check's tolerance.
+        atol: Absolute part of the check's tolerance (SavedModel only).
         rtol: Part of the check's tolerance relative to the largest
-            absolute output of the model.
+            absolute output of the model (SavedModel only).
         on_mismatch: `"warn"` (keep the export, warn with the figures) or
             `"raise"` (raise a `ValueError`, keep the previous export).
         precise_statistics: Optional `(x, steps)` (or just `x`): before
@@ -212,9 +226,15 @@ class FoldAndExport(keras.callbacks.Callback):
             is anything `model.predict` takes; `steps=None` reads all of
             it. The live model keeps the recomputed statistics.
         fold: Apply `optimize_for_inference` before exporting.
-        jit_compile: XLA-compile the serving function.
+        jit_compile: XLA-compile the serving function (SavedModel only).
         verbose: `"auto"` or `1` prints one line per export (its path and
             the check's figure), `0` is silent.
+        format: `"tf_saved_model"` (the default: `export_saved_model`),
+            or `"onnx"`, `"litert"`, `"openvino"`, `"torch"` (through
+            `keras_norms.deploy.export`).
+        **export_kwargs: Passed to `keras_norms.deploy.export` for the
+            other formats, e.g. `batch_size=1` for a static batch, or
+            `opset_version` for ONNX.
 
     Examples:
         Keep the best model of a training exported (`x`, `y`, `x_val` and
@@ -234,6 +254,15 @@ class FoldAndExport(keras.callbacks.Callback):
         'min'
         >>> kn.FoldAndExport("exported/best", monitor="val_accuracy").mode
         'max'
+
+        Another format is checked before training starts:
+
+        >>> kn.FoldAndExport("best.onnx", format="onnx").format
+        'onnx'
+        >>> kn.FoldAndExport("best.onnx", format="tflite")
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument `format` must be one of [...]. Received: format='tflite'
     """
 
     def __init__(
@@ -250,8 +279,15 @@ class FoldAndExport(keras.callbacks.Callback):
         fold=True,
         jit_compile=True,
         verbose="auto",
+        format="tf_saved_model",
+        **export_kwargs,
     ):
         super().__init__()
+        deploy.check_format(format)
+        self.format = format
+        self.export_kwargs = _check_export_kwargs(
+            format, export_kwargs, atol, rtol, jit_compile
+        )
         self.precise_statistics = _check_precise_statistics(precise_statistics)
         self.filepath = os.fspath(filepath)
         if monitor is not None and not isinstance(monitor, str):
@@ -288,7 +324,7 @@ class FoldAndExport(keras.callbacks.Callback):
         self.failed = []
         if "{" not in self.filepath:
             # Refuse an unsafe target now, not after the training.
-            saved_model.check_target(self.filepath, overwrite=True)
+            deploy.check_filepath(self.filepath, self.format, overwrite=True)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is None:
@@ -327,30 +363,48 @@ class FoldAndExport(keras.callbacks.Callback):
             return self.filepath.replace("{epoch}", "end")
         return self.filepath.format(epoch=epoch, **(logs or {}))
 
+    def _export(self, model, path):
+        """Write and check one export; its report (has `summary()`/str)."""
+        if self.format != "tf_saved_model":
+            return deploy.export(
+                model,
+                path,
+                format=self.format,
+                fold=self.fold,
+                sample=self.sample,
+                overwrite=True,
+                **self.export_kwargs,
+            )
+        return saved_model.export(
+            model,
+            path,
+            fold=self.fold,
+            jit_compile=self.jit_compile,
+            overwrite=True,
+            sample=self.sample,
+            atol=self.atol,
+            rtol=self.rtol,
+            on_mismatch=self.on_mismatch,
+            verbose=0,
+        ).summary()
+
     def _fold_export_and_check(self, epoch, logs):
         path = self._format_path(epoch, logs)
         try:
-            model = self._model_to_export()
-            result = saved_model.export(
-                model,
-                path,
-                fold=self.fold,
-                jit_compile=self.jit_compile,
-                overwrite=True,
-                sample=self.sample,
-                atol=self.atol,
-                rtol=self.rtol,
-                on_mismatch=self.on_mismatch,
-                verbose=0,
-            )
-        except inference.OutputMismatchError:
-            raise  # on_mismatch="raise": asked for
+            result = self._export(self._model_to_export(), path)
+        except inference.OutputMismatchError as e:
+            if self.on_mismatch == "raise":
+                raise
+            # Another format: nothing was written; the last export stays.
+            self.failed.append((path, str(e)))
+            warnings.warn(f"FoldAndExport: {e}", stacklevel=2)
+            return
         except Exception as e:  # keep training, and the last good export
             reason = f"{type(e).__name__}: {e}"
             self.failed.append((path, reason))
             kept = (
                 f"the previous export at {path!r} is unchanged"
-                if os.path.isdir(path)
+                if os.path.exists(path)
                 else "nothing was written there"
             )
             warnings.warn(
@@ -361,7 +415,44 @@ class FoldAndExport(keras.callbacks.Callback):
             return
         self.exported.append(path)
         if self.verbose:
-            print(result.summary())
+            print(result)
+
+
+# What FoldAndExport decides itself, so not an export keyword.
+_OWN_ARGUMENTS = ("model", "filepath", "format", "fold", "sample", "overwrite")
+
+
+def _check_export_kwargs(format, export_kwargs, atol, rtol, jit_compile):
+    """`export_kwargs` for `deploy.export`, or an error before training."""
+    if format == "tf_saved_model":
+        if export_kwargs:
+            raise TypeError(
+                "FoldAndExport takes export keyword arguments only with a "
+                "format other than 'tf_saved_model' (they go to "
+                "keras_norms.deploy.export). Received: "
+                f"{', '.join(f'{k}={v!r}' for k, v in export_kwargs.items())}"
+            )
+        return {}
+    own = sorted(set(export_kwargs) & set(_OWN_ARGUMENTS))
+    if own:
+        raise TypeError(
+            f"FoldAndExport sets `{own[0]}` itself; it is not an export "
+            f"keyword argument. Received: {own[0]}={export_kwargs[own[0]]!r}"
+        )
+    for name, value, default in (
+        ("atol", atol, inference.ATOL),
+        ("rtol", rtol, inference.RTOL),
+        ("jit_compile", jit_compile, True),
+    ):
+        if value != default:
+            raise ValueError(
+                f"Argument `{name}` applies to format='tf_saved_model' only "
+                f"(format={format!r} is checked with "
+                "keras_norms.deploy.export's own tolerance, "
+                f"{deploy.RTOL:g} * max(1, max|output|)). "
+                f"Received: {name}={value!r}"
+            )
+    return export_kwargs
 
 
 def _check_precise_statistics(value):

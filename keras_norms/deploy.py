@@ -40,7 +40,13 @@ import tempfile
 import keras
 import numpy as np
 
-__all__ = ["DeployReport", "export", "FORMATS"]
+__all__ = [
+    "DeployReport",
+    "FORMATS",
+    "check_filepath",
+    "check_format",
+    "export",
+]
 
 FORMATS = ("tf_saved_model", "onnx", "litert", "openvino", "torch")
 # The file name ending Keras' exporter requires per format (None: a
@@ -242,7 +248,7 @@ def export(
     ```
     """
     backend = keras.backend.backend()
-    path = _check_arguments(model, filepath, format, fold, overwrite, backend)
+    path = _check_arguments(model, filepath, format, fold, overwrite, verify)
     if batch_size is not None:
         if format == "tf_saved_model":
             raise ValueError(
@@ -278,8 +284,6 @@ def export(
         return _export_saved_model(
             model, filepath, fold, sample, overwrite, **kwargs
         )
-    _require(format, backend, verify)
-
     exported = model
     if fold:
         from keras_norms.inference import optimize_for_inference
@@ -350,8 +354,22 @@ def _explain_export_error(error, format, backend, batch_size):
         ) from error
 
 
-def _check_arguments(model, filepath, format, fold, overwrite, backend):
-    """The absolute target path, or a clear error for a bad argument."""
+def check_format(format, verify=True):
+    """Raise if this backend cannot write (and check) `format` here.
+
+    A `ValueError` for an unknown format or one Keras cannot write from
+    the current backend (saying what to use instead), a
+    `ModuleNotFoundError` naming the install for a missing exporter or
+    runtime (the runtime only with `verify=True`). Nothing is written;
+    `FoldAndExport(format=...)` calls it before training starts.
+    """
+    backend = keras.backend.backend()
+    _check_format_value(format, backend)
+    if format != "tf_saved_model":
+        _require(format, backend, verify)
+
+
+def _check_format_value(format, backend):
     if format not in FORMATS:
         raise ValueError(
             f"Argument `format` must be one of {list(FORMATS)}. "
@@ -362,6 +380,42 @@ def _check_arguments(model, filepath, format, fold, overwrite, backend):
             f"Cannot export format={format!r} from the {backend} backend: "
             f"{_REFUSED[(format, backend)]} Received: format={format!r}"
         )
+
+
+def check_filepath(filepath, format, overwrite):
+    """The absolute path to write `format` to, or a clear error.
+
+    A `TypeError` for a non-path, a `ValueError` for a file name without
+    the format's ending, a `FileExistsError` for a directory where a file
+    goes or an existing file without `overwrite=True`.
+    """
+    try:
+        filepath = os.fspath(filepath)
+    except TypeError:
+        raise TypeError(
+            "Argument `filepath` must be a path (str or os.PathLike). "
+            f"Received: filepath={filepath!r}"
+        ) from None
+    suffix = _SUFFIX[format]
+    if suffix is None:
+        from keras_norms import saved_model
+
+        return saved_model.check_target(filepath, overwrite)
+    if not filepath.endswith(suffix):
+        raise ValueError(
+            f"Argument `filepath` must end with {suffix!r} for "
+            f"format={format!r} (Keras' exporter requires it). "
+            f"Received: filepath={filepath!r}"
+        )
+    path = os.path.abspath(filepath)
+    _check_target(path, filepath, overwrite)
+    return path
+
+
+def _check_arguments(model, filepath, format, fold, overwrite, verify):
+    """The absolute target path, or a clear error for a bad argument."""
+    backend = keras.backend.backend()
+    _check_format_value(format, backend)
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"Argument `model` must be a keras.Model. Received: model={model!r}"
@@ -382,23 +436,9 @@ def _check_arguments(model, filepath, format, fold, overwrite, backend):
                 "Pass fold=False to export it as it is, or rebuild it as a "
                 "functional or Sequential model. Received: fold=True"
             )
-    try:
-        filepath = os.fspath(filepath)
-    except TypeError:
-        raise TypeError(
-            "Argument `filepath` must be a path (str or os.PathLike). "
-            f"Received: filepath={filepath!r}"
-        ) from None
-    suffix = _SUFFIX[format]
-    if suffix is not None and not filepath.endswith(suffix):
-        raise ValueError(
-            f"Argument `filepath` must end with {suffix!r} for "
-            f"format={format!r} (Keras' exporter requires it). "
-            f"Received: filepath={filepath!r}"
-        )
-    path = os.path.abspath(filepath)
-    if suffix is not None:
-        _check_target(path, filepath, overwrite)
+    path = check_filepath(filepath, format, overwrite)
+    if format != "tf_saved_model":
+        _require(format, backend, verify)
     return path
 
 

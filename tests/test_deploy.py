@@ -261,6 +261,83 @@ def test_torch_onnx_dynamic_batch(tmp_path):
 
 
 # ----------------------------------------------------------------------
+# FoldAndExport(format=...): the same export from `fit`
+# ----------------------------------------------------------------------
+def _first_file_format():
+    """A format this backend writes with what is installed here."""
+    for format in ("onnx", "torch", "litert", "openvino"):
+        if (format, BACKEND) not in deploy._REFUSED and not _missing(format):
+            return format
+    pytest.skip("no file format's exporter and runtime installed here")
+
+
+def _fit_with(model, callback, epochs=1):
+    model.compile("sgd", "mse")
+    rng = np.random.RandomState(0)
+    x = rng.randn(16, 8, 8, 3).astype("float32")
+    y = rng.randn(16, 3).astype("float32")
+    model.fit(
+        x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[callback]
+    )
+
+
+def test_fold_and_export_writes_a_verified_file(tmp_path):
+    format = _first_file_format()
+    target = tmp_path / f"best{SUFFIX[format]}"
+    callback = kn.FoldAndExport(
+        target, format=format, verbose=0, **_options(format)
+    )
+    _fit_with(_small_model(), callback)
+    assert callback.exported == [str(target)] and not callback.failed
+    assert os.listdir(tmp_path) == [target.name]
+
+
+def test_fold_and_export_mismatch_keeps_the_previous_file(
+    tmp_path, monkeypatch
+):
+    format = _first_file_format()
+    target = tmp_path / f"best{SUFFIX[format]}"
+    target.write_text("earlier export")
+    monkeypatch.setattr(deploy, "RTOL", -1.0)
+    callback = kn.FoldAndExport(
+        target, format=format, verbose=0, **_options(format)
+    )
+    with pytest.warns(UserWarning, match="differs from the model"):
+        _fit_with(_small_model(), callback)
+    assert target.read_text() == "earlier export"
+    assert callback.exported == [] and len(callback.failed) == 1
+    raising = kn.FoldAndExport(
+        target, format=format, on_mismatch="raise", **_options(format)
+    )
+    with pytest.raises(ValueError, match="differs from the model"):
+        _fit_with(_small_model(), raising)
+    assert target.read_text() == "earlier export"
+
+
+def test_fold_and_export_refuses_before_training(tmp_path):
+    with pytest.raises(ValueError, match="format='pb'"):
+        kn.FoldAndExport(tmp_path / "m.pb", format="pb")
+    for format in sorted({f for f, b in deploy._REFUSED if b == BACKEND}):
+        with pytest.raises(ValueError, match=f"{BACKEND} backend"):
+            kn.FoldAndExport(tmp_path / f"m{SUFFIX[format]}", format=format)
+    with pytest.raises(ValueError, match="`atol`.*Received: atol=0.1"):
+        kn.FoldAndExport(tmp_path / "m.onnx", format="onnx", atol=0.1)
+    with pytest.raises(TypeError, match="Received: batch_size=2"):
+        kn.FoldAndExport(tmp_path / "m", batch_size=2)
+    with pytest.raises(TypeError, match="sets `overwrite` itself"):
+        kn.FoldAndExport(tmp_path / "m.onnx", format="onnx", overwrite=False)
+    # A directory where the file goes: refused when training starts.
+    (tmp_path / "m.onnx").mkdir()
+    callback = kn.FoldAndExport(tmp_path / "m.onnx", format="onnx")
+    with pytest.raises(FileExistsError, match="is a directory"):
+        _fit_with(_small_model(), callback)
+    with pytest.raises(ValueError, match=r"end with '\.onnx'"):
+        _fit_with(
+            _small_model(), kn.FoldAndExport(tmp_path / "m", format="onnx")
+        )
+
+
+# ----------------------------------------------------------------------
 # The matrix: one public layer per model, every format, this backend
 # ----------------------------------------------------------------------
 def _conv(**kwargs):
