@@ -111,6 +111,51 @@ _REFUSED = {
 }
 
 
+def _odd_depth_radius_lrn(layer):
+    return (
+        type(layer).__name__ == "LocalResponseNormalization"
+        and layer.depth_radius % 2 == 1
+    )
+
+
+# Converter defects found by the export matrix (tests/test_deploy.py):
+# (format, backend, which layers, why, what to use instead). `export`
+# refuses such a model before writing anything; the check would catch the
+# wrong artifact anyway, but without saying why.
+_DEFECTS = (
+    (
+        "openvino",
+        "tensorflow",
+        _odd_depth_radius_lrn,
+        "OpenVINO's TensorFlow frontend (2026.4) converts tf.nn.lrn with an "
+        "odd depth_radius to an LRN over 2 * (depth_radius - 1) + 1 "
+        "channels instead of 2 * depth_radius + 1 (measured: max abs "
+        "difference 0.2-0.4 on unit-scale inputs; even radii convert "
+        "exactly).",
+        "Export format='onnx' and read the .onnx with OpenVINO "
+        "(openvino.Core().read_model('model.onnx')), or export from the "
+        "torch backend.",
+    ),
+)
+
+
+def _check_defects(model, format, backend):
+    """A ValueError naming the layer if a known converter defect hits it."""
+    from keras_norms import _compat
+
+    for defect_format, defect_backend, hit, why, instead in _DEFECTS:
+        if (format, backend) != (defect_format, defect_backend):
+            continue
+        for layer in _compat.flatten_layers(model):
+            if hit(layer):
+                raise ValueError(
+                    f"Cannot export layer '{layer.name}' "
+                    f"({type(layer).__name__}) as format={format!r} from "
+                    f"the {backend} backend: {why} {instead} "
+                    f"Received: format={format!r}"
+                )
+
+
 class DeployReport:
     """What `export` wrote and how close the artifact is to the model.
 
@@ -284,6 +329,7 @@ def export(
         return _export_saved_model(
             model, filepath, fold, sample, overwrite, **kwargs
         )
+    _check_defects(model, format, backend)
     exported = model
     if fold:
         from keras_norms.inference import optimize_for_inference
@@ -306,7 +352,8 @@ def export(
             _explain_export_error(e, format, backend, batch_size)
             raise
         if verify:
-            _verify(model, staged, format, sample, staging, report)
+            names = _input_names(exported)  # what the exporter kept
+            _verify(model, staged, format, sample, staging, report, names)
         _check_target(path, filepath, overwrite)  # again: it may have changed
         for name in _artifact_files(path):
             os.replace(os.path.join(staging, os.path.basename(name)), name)
@@ -521,7 +568,7 @@ def _require(format, backend, verify):
         )
 
 
-def _verify(model, staged, format, sample, staging, report):
+def _verify(model, staged, format, sample, staging, report, names):
     """Run `staged` in a fresh process with its runtime; fill `report`."""
     from keras_norms import inference
 
@@ -532,6 +579,8 @@ def _verify(model, staged, format, sample, staging, report):
     ]
     io = os.path.join(staging, "check")
     np.savez(io + "_in.npz", *inputs)
+    with open(io + "_names.json", "w") as f:
+        json.dump(names, f)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, format, staged, io],
@@ -586,6 +635,14 @@ def _verify(model, staged, format, sample, staging, report):
         )
 
 
+def _input_names(model):
+    """The model's input names, in its order (what exporters name them)."""
+    from keras_norms import _compat
+
+    specs = keras.tree.flatten(_compat.input_signature(model))
+    return [getattr(spec, "name", None) or "" for spec in specs]
+
+
 # The check's process: the runtime alone (no Keras, no keras_norms).
 # argv: format, artifact path, io prefix (reads <io>_in.npz, writes
 # <io>_out.npz and <io>_meta.json). A runtime whose artifact has a fixed
@@ -597,38 +654,51 @@ import numpy as np
 fmt, path, io = sys.argv[1:4]
 data = np.load(io + "_in.npz")
 xs = [data[f"arr_{i}"] for i in range(len(data.files))]
+with open(io + "_names.json") as f:
+    names = json.load(f)  # the model's input names, in its order
 static = None
+
+
+def in_artifact_order(xs, artifact_names):
+    # The artifact's inputs by name where it kept the model's names (the
+    # order of a signature need not be the model's), else by position.
+    if sorted(artifact_names) == sorted(names):
+        by_name = dict(zip(names, xs))
+        return [by_name[n] for n in artifact_names]
+    return xs
+
+
+def output_order(key):
+    digits = "".join(c for c in key if c.isdigit())
+    return (int(digits) if digits else 0, key)
+
 
 if fmt == "onnx":
     import onnxruntime as rt
     version = rt.__version__
     session = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
+    inputs = [i.name for i in session.get_inputs()]
     first = session.get_inputs()[0].shape[0]
     static = first if isinstance(first, int) else None
     def run(xs):
-        return session.run(None, dict(zip(names, xs)))
+        return session.run(None, dict(zip(inputs, in_artifact_order(xs, inputs))))
 elif fmt == "litert":
     import ai_edge_litert
     from ai_edge_litert.interpreter import Interpreter
     version = getattr(ai_edge_litert, "__version__", "")
     interpreter = Interpreter(model_path=path)
-    details = interpreter.get_input_details()
-    signature = details[0].get("shape_signature", details[0]["shape"])
-    static = None if signature[0] == -1 else int(signature[0])
-    allocated = [None]
+    # The serving signature, whose inputs and outputs are named (the
+    # interpreter's tensor lists need not be in the model's order).
+    key, signature = next(iter(interpreter.get_signature_list().items()))
+    runner = interpreter.get_signature_runner(key)
+    inputs = list(signature["inputs"])
+    outputs = sorted(signature["outputs"], key=output_order)
+    detail = runner.get_input_details()[inputs[0]]
+    first = detail.get("shape_signature", detail["shape"])[0]
+    static = None if first == -1 else int(first)
     def run(xs):
-        shapes = [tuple(x.shape) for x in xs]
-        if allocated[0] != shapes:
-            for d, x in zip(details, xs):
-                interpreter.resize_tensor_input(d["index"], x.shape)
-            interpreter.allocate_tensors()
-            allocated[0] = shapes
-        for d, x in zip(details, xs):
-            interpreter.set_tensor(d["index"], x)
-        interpreter.invoke()
-        return [interpreter.get_tensor(d["index"])
-                for d in interpreter.get_output_details()]
+        result = runner(**dict(zip(inputs, in_artifact_order(xs, inputs))))
+        return [result[name] for name in outputs]
 elif fmt == "openvino":
     import openvino as ov
     version = ov.__version__
@@ -640,8 +710,9 @@ elif fmt == "openvino":
     # processor has it.
     compiled = core.compile_model(
         ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    inputs = [i.get_any_name() for i in compiled.inputs]
     def run(xs):
-        result = compiled(xs)
+        result = compiled(in_artifact_order(xs, inputs))
         return [np.asarray(result[o]) for o in compiled.outputs]
 elif fmt == "torch":
     import torch

@@ -563,7 +563,15 @@ def load_and_run(filepath, inputs):
         result = signature(**{name: tf.constant(inputs[0], spec.dtype)})
         outputs = [result[k] for k in sorted(result, key=_output_index)]
     else:
-        result = loaded.serving_default(*[tf.constant(x) for x in inputs])
+        # The inputs in the structure the serving function takes (a
+        # functional model of several inputs: one list argument).
+        serve = loaded.serving_default
+        specs = tf.nest.flatten(serve.input_signature)
+        args = tf.nest.pack_sequence_as(
+            serve.input_signature,
+            [tf.constant(x, s.dtype) for x, s in zip(inputs, specs)],
+        )
+        result = serve(*args)
         outputs = tf.nest.flatten(result)
     graph_def = signature.graph.as_graph_def()
     library = {f.signature.name: f for f in graph_def.library.function}

@@ -344,39 +344,70 @@ def _conv(**kwargs):
     return keras.layers.Conv2D(4, 3, padding="valid", **kwargs)
 
 
+# Each public layer after a Conv2D (the wrappers around it; Normalization
+# before it), as one cell's layer. A two-input layer takes its second
+# input (a style image, a condition vector) from a second model input.
+_AFTER_CONV = {
+    "BatchNormalization": lambda: kn.BatchNormalization(),
+    "BatchNormalization(virtual_batch_size=2)": (
+        lambda: kn.BatchNormalization(virtual_batch_size=2)
+    ),
+    "SyncBatchNormalization": lambda: kn.SyncBatchNormalization(),
+    "LayerNormalization": lambda: kn.LayerNormalization(),
+    "InstanceNormalization": lambda: kn.InstanceNormalization(),
+    "GroupNormalization": lambda: kn.GroupNormalization(groups=2),
+    "BatchInstanceNormalization": lambda: kn.BatchInstanceNormalization(),
+    "SwitchableNormalization": lambda: kn.SwitchableNormalization(),
+    "RMSNormalization": lambda: kn.RMSNormalization(),
+    "FilterResponseNormalization": lambda: kn.FilterResponseNormalization(),
+    "EvoNormS0": lambda: kn.EvoNormS0(groups=2),
+    "EvoNormB0": lambda: kn.EvoNormB0(),
+    "LocalResponseNormalization": (
+        lambda: kn.LocalResponseNormalization(depth_radius=1)
+    ),
+    "Affine": lambda: kn.Affine(),
+}
+_WRAPPING_CONV = {
+    "WeightNormalization": kn.WeightNormalization,
+    "WeightStandardization": kn.WeightStandardization,
+}
+_TWO_INPUTS = {
+    "AdaptiveInstanceNormalization": (
+        (6, 6, 4),
+        lambda: kn.AdaptiveInstanceNormalization(),
+    ),
+    "ConditionalNormalization": (
+        (5,),
+        lambda: kn.ConditionalNormalization(
+            kn.LayerNormalization(center=False, scale=False)
+        ),
+    ),
+}
+MATRIX_LAYERS = (
+    tuple(_AFTER_CONV) + tuple(_WRAPPING_CONV) + tuple(_TWO_INPUTS)
+) + ("Normalization",)
+
+
 def _norm_model(name):
     """Input(6, 6, 3) -> a block around one layer -> pooled Dense(3)."""
-    inputs = keras.Input((6, 6, 3))
-    x = inputs
-    after = {
-        "BatchNormalization": lambda: kn.BatchNormalization(),
-        "SyncBatchNormalization": lambda: kn.SyncBatchNormalization(),
-        "LayerNormalization": lambda: kn.LayerNormalization(),
-        "InstanceNormalization": lambda: kn.InstanceNormalization(),
-        "GroupNormalization": lambda: kn.GroupNormalization(groups=2),
-        "BatchInstanceNormalization": lambda: kn.BatchInstanceNormalization(),
-        "SwitchableNormalization": lambda: kn.SwitchableNormalization(),
-        "RMSNormalization": lambda: kn.RMSNormalization(),
-        "FilterResponseNormalization": (
-            lambda: kn.FilterResponseNormalization()
-        ),
-        "Affine": lambda: kn.Affine(),
-    }
+    inputs = [keras.Input((6, 6, 3))]
+    x = inputs[0]
+    target = None
     if name == "Normalization":
         norm = keras.layers.Normalization()
         norm.adapt(np.random.RandomState(0).randn(32, 6, 6, 3) * 2 + 1)
         x = _conv()(norm(x))
-        target = None
-    elif name == "WeightNormalization":
-        target = kn.WeightNormalization(_conv())
+    elif name in _WRAPPING_CONV:
+        target = _WRAPPING_CONV[name](_conv())
         x = target(x)
-    elif name == "WeightStandardization":
-        target = kn.WeightStandardization(_conv())
-        x = target(x)
+    elif name in _TWO_INPUTS:
+        shape, make = _TWO_INPUTS[name]
+        inputs.append(keras.Input(shape))
+        target = make()
+        x = target([_conv()(x), inputs[1]])
     else:
-        x = _conv()(x)
-        target = after[name]()
-        x = target(x)
+        target = _AFTER_CONV[name]()
+        x = target(_conv()(x))
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(3)(x))
     if target is not None:
@@ -384,21 +415,15 @@ def _norm_model(name):
     return model
 
 
-MATRIX_LAYERS = (
-    "BatchNormalization",
-    "SyncBatchNormalization",
-    "LayerNormalization",
-    "InstanceNormalization",
-    "GroupNormalization",
-    "BatchInstanceNormalization",
-    "SwitchableNormalization",
-    "RMSNormalization",
-    "FilterResponseNormalization",
-    "WeightNormalization",
-    "WeightStandardization",
-    "Affine",
-    "Normalization",
-)
+def test_matrix_covers_every_public_layer():
+    public = {
+        name
+        for name in kn.__all__
+        if isinstance(getattr(kn, name), type)
+        and issubclass(getattr(kn, name), keras.layers.Layer)
+    }
+    covered = {name.split("(")[0] for name in MATRIX_LAYERS}
+    assert public <= covered, sorted(public - covered)
 
 
 @pytest.fixture(scope="module")
@@ -445,6 +470,9 @@ def test_matrix(tmp_path, matrix, layer, format):
                 format=format,
             )
         except ValueError as e:
+            if "Cannot export layer" in str(e):  # a known converter defect
+                matrix[key] = {"result": "refused", "why": str(e)[:300]}
+                return
             if "Pass batch_size=N" not in str(e):
                 raise
             # Refused with a dynamic batch, saying to fix the batch: the
