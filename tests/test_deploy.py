@@ -426,6 +426,28 @@ def test_matrix_covers_every_public_layer():
     assert public <= covered, sorted(public - covered)
 
 
+def _versions():
+    """The versions of Keras, the backends and the runtimes installed."""
+    from importlib import metadata
+
+    found = {}
+    for name in (
+        "keras",
+        "tensorflow-cpu",
+        "tensorflow",
+        "jax",
+        "torch",
+        "onnxruntime",
+        "ai-edge-litert",
+        "openvino",
+    ):
+        try:
+            found[name.replace("-cpu", "")] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 @pytest.fixture(scope="module")
 def matrix():
     cells = {}
@@ -440,6 +462,7 @@ def matrix():
         with open(path) as f:
             previous = json.load(f)
     previous.update(cells)
+    previous["_versions"] = _versions()
     with open(path, "w") as f:
         json.dump(previous, f, indent=1, sort_keys=True)
 
@@ -450,13 +473,13 @@ def matrix():
 def test_matrix(tmp_path, matrix, layer, format):
     key = f"{layer}|{BACKEND}|{format}"
     if (format, BACKEND) in deploy._REFUSED:
-        matrix[key] = {"result": "refused"}
-        with pytest.raises(ValueError, match="Received: format="):
+        with pytest.raises(ValueError, match="Received: format=") as refusal:
             deploy.export(
                 _norm_model(layer),
                 tmp_path / f"m{SUFFIX[format]}",
                 format=format,
             )
+        matrix[key] = {"result": "refused", "why": str(refusal.value)}
         return
     missing = _missing(format)
     if missing:
@@ -471,13 +494,13 @@ def test_matrix(tmp_path, matrix, layer, format):
             )
         except ValueError as e:
             if "Cannot export layer" in str(e):  # a known converter defect
-                matrix[key] = {"result": "refused", "why": str(e)[:300]}
+                matrix[key] = {"result": "refused", "why": str(e)}
                 return
             if "Pass batch_size=N" not in str(e):
                 raise
             # Refused with a dynamic batch, saying to fix the batch: the
             # cell records that, and whether the static batch verifies.
-            matrix[key] = {"result": "refused", "why": str(e)[:300]}
+            matrix[key] = {"result": "refused", "why": str(e)}
             key = f"{key}[batch_size=4]"
             report = deploy.export(
                 _norm_model(layer),
