@@ -190,6 +190,8 @@ def _usable(format):
             f"refused on {BACKEND}: {deploy._REFUSED[(format, BACKEND)]}"
         )
     missing = _missing(format)
+    if missing == "litert_torch":
+        pytest.skip("litert_torch is not installed (it needs torch<2.10)")
     if missing:
         pytest.skip(
             f"{missing} is not installed (pip install "
