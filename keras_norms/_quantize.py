@@ -39,16 +39,19 @@ _CALIBRATION_BATCH = 20
 # from rows not used for calibration when there are enough).
 CHECK_SAMPLES = 64
 
-# The check's tolerance per mode, as (factor, description). int8: the
-# worst measured max |int8 - model| was 0.057 of the output range (the
-# digits CNN after one epoch, 450 test images; 0.031 after three
-# epochs); one conv layer with each keras_norms layer after it, 0.055
-# (WeightStandardization); a wrong graph, 0.3 to 1. float16: measured
-# 6.3e-4 * max|output| at worst.
+# The check's tolerances, measured (docs/guide/export.md). int8, as
+# fractions of the model's output range (max - min): the max |int8 -
+# model| reached 0.096 on one of 450 test images (the demo's digits CNN
+# after one epoch) and 0.097 for a Conv2D + WeightStandardization net
+# (tests/test_deploy.py's matrix models); the mean, 0.0017 and 0.010
+# (GroupNormalization) at worst, against 0.19 for a model with its
+# classifier rows permuted. The max tolerance bounds every output; the
+# mean one is the sharp test. float16: max 6.4e-4 * max|output|.
 TOLERANCE = {
-    "int8": (0.1, "int8: 0.1 * (max - min of the model's output)"),
+    "int8": (0.25, "int8: max <= 0.25 and mean <= 0.03 of max - min output"),
     "float16": (5e-3, "float16: 5e-3 * max(1, max|output|)"),
 }
+MEAN_TOLERANCE = 0.03
 _HINT = {
     "int8": (
         "int8 quantization changed the outputs too much (a model whose "
@@ -197,13 +200,31 @@ def converter_options(quantize, data, batch_size):
 
 
 def tolerance(expected, quantize):
-    """The check's tolerance for one output of the model (see TOLERANCE)."""
+    """The check's max tolerance for one output of the model."""
     factor = TOLERANCE[quantize][0]
-    peak = float(np.max(np.abs(expected), initial=0.0))
     if quantize == "int8":
-        spread = float(np.ptp(expected)) if expected.size else 0.0
-        return factor * (spread or max(1.0, peak))
-    return factor * max(1.0, peak)
+        return factor * _spread(expected)
+    return factor * max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+
+
+def _spread(expected):
+    """`max - min` of an output (`max(1, max|output|)` if constant)."""
+    spread = float(np.ptp(expected)) if expected.size else 0.0
+    return spread or max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+
+
+def mean_difference(got, expected):
+    """`(mean |got - expected|, its tolerance)`, the worst output's."""
+    worst = (0.0, 0.0)
+    for g, e in zip(got, expected):
+        g, e = np.asarray(g, np.float64), np.asarray(e, np.float64)
+        mean = float(np.mean(np.abs(g - e))) if e.size else 0.0
+        if not np.all(np.isfinite(g)):
+            mean = float("inf")
+        tol = MEAN_TOLERANCE * _spread(e)
+        if mean - tol > worst[0] - worst[1] or worst == (0.0, 0.0):
+            worst = (mean, tol)
+    return worst
 
 
 def rule(quantize):

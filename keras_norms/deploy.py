@@ -117,14 +117,18 @@ class DeployReport:
         runtime: The runtime the check loaded it with, and its version.
         max_abs_difference: `max |artifact - model|` over the outputs on
             the sample batch (`None` when `verify=False`).
-        tolerance: `RTOL * max(1, max |model output|)` (`None` when
-            `verify=False`).
+        tolerance: `RTOL * max(1, max |model output|)`, or the quantized
+            rule's (`None` when `verify=False`).
         static_batch: The batch size the artifact is fixed to, or `None`
             if it takes any batch (the check then ran one batch;
             otherwise one call per sample).
         folded: Whether the model was put in its inference form first.
         rule: How `tolerance` was computed from the model's outputs.
         quantize: `None`, or the quantization (`"int8"`, `"float16"`).
+        mean_abs_difference: For `quantize="int8"`, `mean |artifact -
+            model|` (the output where it is largest against its
+            tolerance), else `None`.
+        mean_tolerance: Its tolerance (see `rule`), else `None`.
     """
 
     def __init__(
@@ -138,6 +142,8 @@ class DeployReport:
         folded=True,
         rule=f"{RTOL:g} * max(1, max|output|)",
         quantize=None,
+        mean_abs_difference=None,
+        mean_tolerance=None,
     ):
         self.format = format
         self.path = path
@@ -148,6 +154,8 @@ class DeployReport:
         self.folded = folded
         self.rule = rule
         self.quantize = quantize
+        self.mean_abs_difference = mean_abs_difference
+        self.mean_tolerance = mean_tolerance
 
     @property
     def verified(self):
@@ -160,10 +168,16 @@ class DeployReport:
         what = self.format + (f" ({self.quantize})" if self.quantize else "")
         if not self.verified:
             return f"Exported {what} to {self.path} (not verified)."
+        mean = ""
+        if self.mean_abs_difference is not None:
+            mean = (
+                f", mean abs difference {self.mean_abs_difference:.3g} <= "
+                f"{self.mean_tolerance:.3g}"
+            )
         return (
             f"Exported {what} to {self.path}; {self.runtime} matches "
             f"the model: max abs difference {self.max_abs_difference:.3g} <= "
-            f"tolerance {self.tolerance:.3g} ({self.rule})."
+            f"tolerance {self.tolerance:.3g}{mean} ({self.rule})."
         )
 
     def __repr__(self):
@@ -218,12 +232,16 @@ def export(
     so the artifact is called like the float one. `quantize="float16"`
     stores the weights in float16. A quantized artifact is checked (by
     default on up to 64 other rows of `representative_data`) with a
-    looser rule, stated in the report: for int8,
+    looser rule, stated in the report: for int8, with `range` the max -
+    min of the model's output on the sample,
 
-        max |artifact - model| <= 0.1 * (max - min of the model's output)
+        max |artifact - model| <= 0.25 * range
+        mean |artifact - model| <= 0.03 * range
 
-    (measured at most 0.057 on small conv nets; a wrong graph or wrong
-    weights cost 0.3 to 1), for float16 `5e-3 * max(1, max|model|)`.
+    (measured on small conv nets: max up to 0.097 * range, mean up to
+    0.010 * range; a model with its classifier rows permuted, mean 0.19 *
+    range), for float16 `max |artifact - model| <= 5e-3 * max(1,
+    max|model|)`.
 
     Args:
         model: A built `keras.Model` (functional or Sequential for
@@ -603,11 +621,18 @@ def _verify(model, staged, format, sample, staging, report):
             worst, tolerance = diff, tol
     report.max_abs_difference = worst
     report.tolerance = tolerance
-    if not worst <= tolerance:
+    figures = f"max abs difference {worst:.3g}, tolerance {tolerance:.3g}"
+    ok = worst <= tolerance
+    if report.quantize == "int8":
+        mean, mean_tolerance = _quantize.mean_difference(got, expected)
+        report.mean_abs_difference = mean
+        report.mean_tolerance = mean_tolerance
+        figures += f"; mean {mean:.3g}, tolerance {mean_tolerance:.3g}"
+        ok = ok and mean <= mean_tolerance
+    if not ok:
         raise inference.OutputMismatchError(
             f"The {format} export, run by {report.runtime}, differs from "
-            f"the model on the sample batch: max abs difference {worst:.3g} "
-            f"> tolerance {tolerance:.3g} ({report.rule}). "
+            f"the model on the sample batch: {figures} ({report.rule}). "
             f"Nothing was written to {report.path!r} (an earlier file there "
             "is unchanged). "
             + (

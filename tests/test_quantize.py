@@ -193,6 +193,8 @@ def test_int8_artifact(tmp_path, digits):
     assert report.verified and report.quantize == "int8"
     assert report.rule == _quantize.rule("int8") and "int8" in str(report)
     assert 0 < report.max_abs_difference <= report.tolerance
+    assert 0 < report.mean_abs_difference <= report.mean_tolerance
+    assert report.mean_tolerance < report.tolerance
     assert sorted(os.listdir(tmp_path)) == ["f.tflite", "q.tflite"]
 
     interpreter = _interpreter(int8_path)
@@ -226,6 +228,8 @@ def test_int8_artifact(tmp_path, digits):
     got = _predict(int8_path, x_test)
     difference = np.abs(got - expected).max()
     assert difference <= _quantize.tolerance(expected, "int8")
+    mean, mean_tolerance = _quantize.mean_difference([got], [expected])
+    assert 0 < mean <= mean_tolerance
     float_accuracy = np.mean(expected.argmax(-1) == y_test)
     int8_accuracy = np.mean(got.argmax(-1) == y_test)
     assert float_accuracy > 0.8
@@ -269,7 +273,9 @@ def test_wrong_int8_artifact_is_refused(tmp_path, digits, monkeypatch):
         return folded
 
     monkeypatch.setattr(inference, "optimize_for_inference", wrong)
-    with pytest.raises(ValueError, match="differs from the model.*int8: 0.1"):
+    with pytest.raises(
+        ValueError, match="differs from the model.*int8: max <= 0.25"
+    ):
         _export(
             model,
             target,
@@ -279,3 +285,19 @@ def test_wrong_int8_artifact_is_refused(tmp_path, digits, monkeypatch):
         )
     assert target.read_text() == "earlier export"
     assert os.listdir(tmp_path) == ["q.tflite"]
+
+
+@tf_only
+def test_mean_rule_is_enforced(tmp_path, digits, monkeypatch):
+    # A mean tolerance nothing passes: the max rule alone does not let
+    # the artifact through.
+    model, x_train, *_ = digits
+    monkeypatch.setattr(_quantize, "MEAN_TOLERANCE", -1.0)
+    with pytest.raises(ValueError, match="differs.*; mean .*, tolerance -"):
+        _export(
+            model,
+            tmp_path / "q.tflite",
+            quantize="int8",
+            representative_data=x_train,
+        )
+    assert not os.listdir(tmp_path)
