@@ -22,6 +22,10 @@ check loads the artifact with):
 | `openvino`       | tensorflow, torch     | openvino                        | openvino (`Core`, CPU)    |
 | `torch`          | torch                 | torch (`torch.export`)          | `torch.export.load`       |
 
+`format="litert"` also takes `quantize="int8"` (full-integer
+post-training quantization, calibrated on `representative_data`) or
+`"float16"`, from the TensorFlow backend (`keras_norms._quantize`).
+
 Keras itself refuses `litert` on JAX and `torch` off the torch backend,
 and OpenVINO cannot convert a JAX model (jax2tf leaves one XlaCallModule
 op); `export` says so before writing anything, with what to use instead.
@@ -264,7 +268,7 @@ def export(
         quantize: `None` (float32), `"int8"` (full-integer post-training
             quantization, float32 inputs and outputs) or `"float16"`
             (float16 weights); `format="litert"` on the TensorFlow
-            backend only, for a model with one input.
+            backend only (int8: for a model with one input).
         representative_data: For `quantize="int8"` (and only then): an
             array of input rows like the training data, e.g. a few
             hundred training rows (never test rows); up to 200 of them,
