@@ -290,7 +290,8 @@ def local_response_norm(
     slower, on 16x32x32x64 and 64x128x96); for channels-last inputs
     without a gradient (inference) the `keras.ops` path measured 1.75x
     slower than it on 32x32x32x64, so it runs there (a channels-first
-    view, no copy). With a gradient to record, the `keras.ops` path.
+    view, no copy). With a gradient to record, or while TorchScript
+    traces, the `keras.ops` path.
     """
     if not _state["enabled"]:
         return None
@@ -306,8 +307,12 @@ def local_response_norm(
     import torch
     import torch.nn.functional as F
 
-    if channel_axis % x.ndim != x.ndim - 1 or (
-        torch.is_grad_enabled() and x.requires_grad
+    if (
+        channel_axis % x.ndim != x.ndim - 1
+        or (torch.is_grad_enabled() and x.requires_grad)
+        # TorchScript tracing (OpenVINO's converter) checks its trace
+        # against a second one: one graph whatever the gradient mode.
+        or torch.jit.is_tracing()
     ):
         return None
     size = 2 * depth_radius + 1

@@ -1,0 +1,254 @@
+"""Post-training quantization for `keras_norms.deploy.export` (LiteRT).
+
+`export(..., format="litert", quantize="int8", representative_data=x)`
+converts the (folded) model with TensorFlow's LiteRT converter, through
+Keras' own LiteRT exporter, which passes converter attributes on:
+
+- `quantize="int8"`: full-integer post-training quantization
+  (`optimizations=[tf.lite.Optimize.DEFAULT]`, a `representative_dataset`
+  of up to `CALIBRATION_SAMPLES` rows of `representative_data`, and
+  `supported_ops=[TFLITE_BUILTINS_INT8]`, so conversion fails rather than
+  leave an op in float). Weights and activations are int8 inside; the
+  model's inputs and outputs stay float32 (the converter adds a quantize
+  op after the input and a dequantize op before the output), so the
+  artifact is called exactly like the float one.
+- `quantize="float16"`: weights stored as float16 (half the file),
+  computed in float32.
+
+A quantized artifact cannot match the model to float rounding, so it is
+checked against a looser, stated tolerance (`TOLERANCE`), measured on
+conv nets (see `docs/guide/export.md`) and still far below what a wrong
+graph or wrong weights cost.
+"""
+
+import contextlib
+import os
+import sys
+import tempfile
+
+import keras
+import numpy as np
+
+MODES = ("int8", "float16")
+# At most this many rows of `representative_data` calibrate the int8
+# ranges (the converter records each tensor's min and max over them),
+# in batches of `_CALIBRATION_BATCH` (or the export's static batch).
+CALIBRATION_SAMPLES = 200
+_CALIBRATION_BATCH = 20
+# Rows of `representative_data` the check runs when `sample=None` (taken
+# from rows not used for calibration when there are enough).
+CHECK_SAMPLES = 64
+
+# The check's tolerances, measured (docs/guide/export.md). int8, as
+# fractions of the model's output range (max - min): the max |int8 -
+# model| reached 0.096 on one of 450 test images (the demo's digits CNN
+# after one epoch) and 0.097 for a Conv2D + WeightStandardization net
+# (tests/test_deploy.py's matrix models); the mean, 0.0017 and 0.010
+# (GroupNormalization) at worst, against 0.19 for a model with its
+# classifier rows permuted. The max tolerance bounds every output; the
+# mean one is the sharp test. float16: max 6.4e-4 * max|output|.
+TOLERANCE = {
+    "int8": (0.25, "int8: max <= 0.25 and mean <= 0.03 of max - min output"),
+    "float16": (5e-3, "float16: 5e-3 * max(1, max|output|)"),
+}
+MEAN_TOLERANCE = 0.03
+_HINT = {
+    "int8": (
+        "int8 quantization changed the outputs too much (a model whose "
+        "normalization layers compute statistics at run time, e.g. several "
+        "stacked LayerNormalization / GroupNormalization / "
+        "InstanceNormalization, can lose them in int8). Use "
+        "quantize='float16', or pass verify=False to keep it anyway."
+    ),
+    "float16": "Pass verify=False to keep it anyway.",
+}
+
+
+def check_arguments(model, format, quantize, data, kwargs, backend):
+    """Clear errors for bad quantization arguments, before any writing.
+
+    Returns `data` as a float array (or `None`).
+    """
+    if quantize is None:
+        if data is not None:
+            raise ValueError(
+                "Argument `representative_data` is only used with "
+                "quantize='int8'. Received: quantize=None"
+            )
+        return None
+    if quantize not in MODES:
+        raise ValueError(
+            f"Argument `quantize` must be None or one of {list(MODES)}. "
+            f"Received: quantize={quantize!r}"
+        )
+    if format != "litert":
+        raise ValueError(
+            "Argument `quantize` needs format='litert' (TensorFlow's LiteRT "
+            "converter quantizes; for the other formats use their own "
+            f"tools). Received: quantize={quantize!r}, format={format!r}"
+        )
+    clash = sorted({"optimizations", "representative_dataset"} & set(kwargs))
+    if clash:
+        raise ValueError(
+            f"Pass either `quantize` or the converter option(s) {clash}, not "
+            f"both. Received: quantize={quantize!r}"
+        )
+    if quantize == "float16":
+        if data is not None:
+            raise ValueError(
+                "Argument `representative_data` is only used with "
+                "quantize='int8' (float16 needs no calibration). "
+                "Received: quantize='float16'"
+            )
+    elif data is None:
+        raise ValueError(
+            "quantize='int8' needs `representative_data`: an array of input "
+            "rows like the training data (a few hundred training rows; "
+            "the int8 ranges are calibrated on them). "
+            "Received: representative_data=None"
+        )
+    elif isinstance(model, keras.Model) and model.built:
+        data = _check_data(model, data)
+    if backend != "tensorflow":
+        raise ValueError(
+            f"quantize={quantize!r} runs TensorFlow's LiteRT converter, so "
+            f"it exports from the TensorFlow backend only, not {backend}. "
+            "Save the model as .keras and export it under "
+            "KERAS_BACKEND=tensorflow (keras_norms layers are registered). "
+            f"Received: quantize={quantize!r}"
+        )
+    return data
+
+
+def _check_data(model, data):
+    """`data` as a float32 array shaped like the model's one input."""
+    from keras_norms import _compat
+
+    specs = keras.tree.flatten(_compat.input_signature(model))
+    if len(specs) != 1:
+        raise ValueError(
+            "quantize='int8' supports models with one input; model "
+            f"'{model.name}' has {len(specs)}. Received: "
+            f"representative_data of type {type(data).__name__}"
+        )
+    try:
+        array = np.asarray(data, dtype="float32")
+    except (TypeError, ValueError):
+        raise TypeError(
+            "Argument `representative_data` must be an array of input rows. "
+            f"Received: representative_data of type {type(data).__name__}"
+        ) from None
+    expected = tuple(specs[0].shape)
+    fits = array.ndim == len(expected) and all(
+        d is None or d == n for d, n in zip(expected[1:], array.shape[1:])
+    )
+    if not fits or len(array) == 0:
+        raise ValueError(
+            "Argument `representative_data` must be a non-empty batch of "
+            f"the model's input, shape {expected} (None: any size). "
+            f"Received: representative_data of shape {array.shape}"
+        )
+    return array
+
+
+def _rows(data):
+    """The calibration rows and the check rows of `data` (seeded)."""
+    order = np.random.RandomState(0).permutation(len(data))
+    calibration = order[:CALIBRATION_SAMPLES]
+    rest = order[CALIBRATION_SAMPLES:]
+    check = rest[:CHECK_SAMPLES] if len(rest) else order[:CHECK_SAMPLES]
+    return data[calibration], data[check]
+
+
+def _whole_batches(x, batch):
+    """`x`, rows repeated up to a multiple of `batch`."""
+    n = -(-len(x) // batch) * batch
+    return np.resize(x, (n,) + x.shape[1:])
+
+
+def check_sample(data, batch_size):
+    """The default check batch: rows of `data` not used for calibration."""
+    sample = _rows(data)[1]
+    return _whole_batches(sample, batch_size) if batch_size else sample
+
+
+def converter_options(quantize, data, batch_size):
+    """The `tf.lite.TFLiteConverter` attributes for `quantize`.
+
+    Keras' LiteRT exporter sets them on its converter (`model.export(...,
+    format="litert", **options)`).
+    """
+    import tensorflow as tf
+
+    if quantize == "float16":
+        return {
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+            "target_spec": {"supported_types": [tf.float16]},
+        }
+    batch = batch_size or _CALIBRATION_BATCH
+    rows = _whole_batches(_rows(data)[0], batch)
+
+    def representative_dataset():
+        for start in range(0, len(rows), batch):
+            yield [rows[start : start + batch]]
+
+    return {
+        "optimizations": [tf.lite.Optimize.DEFAULT],
+        "representative_dataset": representative_dataset,
+        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+    }
+
+
+def tolerance(expected, quantize):
+    """The check's max tolerance for one output of the model."""
+    factor = TOLERANCE[quantize][0]
+    if quantize == "int8":
+        return factor * _spread(expected)
+    return factor * max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+
+
+def _spread(expected):
+    """`max - min` of an output (`max(1, max|output|)` if constant)."""
+    spread = float(np.ptp(expected)) if expected.size else 0.0
+    return spread or max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+
+
+def mean_difference(got, expected):
+    """`(mean |got - expected|, its tolerance)`, the worst output's."""
+    worst = (0.0, 0.0)
+    for g, e in zip(got, expected):
+        g, e = np.asarray(g, np.float64), np.asarray(e, np.float64)
+        mean = float(np.mean(np.abs(g - e))) if e.size else 0.0
+        if not np.all(np.isfinite(g)):
+            mean = float("inf")
+        tol = MEAN_TOLERANCE * _spread(e)
+        if mean - tol > worst[0] - worst[1] or worst == (0.0, 0.0):
+            worst = (mean, tol)
+    return worst
+
+
+def rule(quantize):
+    return TOLERANCE[quantize][1]
+
+
+def hint(quantize):
+    return _HINT[quantize]
+
+
+@contextlib.contextmanager
+def quiet_converter():
+    """Silence the converter's C++ stderr lines; replay them on an error."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-5000:])
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
