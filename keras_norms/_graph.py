@@ -79,14 +79,15 @@ def is_batch_norm_like(layer):
     """Whether `layer` keeps moving batch statistics that training updates.
 
     A BatchNormalization (see `BATCH_NORM_CLASSES`), or any layer with
-    `moving_mean`, `moving_variance` and `momentum` attributes (the batch
-    part of BatchInstance and Switchable normalization).
+    `moving_variance` and `momentum` attributes, with or without a
+    `moving_mean` (the batch part of BatchInstance and Switchable
+    normalization; `EvoNormB0`, which keeps no mean). Only precise
+    statistics (`keras_norms.precise`) use it; folding asks
+    `is_batch_normalization`.
     """
     if isinstance(layer, BATCH_NORM_CLASSES):
         return True
-    return all(
-        hasattr(layer, name) for name in ("moving_mean", "moving_variance")
-    ) and hasattr(layer, "momentum")
+    return hasattr(layer, "moving_variance") and hasattr(layer, "momentum")
 
 
 def channel_axis(layer):

@@ -55,7 +55,9 @@ __all__ = [
 # `recompute_batch_norm_statistics` too (models with synchronized layers).
 DISTRIBUTED_JOIN_TIMEOUT = 60.0
 
-_STAT_NAMES = ("moving_mean", "moving_variance")
+# The moving statistics a layer may keep, each with the finite value a
+# pass starts from (`moving * 0` must not be NaN).
+_START_VALUES = {"moving_mean": 0.0, "moving_variance": 1.0}
 
 
 # ----------------------------------------------------------------------
@@ -68,15 +70,28 @@ def _is_frozen(layer):
     )
 
 
+def _moving_statistics(layer):
+    """The names of the moving statistics `layer` keeps, in order.
+
+    `("moving_mean", "moving_variance")` for a BatchNormalization,
+    `("moving_variance",)` for a layer without a moving mean
+    (`EvoNormB0`), `()` for a layer without any (or not built).
+    """
+    return tuple(
+        name for name in _START_VALUES if getattr(layer, name, None) is not None
+    )
+
+
 def batch_norm_layers(model):
     """Every built BatchNormalization-like layer in `model`, nested included.
 
     BatchNormalization-like: `keras.layers.BatchNormalization`,
     `keras_norms.BatchNormalization` and its subclasses
-    (`SyncBatchNormalization`), and any layer with `moving_mean`,
-    `moving_variance` and `momentum` attributes (the batch part of
-    `BatchInstanceNormalization` and `SwitchableNormalization`). A layer
-    shared by several parts of the model appears once.
+    (`SyncBatchNormalization`), and any layer with `moving_variance` and
+    `momentum` attributes, with or without a `moving_mean` (the batch part
+    of `BatchInstanceNormalization` and `SwitchableNormalization`;
+    `EvoNormB0`, which keeps a moving variance only). A layer shared by
+    several parts of the model appears once.
 
     Args:
         model: A Keras model or layer.
@@ -89,7 +104,7 @@ def batch_norm_layers(model):
     for layer in _compat.flatten_layers(model):
         if not _graph.is_batch_norm_like(layer):
             continue
-        if getattr(layer, "moving_mean", None) is None:
+        if "moving_variance" not in _moving_statistics(layer):
             continue  # not built
         found.append(layer)
     return found
@@ -259,7 +274,8 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
     """Compute the precise statistics; every variable is left as it was.
 
     Returns `(layers, skipped, stats, num_batches, num_samples)` where
-    `stats[i] = (mean, variance)` (float64) for `layers[i]`.
+    `stats[i]` maps each of `_moving_statistics(layers[i])` to its precise
+    value (float64), or is `None` (non-finite).
     """
     steps = _validation.check_positive_int("steps", steps, allow_none=True)
     batch_size = _validation.check_positive_int(
@@ -307,7 +323,10 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
     variables = _forward_state(model)
     snapshot = [_numpy(v) for v in variables]
     sums = [
-        [np.zeros(layer.moving_mean.shape, np.float64) for _ in _STAT_NAMES]
+        {
+            name: np.zeros(getattr(layer, name).shape, np.float64)
+            for name in _moving_statistics(layer)
+        }
         for layer in layers
     ]
     progbar = keras.utils.Progbar(total, verbose=verbose) if verbose else None
@@ -318,34 +337,22 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
             # With momentum 0 the update `moving * 0 + batch * 1` is the
             # batch statistic exactly, provided `moving` is finite.
             for layer in layers:
-                layer.moving_mean.assign(
-                    np.zeros(layer.moving_mean.shape, "float32")
-                )
-                layer.moving_variance.assign(
-                    np.ones(layer.moving_variance.shape, "float32")
-                )
+                _reset(layer)
             batch = first
             while batch is not None:
                 n = _num_samples(batch)
                 if n > 0:
                     model(_to_tensors(batch), training=True)
                     for k, (acc, layer) in enumerate(zip(sums, layers)):
-                        values = [
-                            _numpy(getattr(layer, name)).astype(np.float64)
-                            for name in _STAT_NAMES
-                        ]
-                        for i, value in enumerate(values):
-                            acc[i] += n * value
-                        if all(np.all(np.isfinite(v)) for v in values):
+                        finite = True
+                        for name in acc:
+                            value = _numpy(getattr(layer, name))
+                            acc[name] += n * value.astype(np.float64)
+                            finite = finite and np.all(np.isfinite(value))
+                        if finite:
                             continue
                         rejected.setdefault(k, (num_batches, num_samples, n))
-                        # Reset: NaN * momentum 0 would stay NaN.
-                        layer.moving_mean.assign(
-                            np.zeros(layer.moving_mean.shape, "float32")
-                        )
-                        layer.moving_variance.assign(
-                            np.ones(layer.moving_variance.shape, "float32")
-                        )
+                        _reset(layer)  # NaN * momentum 0 would stay NaN
                     num_batches += 1
                     num_samples += n
                     if progbar is not None:
@@ -362,11 +369,20 @@ def _precise_statistics(model, x, batch_size, steps, verbose, include_frozen):
     if progbar is not None and total is None:
         progbar.update(num_batches, finalize=True)
     stats = [
-        None if k in rejected else tuple(s / num_samples for s in acc)
+        None
+        if k in rejected
+        else {name: s / num_samples for name, s in acc.items()}
         for k, acc in enumerate(sums)
     ]
     _warn_non_finite(layers, rejected)
     return layers, skipped, stats, num_batches, num_samples
+
+
+def _reset(layer):
+    """Set the layer's moving statistics to their finite start values."""
+    for name in _moving_statistics(layer):
+        var = getattr(layer, name)
+        var.assign(np.full(var.shape, _START_VALUES[name], "float32"))
 
 
 def _warn_non_finite(layers, rejected):
@@ -430,6 +446,8 @@ def recompute_batch_norm_statistics(
 
     the batch means and biased batch variances averaged over the batches,
     each weighted by its number of samples `n_b` (accumulated in float64).
+    A layer without a moving mean (`EvoNormB0`, which subtracts none) gets
+    its moving variance only.
     Like fvcore's `update_bn_stats`, the variance is the average of the
     batch variances (what each layer normalized with in training), not the
     variance of the whole data set.
@@ -473,7 +491,8 @@ def recompute_batch_norm_statistics(
     process computes the statistics of its own data.
 
     Args:
-        model: A Keras model (or layer) holding BatchNormalization layers.
+        model: A Keras model (or layer) holding BatchNormalization-like
+            layers (see `batch_norm_layers`; `EvoNormB0` included).
         x: Input data, as `model.predict` takes it: a NumPy array (or a
             list/dict of arrays), a `tf.data.Dataset`, a
             `keras.utils.PyDataset`, a generator of batches, or a torch
@@ -489,7 +508,8 @@ def recompute_batch_norm_statistics(
     Returns:
         A dict: `"num_batches"` and `"num_samples"` used, `"layers"` (the
         new statistics, `{layer name: {"moving_mean": array,
-        "moving_variance": array}}`), `"skipped"` (names of frozen
+        "moving_variance": array}}`, without `"moving_mean"` for a layer
+        that keeps none, such as `EvoNormB0`), `"skipped"` (names of frozen
         layers left alone) and `"rejected"` (names of layers whose batch
         statistics were not finite, left alone; see below).
 
@@ -547,13 +567,12 @@ def recompute_batch_norm_statistics(
         if layer_stats is None:  # non-finite: kept, warned about
             result["rejected"].append(key)
             continue
-        mean, variance = layer_stats
-        for name, value in zip(_STAT_NAMES, (mean, variance)):
+        for name, value in layer_stats.items():
             var = getattr(layer, name)
             var.assign(value.astype(var.dtype))
         result["layers"][key] = {
-            "moving_mean": mean.astype(np.float32),
-            "moving_variance": variance.astype(np.float32),
+            name: value.astype(np.float32)
+            for name, value in layer_stats.items()
         }
     return result
 
@@ -585,10 +604,14 @@ def batch_norm_statistics_report(
     - `stale`: `mean_shift > mean_threshold` or
       `variance_log_ratio > variance_threshold`.
 
+    A layer without a moving mean (`EvoNormB0`) has `mean_shift=None`
+    (`-` in the table) and is stale on its variance alone.
+
     Prints a table (as `model.summary`) and returns it as a dict.
 
     Args:
-        model: A Keras model holding BatchNormalization layers.
+        model: A Keras model holding BatchNormalization-like layers
+            (see `batch_norm_layers`).
         x: Input data, as `recompute_batch_norm_statistics` takes it.
         batch_size: Batch size for array inputs (default 32).
         steps: Largest number of batches to use.
@@ -601,8 +624,11 @@ def batch_norm_statistics_report(
             `print_fn=False` prints nothing.
 
     Returns:
-        `{layer name: {"mean_shift": float, "variance_log_ratio": float,
-        "stale": bool}}`, in model order.
+        `{layer name: {"mean_shift": float or None, "variance_log_ratio":
+        float, "stale": bool}}`, in model order; `mean_shift` is `None` for
+        a layer without a moving mean (`EvoNormB0`). Frozen layers (unless
+        `include_frozen`) and layers with non-finite batch statistics are
+        left out.
 
     Examples:
         >>> bn = kn.BatchNormalization(name="bn")
@@ -637,24 +663,13 @@ def batch_norm_statistics_report(
     for key, layer, layer_stats in zip(_layer_keys(layers), layers, stats):
         if layer_stats is None:  # non-finite: warned about, not reported
             continue
-        mean, variance = layer_stats
-        eps = float(getattr(layer, "epsilon", 0.0))
-        moving_mean = _numpy(layer.moving_mean).astype(np.float64)
-        moving_var = _numpy(layer.moving_variance).astype(np.float64)
-        shift = np.abs(moving_mean - mean) / np.sqrt(
-            np.maximum(variance, 0) + eps
-        )
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.abs(
-                np.log((np.maximum(moving_var, 0) + eps) / (variance + eps))
-            )
-        mean_shift = float(np.nan_to_num(np.max(shift), nan=np.inf))
-        log_ratio = float(np.nan_to_num(np.max(ratio), nan=np.inf))
+        mean_shift, log_ratio = _errors(layer, layer_stats)
         report[key] = {
             "mean_shift": mean_shift,
             "variance_log_ratio": log_ratio,
             "stale": bool(
-                mean_shift > mean_threshold or log_ratio > variance_threshold
+                (mean_shift is not None and mean_shift > mean_threshold)
+                or log_ratio > variance_threshold
             ),
         }
     if print_fn is not False:
@@ -664,13 +679,36 @@ def batch_norm_statistics_report(
     return report
 
 
+def _errors(layer, stats):
+    """`(mean_shift, variance_log_ratio)` of the layer's moving statistics
+    against the precise `stats`; `mean_shift` is `None` without a mean."""
+    eps = float(getattr(layer, "epsilon", 0.0))
+    variance = stats["moving_variance"]
+    moving_var = _numpy(layer.moving_variance).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.abs(
+            np.log((np.maximum(moving_var, 0) + eps) / (variance + eps))
+        )
+    log_ratio = float(np.nan_to_num(np.max(ratio), nan=np.inf))
+    if "moving_mean" not in stats:
+        return None, log_ratio
+    moving_mean = _numpy(layer.moving_mean).astype(np.float64)
+    shift = np.abs(moving_mean - stats["moving_mean"]) / np.sqrt(
+        np.maximum(variance, 0) + eps
+    )
+    return float(np.nan_to_num(np.max(shift), nan=np.inf)), log_ratio
+
+
 def format_report(report, mean_threshold=0.1, variance_threshold=0.1):
-    """The report of `batch_norm_statistics_report` as a text table."""
+    """The report of `batch_norm_statistics_report` as a text table.
+
+    A layer without a moving mean (`mean_shift` `None`) shows `-` for it.
+    """
     headers = ("Layer", "Mean shift", "Var. log ratio", "Stale")
     rows = [
         (
             name,
-            f"{r['mean_shift']:.4f}",
+            "-" if r["mean_shift"] is None else f"{r['mean_shift']:.4f}",
             f"{r['variance_log_ratio']:.4f}",
             "yes" if r["stale"] else "no",
         )

@@ -719,3 +719,153 @@ def test_torch_distributed_all_ranks_or_refused(tmp_path):
     np.testing.assert_array_equal(
         alone["alone/moving_mean"], ranks[0]["all/moving_mean"]
     )
+
+
+# ----------------------------------------------------------------------
+# EvoNormB0: a moving variance, no moving mean
+# ----------------------------------------------------------------------
+def _evo_model(use_global_stats=False):
+    """Conv(4) -> EvoNormB0 -> Conv(2, 1x1) -> BN, random weights."""
+    from keras_norms.layers.evo_norm_b0 import EvoNormB0
+
+    inp = keras.Input((6, 5, 3))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inp)
+    h = EvoNormB0(momentum=0.9, name="evo", use_global_stats=use_global_stats)(
+        h
+    )
+    h = keras.layers.Conv2D(2, 1, name="conv2")(h)
+    out = BatchNormalization(momentum=0.9, name="bn")(h)
+    model = keras.Model(inp, out)
+    rng = np.random.RandomState(4)
+    for w in model.weights:
+        low = 0.5 if "variance" in w.path else -1.0
+        w.assign(rng.uniform(low, 2.0, size=w.shape).astype("float32"))
+    return model
+
+
+def _evo_data(n=10):
+    rng = np.random.RandomState(5)
+    return (rng.randn(n, 6, 5, 3) * 2.0 + 1.0).astype("float32")
+
+
+def _evo_reference(model, x, batch_size):
+    """The sample-weighted mean of the batches' biased per-channel
+    variances of EvoNormB0's input (all axes but the channels)."""
+    evo = model.get_layer("evo")
+    inputs = keras.Model(model.input, evo.input)
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        h = _np(inputs(x[start : start + batch_size])).astype(np.float64)
+        total = total + len(h) * h.var(axis=(0, 1, 2))
+    return total / len(x)
+
+
+def test_evo_norm_b0_moving_variance_matches_numpy():
+    model = _evo_model()
+    x = _evo_data(10)
+    evo = model.get_layer("evo")
+    ref = _evo_reference(model, x, batch_size=4)  # batches of 4, 4, 2
+    assert not np.allclose(_np(evo.moving_variance), ref, rtol=0.1)
+    before = _weights(model)
+    result = precise.recompute_batch_norm_statistics(
+        model, x, batch_size=4, verbose=0
+    )
+    assert list(result["layers"]) == ["evo", "bn"]
+    # The mean is absent, not a zero written somewhere.
+    assert list(result["layers"]["evo"]) == ["moving_variance"]
+    assert evo.moving_mean is None
+    assert [w.name for w in evo.weights] == [
+        "gamma",
+        "beta",
+        "v",
+        "moving_variance",
+    ]
+    np.testing.assert_allclose(_np(evo.moving_variance), ref, 1e-5, 1e-5)
+    np.testing.assert_allclose(
+        result["layers"]["evo"]["moving_variance"], ref, 1e-5, 1e-5
+    )
+    assert evo.momentum == 0.9
+    changed = {
+        path
+        for path, value in _weights(model).items()
+        if not np.array_equal(value, before[path])
+    }
+    assert changed == {
+        "evo/moving_variance",
+        "bn/moving_mean",
+        "bn/moving_variance",
+    }
+
+
+def test_evo_norm_b0_report_has_no_mean_shift():
+    model = _evo_model()
+    x = _evo_data(10)
+    ref = _evo_reference(model, x, batch_size=4)
+    evo = model.get_layer("evo")
+    evo.moving_variance.assign((2.0 * ref).astype("float32"))
+    printed = []
+    report = precise.batch_norm_statistics_report(
+        model, x, batch_size=4, print_fn=printed.append
+    )
+    assert list(report) == ["evo", "bn"]
+    assert report["evo"]["mean_shift"] is None
+    assert report["evo"]["stale"] is True
+    ratio = np.max(np.abs(np.log((2 * ref + 1e-5) / (ref + 1e-5))))
+    np.testing.assert_allclose(report["evo"]["variance_log_ratio"], ratio, 1e-4)
+    row = next(line for line in printed[0].splitlines() if "evo" in line)
+    assert row.split("│")[2].strip() == "-"
+    # Stale on its variance alone: a tight mean threshold does not matter.
+    precise.recompute_batch_norm_statistics(model, x, batch_size=4, verbose=0)
+    report = precise.batch_norm_statistics_report(
+        model, x, batch_size=4, mean_threshold=0.0, print_fn=False
+    )
+    assert report["evo"] == {
+        "mean_shift": None,
+        "variance_log_ratio": pytest.approx(0.0, abs=1e-5),
+        "stale": False,
+    }
+
+
+@pytest.mark.parametrize("how", ["trainable", "use_global_stats"])
+def test_frozen_evo_norm_b0_is_skipped_like_a_frozen_bn(how):
+    model = _evo_model(use_global_stats=how == "use_global_stats")
+    evo = model.get_layer("evo")
+    if how == "trainable":
+        evo.trainable = False
+    x = _evo_data(10)
+    before = _np(evo.moving_variance)
+    with pytest.warns(UserWarning, match="frozen .*evo.*include_frozen"):
+        result = precise.recompute_batch_norm_statistics(
+            model, x, batch_size=4, verbose=0
+        )
+    assert result["skipped"] == ["evo"]
+    assert list(result["layers"]) == ["bn"]
+    np.testing.assert_array_equal(_np(evo.moving_variance), before)
+    report = precise.batch_norm_statistics_report(
+        model, x, batch_size=4, print_fn=False
+    )
+    assert list(report) == ["bn"]
+    # include_frozen: recomputed, and the flags restored.
+    result = precise.recompute_batch_norm_statistics(
+        model, x, batch_size=4, verbose=0, include_frozen=True
+    )
+    assert result["skipped"] == []
+    ref = _evo_reference(model, x, batch_size=4)
+    np.testing.assert_allclose(_np(evo.moving_variance), ref, 1e-5, 1e-5)
+    assert evo.trainable is (how != "trainable")
+    assert evo.use_global_stats is (how == "use_global_stats")
+
+
+def test_evo_norm_b0_non_finite_batch_is_refused():
+    model = _evo_model()
+    evo = model.get_layer("evo")
+    before = _np(evo.moving_variance)
+    x = _evo_data(10)
+    x[5, 0, 0, 1] = np.nan  # batch 1 (samples 4-7)
+    with pytest.warns(RuntimeWarning, match="'evo': from batch 1"):
+        result = precise.recompute_batch_norm_statistics(
+            model, x, batch_size=4, verbose=0
+        )
+    assert result["rejected"] == ["evo", "bn"]
+    np.testing.assert_array_equal(_np(evo.moving_variance), before)
+    assert np.all(np.isfinite(_np(evo.moving_variance)))

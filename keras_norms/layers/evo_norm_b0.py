@@ -40,6 +40,8 @@ class EvoNormB0(_moving.MovingStatisticsMixin, _base.Normalization):
     `keras_norms.fold_batch_norms` and `optimize_for_inference` do not
     fold it (its inference form still depends on the input through the
     instance variance and the `max`); they keep it as it is.
+    `keras_norms.recompute_batch_norm_statistics` (PreciseBN) recomputes
+    its moving variance as a BatchNormalization's.
 
     Args:
         axis: Integer, the channel axis: `-1` for channels-last, `1` for
