@@ -83,11 +83,13 @@ def mark(cells, key):
 
 
 def reason(why):
-    """The first sentence of a refusal, without the exporter's traceback."""
-    why = re.sub(r"\s+", " ", why)
-    why = why.split(" Received:")[0]
-    match = re.search(r"^(.*?[a-z0-9)'\]]\.)( |$)", why)
-    return match.group(1) if match else why
+    """A refusal's words, without the exporter's own error or layer names."""
+    why = re.sub(r"\s+", " ", why).split(" Received:")[0]
+    why = re.sub(r"layer '[^']*' \((\w+)\)", r"\1", why)
+    if "Pass batch_size=N" in why:  # the exporter's error in between
+        head = why.split("): ")[0] + ")."
+        return f"{head} {why[why.index('Pass batch_size=N') :]}"
+    return why
 
 
 def page(cells, versions):
@@ -129,7 +131,7 @@ def page(cells, versions):
     if failures:
         lines.append("## Failures\n")
         for key, why in sorted(failures.items()):
-            lines.append(f"- {key.replace('|', ' / ')}: {reason(why)}")
+            lines.append(f"- {key.replace('|', ' / ')}: {reason(why)[:300]}")
         lines.append("")
     return "\n".join(lines)
 

@@ -486,21 +486,21 @@ def _window_sum(values, radius, axis):
     padding = [(0, 0)] * len(values.shape)
     padding[axis] = (radius, radius)
     padded = ops.pad(values, padding)
-    # Static sizes where known, tensors in a TF graph of unknown batch.
+    # Static sizes where known, tensors in a TF graph of unknown batch;
+    # the leading size inferred (-1), so that a symbolic batch (jax2onnx's
+    # export) is never multiplied into a reshape's target.
     shape = ops.shape(values)
-    before = after = 1
-    for size in shape[:axis]:
-        before = before * size
+    after = 1
     for size in shape[axis + 1 :]:
         after = after * size
     pooled = ops.average_pool(
-        ops.reshape(padded, (before, shape[axis] + 2 * radius, after)),
+        ops.reshape(padded, (-1, shape[axis] + 2 * radius, after)),
         window,
         1,
         "valid",
         "channels_last",
     )
-    return ops.reshape(pooled, shape) * float(window)
+    return ops.reshape(pooled, (-1,) + tuple(shape[1:])) * float(window)
 
 
 def _safe_sqrt(value):
