@@ -97,6 +97,9 @@ class WeightNormalization(keras.layers.Wrapper):
             )
         super().__init__(layer, **kwargs)
         self.data_init = _validation.check_bool("data_init", data_init)
+        # A Keras mask flows on where the wrapped layer passes it (Dense
+        # does, convolutions do not), as without the wrapper.
+        self.supports_masking = bool(getattr(layer, "supports_masking", False))
         # Weights stay float32 under mixed precision: the kernel is
         # normalized in float32, then cast to the compute dtype.
         self.autocast = False

@@ -39,6 +39,16 @@ class TestSharedChecks(layer_checks.LayerChecks):
     test_weights_match_keras_twin = None  # keras.layers has no WN
     # The data-dependent init has no gradient on an empty batch.
     empty_batch_gradients = False
+    # A wrapped Dense passes the mask on, as a plain one does.
+    masking = layer_checks.Masking(
+        lambda: kn.WeightNormalization(keras.layers.Dense(3)), (4, 6, 3)
+    )
+
+
+def test_masks_flow_as_through_the_wrapped_layer():
+    for inner in (keras.layers.Dense(3), keras.layers.Conv1D(3, 2)):
+        wrapped = kn.WeightNormalization(inner)
+        assert wrapped.supports_masking == inner.supports_masking
 
 
 def _wn_cases():
