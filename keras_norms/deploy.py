@@ -399,6 +399,11 @@ def export(
             model, filepath, fold, sample, overwrite, **kwargs
         )
     _check_defects(model, format, backend)
+    from keras_norms import inference
+
+    # The model's outputs on the check sample, before anything is traced
+    # (Keras' ONNX exporter also wants a model that has been called).
+    sample, expected = inference.reference_outputs(model, sample)
     exported = model
     if fold:
         from keras_norms.inference import optimize_for_inference
@@ -433,7 +438,7 @@ def export(
             raise
         if verify:
             inputs = _inputs_of(exported)  # as the exporter saw them
-            _verify(model, staged, format, sample, staging, report, inputs)
+            _verify(staged, format, sample, expected, staging, report, inputs)
         _check_target(path, filepath, overwrite)  # again: it may have changed
         for name in _artifact_files(path):
             os.replace(os.path.join(staging, os.path.basename(name)), name)
@@ -657,11 +662,11 @@ def _require(format, backend, verify):
         )
 
 
-def _verify(model, staged, format, sample, staging, report, inputs_of):
-    """Run `staged` in a fresh process with its runtime; fill `report`."""
+def _verify(staged, format, sample, expected, staging, report, inputs_of):
+    """Run `staged` on `sample` in a fresh process with its runtime, compare
+    with the model's outputs `expected`; fill `report`."""
     from keras_norms import inference
 
-    sample, expected = inference.reference_outputs(model, sample)
     inputs = [
         np.asarray(x)
         for x in (sample if isinstance(sample, (list, tuple)) else [sample])

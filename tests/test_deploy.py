@@ -215,6 +215,22 @@ def test_cnn_exports_and_verifies(tmp_path, format):
 
 
 @pytest.mark.parametrize("format", FILE_FORMATS)
+def test_unfolded_model_never_called(tmp_path, format):
+    # A functional model built from keras.Input but never called: Keras'
+    # ONNX exporter refuses such a model; export runs the check's
+    # reference call first.
+    _usable(format)
+    inputs = keras.Input((5,))
+    model = keras.Model(
+        inputs, kn.LayerNormalization()(keras.layers.Dense(4)(inputs))
+    )
+    report = deploy.export(
+        model, tmp_path / f"m{SUFFIX[format]}", format=format, fold=False
+    )
+    assert report.verified and not report.folded
+
+
+@pytest.mark.parametrize("format", FILE_FORMATS)
 def test_overwrite_replaces_only_after_verification(
     tmp_path, format, monkeypatch
 ):
