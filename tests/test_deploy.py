@@ -225,7 +225,11 @@ def test_unfolded_model_never_called(tmp_path, format):
         inputs, kn.LayerNormalization()(keras.layers.Dense(4)(inputs))
     )
     report = deploy.export(
-        model, tmp_path / f"m{SUFFIX[format]}", format=format, fold=False
+        model,
+        tmp_path / f"m{SUFFIX[format]}",
+        format=format,
+        fold=False,
+        **_options(format),
     )
     assert report.verified and not report.folded
 
