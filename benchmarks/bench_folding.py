@@ -893,7 +893,9 @@ def plot(data, figure):
     import matplotlib.pyplot as plt
 
     cells = [r for r in _cells(data) if r["ok"]]
-    runtimes = [r for r in RUNTIMES if any(c["runtime"] == r for c in cells)]
+    runtimes = [
+        r for r in RUNTIMES if any(c["runtime"] == r for c in _cells(data))
+    ]
     series = [
         (m, b)
         for m in MODELS
@@ -913,7 +915,7 @@ def plot(data, figure):
             c = next(
                 (
                     c
-                    for c in cells
+                    for c in _cells(data)
                     if c["runtime"] == runtime
                     and c["model"] == model
                     and c["batch"] == batch
@@ -922,8 +924,19 @@ def plot(data, figure):
             )
             if c is None:
                 continue
+            x = j - 0.4 + width * (i + 0.5)
+            if not c["ok"]:
+                ax.text(
+                    x,
+                    0.05,
+                    "export failed",
+                    rotation=90,
+                    fontsize=8,
+                    ha="center",
+                )
+                continue
             med, lo, hi = paired_ratio(c)
-            xs.append(j - 0.4 + width * (i + 0.5))
+            xs.append(x)
             ys.append(med)
             err[0].append(max(0.0, med - lo))
             err[1].append(max(0.0, hi - med))
@@ -946,9 +959,9 @@ def plot(data, figure):
     ax.set_title(
         "BN folding per runtime: median of the per-round ratios (bars: q1-q3)"
         f"\n{data['machine']['cpu_count']} shared CPUs, "
-        f"{data['machine']['threads']['intra_op']} threads)"
+        f"{data['machine']['threads']['intra_op']} threads per runtime"
     )
-    ax.legend(fontsize=8, ncol=3, loc="lower left")
+    ax.legend(fontsize=8, ncol=3, loc="upper left")
     ymax = max([paired_ratio(c)[2] for c in cells] + [1.1])
     ax.set_ylim(0, ymax * 1.05)
     fig.tight_layout()
