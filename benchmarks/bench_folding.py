@@ -31,12 +31,13 @@ a warm-up, each round times each variant once (the order alternating from
 round to round), one timing being the mean of enough calls to last >= 20 ms;
 the table gives medians over rounds and their ratio folded/unfolded, with
 the quartiles of the per-round ratios as the noise band. Every runtime runs
-with 2 intra-op threads and 1 inter-op thread (TensorFlow intra/inter-op
-pools, onnxruntime `intra_op_num_threads`, LiteRT `num_threads`, OpenVINO
-`INFERENCE_NUM_THREADS` with one stream, `torch.set_num_threads`), plus
-`OMP_NUM_THREADS=2`. The same process also counts the operations each
-runtime actually executes (onnxruntime's optimized graph, OpenVINO's
-runtime model, LiteRT's ops, the exported torch graph), to see which
+with `--threads` (default 2) intra-op threads and 1 inter-op thread
+(TensorFlow's thread pools, onnxruntime `intra_op_num_threads`, LiteRT
+`num_threads`, OpenVINO `INFERENCE_NUM_THREADS` with one stream,
+`torch.set_num_threads`), and `OMP_NUM_THREADS` set to the same. The same
+process also counts the operations each runtime actually executes
+(onnxruntime's optimized graph, OpenVINO's runtime model, LiteRT's ops, the
+exported torch graph, XLA's optimized HLO), to see which
 runtimes fold BatchNormalization themselves.
 
 Run (from the repository root; several minutes to ~25 on 2 cores):
@@ -46,7 +47,14 @@ Run (from the repository root; several minutes to ~25 on 2 cores):
     python benchmarks/bench_folding.py --models digits_cnn --runtimes onnxruntime torch --batches 1 --rounds 5
     python benchmarks/bench_folding.py --table    # Markdown tables from the JSON
     python benchmarks/bench_folding.py --plot     # the figure from the JSON
+    python benchmarks/bench_folding.py --control --threads 1 --out o.json  # A/A control, 1 thread
+    python benchmarks/bench_folding.py --workdir /tmp/bf --reuse-exports ...  # keep / reuse exports
     KERAS_BACKEND=jax python benchmarks/bench_folding.py --keras  # Keras-level folding only
+
+`--control` also times the unfolded artifact loaded a second time, in the
+same rounds: the spread of that A/A ratio is the noise floor of a cell.
+A failed export or timing (or a child past its timeout) is recorded in the
+JSON as a failed cell, and the run goes on.
 
 `--keras` is the earlier benchmark: a small Conv-BN-ReLU ResNet as a Keras
 model, unfolded vs folded (`fold_batch_norms`) vs folded + XLA SavedModel,
