@@ -884,7 +884,7 @@ def print_console(data):
     for r in _cells(data):
         head = f"{r['runtime']:<16}{r['model']:<14}{r['batch']:>6}"
         if not r["ok"]:
-            print(f"{head}  FAILED: {r['error'][:200]}")
+            print(f"{head}  FAILED: {_error_line(r)}")
             continue
         med, lo, hi = paired_ratio(r)
         print(
@@ -1168,6 +1168,22 @@ def main(argv=None):
     start = time.perf_counter()
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_folding_")
     os.makedirs(workdir, exist_ok=True)
+    try:
+        data = _run(args, workdir, start)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_console(data)
+    print(
+        f"\nresults written to {args.out} ({data['settings']['total_seconds']} s)"
+    )
+    if not args.quick or args.figure != DEFAULT_FIGURE:
+        plot(data, args.figure)
+    return data
+
+
+def _run(args, workdir, start):
+    """Export, time, and write the JSON; the results."""
     exports, failures = run_exports(
         args.models, args.runtimes, workdir, args.reuse_exports
     )
@@ -1204,12 +1220,6 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(data, f, indent=1)
-    print_console(data)
-    print(
-        f"\nresults written to {args.out} ({data['settings']['total_seconds']} s)"
-    )
-    if not args.quick or args.figure != DEFAULT_FIGURE:
-        plot(data, args.figure)
     return data
 
 
