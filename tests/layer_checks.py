@@ -23,8 +23,10 @@ and gets, per case: config round trip, symbolic and eager call, a `fit`
 step then `.keras` save/load with all state (unless `fit=False`), mixed
 precision (`mixed_float16` and `mixed_bfloat16`), an empty batch, weights
 against the `keras.layers` twin (where `twin` is set); and one masking
-check. A layer without a
-`keras.layers` twin sets `test_weights_match_keras_twin = None`.
+check. A layer without a `keras.layers` twin sets
+`test_weights_match_keras_twin = None`. A layer called on a list of inputs
+gives a list of shapes, one per input (`Case(make, [(2, 4, 3), (2, 5)])`):
+each input gets its own random values, and the empty batch 0 rows in each.
 
 The checks use only the public API (`keras_norms.X`, `keras.*`), so they
 hold whatever the layers do inside.
@@ -65,7 +67,8 @@ class Case:
 
     Attributes:
         make: Callable returning a fresh, unbuilt layer.
-        shape: Input shape, batch included.
+        shape: Input shape, batch included; for a layer called on a list
+            of inputs, the list of their shapes.
         state: Names of the non-trainable weights a training step moves
             (moving statistics, ...); every other one must stay put.
         twin: Callable returning the `keras.layers` layer with the same
@@ -91,7 +94,9 @@ class Masking:
 
     Attributes:
         make: Callable returning a fresh layer for a rank-3 input.
-        shape: A rank-3 `(batch, steps, channels)` input shape.
+        shape: A rank-3 `(batch, steps, channels)` input shape; for a layer
+            of several inputs, a list of shapes whose first is that one
+            (the only input masked).
         excludes_masked: Whether training statistics skip the masked
             positions (`call` takes `mask`, as keras.layers.BatchNormalization).
             Otherwise the layer only passes the mask on.
@@ -100,6 +105,39 @@ class Masking:
     make: Callable
     shape: tuple
     excludes_masked: bool = False
+
+
+def _per_input(fn, value):
+    """`fn(value)`, or `[fn(v) for v in value]` where `value` is a list:
+    the shapes, arrays or tensors of a layer's several inputs."""
+    if isinstance(value, list):
+        return [fn(v) for v in value]
+    return fn(value)
+
+
+def _first(value):
+    """The first input of several (the one the output is shaped like)."""
+    return value[0] if isinstance(value, list) else value
+
+
+def _with_first(value, first):
+    """`value` with its first input (of several) replaced by `first`."""
+    return [first] + value[1:] if isinstance(value, list) else first
+
+
+def _random(shape, seed=0, **kwargs):
+    """`helpers.random_input`, each of several inputs of its own seed."""
+    if isinstance(shape, list):
+        return [
+            helpers.random_input(s, seed=seed + i, **kwargs)
+            for i, s in enumerate(shape)
+        ]
+    return helpers.random_input(shape, seed=seed, **kwargs)
+
+
+def _keras_input(shape):
+    """`keras.Input`(s) for `shape` without its batch size."""
+    return _per_input(lambda s: keras.Input(s[1:]), shape)
 
 
 def _assert_plain_python(value, where="config"):
@@ -156,17 +194,17 @@ def check_symbolic_and_eager_call(make, shape):
     """A symbolic call (`keras.Input`, unknown batch) infers the eager
     call's shape; a functional model on it gives the eager output; a layer
     built by an eager call gives it too."""
-    symbolic_shape = (None,) + tuple(shape[1:])
+    symbolic_shape = _per_input(lambda s: (None,) + tuple(s[1:]), shape)
     layer = make()
-    inputs = keras.Input(shape[1:])
+    inputs = _keras_input(shape)
     outputs = layer(inputs)
     expected = tuple(layer.compute_output_shape(symbolic_shape))
     assert tuple(outputs.shape) == expected
     model = keras.Model(inputs, outputs)
     helpers.set_random_weights(layer)
-    x = helpers.random_input(shape, loc=1.0, scale=2.0)
+    x = _random(shape, loc=1.0, scale=2.0)
     eager = helpers.to_numpy(layer(x, training=False))
-    assert eager.shape == (shape[0],) + expected[1:]
+    assert eager.shape == (_first(shape)[0],) + expected[1:]
     assert np.all(np.isfinite(eager))
     np.testing.assert_array_equal(
         helpers.to_numpy(model(x, training=False)), eager
@@ -177,32 +215,29 @@ def check_symbolic_and_eager_call(make, shape):
     np.testing.assert_allclose(
         helpers.to_numpy(fresh(x, training=False)), eager, rtol=1e-6, atol=1e-6
     )
-    assert tuple(fresh(keras.Input(shape[1:])).shape) == expected
+    assert tuple(fresh(_keras_input(shape)).shape) == expected
 
 
 def check_fit_step(case, epochs=4):
     """`fit` lowers the loss, moves every trainable weight of the layer
     and exactly the non-trainable ones named in `case.state`.
 
-    The layer sits before `Flatten` and `Dense(1)`; train steps are
-    compiled on TensorFlow and JAX (XLA) and eager on torch (torch.compile
-    is too slow to start on CPU for a unit test).
+    The layer sits before `Flatten` and `Dense(1)`, the target a function
+    of its (first) input; train steps are compiled on TensorFlow and JAX
+    (XLA) and eager on torch (torch.compile is too slow to start on CPU
+    for a unit test).
 
     Returns:
         `(model, x)`: the trained model and its inputs.
     """
     n = 32
-    x = helpers.random_input((n,) + tuple(case.shape[1:]), loc=2.0, scale=3.0)
-    y = np.tanh(x.reshape(n, -1).mean(axis=1, keepdims=True))
-    model = keras.Sequential(
-        [
-            keras.Input(case.shape[1:]),
-            case.make(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(1),
-        ]
-    )
-    layer = model.layers[0]
+    shape = _per_input(lambda s: (n,) + tuple(s[1:]), case.shape)
+    x = _random(shape, loc=2.0, scale=3.0)
+    y = np.tanh(_first(x).reshape(n, -1).mean(axis=1, keepdims=True))
+    inputs = _keras_input(shape)
+    layer = case.make()
+    outputs = keras.layers.Dense(1)(keras.layers.Flatten()(layer(inputs)))
+    model = keras.Model(inputs, outputs)
     before = [helpers.to_numpy(w).copy() for w in layer.weights]
     model.compile(
         keras.optimizers.Adam(0.02),
@@ -241,7 +276,7 @@ def check_mixed_precision(case, policy):
         `(layer, reference)`, the mixed and the float32 layer after the
         calls (training, then inference).
     """
-    x = helpers.random_input(case.shape, loc=1.0, scale=2.0)
+    x = _random(case.shape, loc=1.0, scale=2.0)
     reference = case.make()
     reference.build(case.shape)
     helpers.set_random_weights(reference)
@@ -254,10 +289,12 @@ def check_mixed_precision(case, policy):
     layer.set_weights(reference.get_weights())
     compute = policy.split("_")[1]
     assert layer.compute_dtype == compute
-    x_half = keras.ops.cast(x, compute)
+    x_half = _per_input(lambda a: keras.ops.cast(a, compute), x)
     # The reference sees the same rounding of the input: what is compared
     # is the layer's own error.
-    x_rounded = helpers.to_numpy(keras.ops.cast(x_half, "float32"))
+    x_rounded = _per_input(
+        lambda a: helpers.to_numpy(keras.ops.cast(a, "float32")), x_half
+    )
     tolerance = (case.mixed_tolerance or MIXED_TOLERANCE)[policy]
     for training in (True, False):
         y = layer(x_half, training=training)
@@ -284,16 +321,17 @@ def check_mixed_precision(case, policy):
 def check_masking(masking):
     """A Keras mask flows on through the layer (a masked average after it
     sees the kept steps only); where the layer `excludes_masked`, values at
-    masked positions reach neither the output nor the statistics."""
-    n, steps, _ = masking.shape
+    masked positions reach neither the output nor the statistics. Of
+    several inputs, the first is masked."""
+    n, steps, _ = _first(masking.shape)
     mask = np.random.RandomState(4).rand(n, steps) > 0.35
     mask[:, 0] = True
-    x = helpers.random_input(masking.shape, loc=1.0, scale=2.0)
-    x[~mask] = 0.0  # keras.layers.Masking(0.0) marks all-zero steps
+    x = _random(masking.shape, loc=1.0, scale=2.0)
+    _first(x)[~mask] = 0.0  # keras.layers.Masking(0.0) marks all-zero steps
     make = masking.make
     layer = make()
-    inputs = keras.Input(masking.shape[1:])
-    h = layer(keras.layers.Masking(0.0)(inputs))
+    inputs = _keras_input(masking.shape)
+    h = layer(_with_first(inputs, keras.layers.Masking(0.0)(_first(inputs))))
     model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(h))
     assert layer.supports_masking
     helpers.set_random_weights(layer)
@@ -307,14 +345,15 @@ def check_masking(masking):
     )
     if not masking.excludes_masked:
         return
-    junk = x.copy()
-    junk[~mask] = 1e3
+    junk = _with_first(x, _first(x).copy())
+    _first(junk)[~mask] = 1e3
+    masks = _with_first(_per_input(lambda a: None, x), mask)
     first, second = make(), make()
     for other in (first, second):
         other.build(masking.shape)
         other.set_weights(layer.get_weights())
-    y = helpers.to_numpy(first(x, training=True, mask=mask))
-    y_junk = helpers.to_numpy(second(junk, training=True, mask=mask))
+    y = helpers.to_numpy(first(x, training=True, mask=masks))
+    y_junk = helpers.to_numpy(second(junk, training=True, mask=masks))
     np.testing.assert_allclose(y_junk[mask], y[mask], rtol=1e-5, atol=1e-5)
     for a, b in zip(first.weights, second.weights):
         np.testing.assert_allclose(
@@ -330,11 +369,11 @@ def check_empty_batch(make, shape, gradients=True):
     """An empty batch gives an empty output and leaves every state as it
     was, in training and at inference; its gradients are zeros, not NaN."""
     layer = make()
-    x = helpers.random_input(shape, seed=5)
-    layer.build(x.shape)
+    x = _random(shape, seed=5)
+    layer.build(shape)
     state = {w.path: helpers.to_numpy(w) for w in layer.non_trainable_weights}
-    empty = x[:0]
-    expected = tuple(layer.compute_output_shape(x.shape))[1:]
+    empty = _per_input(lambda a: a[:0], x)
+    expected = tuple(layer.compute_output_shape(shape))[1:]
     for training in (True, False, True):
         y = helpers.to_numpy(layer(empty, training=training))
         assert y.shape == (0,) + expected
@@ -345,7 +384,8 @@ def check_empty_batch(make, shape, gradients=True):
     if gradients and layer.trainable_weights:
         upstream = np.zeros((0,) + expected, "float32")
         _, dx, grads = helpers.forward_and_grads(layer, empty, upstream)
-        assert dx.shape == empty.shape
+        shapes = _per_input(np.shape, dx)
+        assert shapes == _per_input(np.shape, empty)
         for key, g in grads.items():
             if g is not None:
                 np.testing.assert_array_equal(g, 0.0, err_msg=key)

@@ -18,25 +18,12 @@ def _public_layers():
     }
 
 
-# Layers whose modules (tests/layers/test_<name>.py) do not run the shared
-# checks yet; their empty batches are checked in tests/test_edge_batches.py.
-NOT_YET_SHARED = {
-    "AdaptiveInstanceNormalization",
-    "ConditionalNormalization",
-}
-
-
 def test_every_public_layer_has_a_module_running_the_shared_checks():
     for name, cls in _public_layers().items():
         snake = re.sub(
             r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name
         )
         module = importlib.import_module(f"tests.layers.test_{snake.lower()}")
-        if name in NOT_YET_SHARED:
-            assert not hasattr(module, "TestSharedChecks"), (
-                f"{name} runs the shared checks: remove it from NOT_YET_SHARED"
-            )
-            continue
         checks = module.TestSharedChecks
         assert issubclass(checks, layer_checks.LayerChecks), module.__name__
         built = {type(case.make()) for case in checks.cases.values()}
