@@ -752,16 +752,8 @@ def _inputs_of(model):
     structure = keras.tree.map_structure(lambda _: next(indices), signature)
     return {
         "names": [getattr(spec, "name", None) or "" for spec in specs],
-        "structure": _jsonable(structure),
+        "structure": structure,  # JSON writes tuples as lists
     }
-
-
-def _jsonable(structure):
-    if isinstance(structure, (list, tuple)):
-        return [_jsonable(s) for s in structure]
-    if isinstance(structure, dict):
-        return {k: _jsonable(v) for k, v in structure.items()}
-    return structure
 
 
 def _tolerance(expected, quantize):
