@@ -38,7 +38,9 @@ class InstanceNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
     BatchNormalization (and Keras), `momentum` is the weight of the old
     value: torch's `momentum=0.1` is `momentum=0.9` here. As in Keras, a
     layer with `trainable=False` runs in inference mode. An empty batch
-    leaves the moving statistics unchanged.
+    leaves the moving statistics unchanged. Training with the running
+    statistics needs more than one spatial position (the unbiased variance
+    of one value is undefined): such an input is refused, as in torch.
 
     Args:
         axis: Integer, the channel axis: `-1` for channels-last, `1` for
@@ -142,18 +144,35 @@ class InstanceNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
     def _update_running_statistics(self, x):
         """torch's running statistics: the batch means of the instance
         mean and of the instance variance, unbiased (as torch keeps it).
-        An empty batch keeps the stored values."""
+
+        The unbiased variance of one value is undefined (`n / (n - 1)`
+        with `n = 1`): an input with one spatial position is refused when
+        its shape is known, as torch refuses it, and otherwise (a spatial
+        size known only when the graph runs) leaves the stored values as
+        they are, like an empty batch, so no NaN ever reaches the state.
+        """
+        count = kn_ops.reduction_size(x, self._reduction_axes)
+        if isinstance(count, int) and count < 2:
+            raise ValueError(
+                "InstanceNormalization(track_running_stats=True) needs more "
+                "than one spatial position per channel in training: the "
+                "running variance is the unbiased instance variance, "
+                "undefined for a single value (torch refuses the same "
+                "input). Normalize before the pooling, or use "
+                "track_running_stats=False. Received: input shape="
+                f"{tuple(x.shape)}"
+            )
         mean, variance = kn_ops.moments(
             ops.stop_gradient(x), self._reduction_axes
         )
-        count = ops.cast(
-            kn_ops.reduction_size(x, self._reduction_axes), variance.dtype
-        )
+        has_values = kn_ops.has_values(x, (0,))
+        if not isinstance(count, int):
+            count = ops.cast(count, variance.dtype)
+            has_values = ops.logical_and(has_values, count > 1)
+            count = ops.maximum(count, 2.0)
         unbiased = variance * (count / (count - 1))
         self._update_moving_statistics(
-            ops.mean(mean, axis=0),
-            ops.mean(unbiased, axis=0),
-            kn_ops.has_values(x, (0,)),
+            ops.mean(mean, axis=0), ops.mean(unbiased, axis=0), has_values
         )
 
     def get_config(self):

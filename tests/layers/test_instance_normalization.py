@@ -216,3 +216,55 @@ def test_numpy_scalars_accepted_and_configs_stay_plain_python():
 def test_bad_shapes_refused_at_build(layer, shape, match):
     with pytest.raises(ValueError, match=match):
         layer().build(shape)
+
+
+def test_running_stats_refuse_one_spatial_position_in_training():
+    # The unbiased variance of one value is undefined (torch: "Expected
+    # more than 1 spatial element when training"); the layer used to write
+    # NaN into moving_variance, then predict gave only NaN.
+    model = keras.Sequential(
+        [
+            keras.Input((4, 4, 3)),
+            keras.layers.GlobalAveragePooling2D(keepdims=True),
+            kn.InstanceNormalization(track_running_stats=True),
+        ]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    x = helpers.random_input((8, 4, 4, 3), loc=1.0)
+    with pytest.raises(ValueError, match="more than one spatial position"):
+        model(x, training=True)
+    layer = model.layers[-1]
+    np.testing.assert_array_equal(helpers.to_numpy(layer.moving_variance), 1.0)
+    # Inference with the running statistics is defined, as in torch.
+    y = helpers.to_numpy(model(x, training=False))
+    assert np.isfinite(y).all()
+    with pytest.raises(ValueError, match="more than one spatial position"):
+        model.fit(x, np.zeros((8, 1, 1, 3), "float32"), epochs=1, verbose=0)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="a spatial size unknown until the graph runs: TensorFlow graphs",
+)
+def test_running_stats_unknown_spatial_size_keep_state_finite():
+    import tensorflow as tf
+
+    layer = kn.InstanceNormalization(track_running_stats=True, momentum=0.5)
+    layer.build((None, None, 3))
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, 3))])
+    def step(x):
+        return layer(x, training=True)
+
+    step(np.ones((4, 1, 3), "float32"))  # one position: state unchanged
+    np.testing.assert_array_equal(helpers.to_numpy(layer.moving_mean), 0.0)
+    np.testing.assert_array_equal(helpers.to_numpy(layer.moving_variance), 1.0)
+    x = helpers.random_input((4, 5, 3), loc=1.0)
+    step(x)  # five positions: torch's update
+    unbiased = x.var(axis=1, ddof=1).mean(axis=0)
+    np.testing.assert_allclose(
+        helpers.to_numpy(layer.moving_variance), 0.5 + 0.5 * unbiased, **TOL
+    )
+    np.testing.assert_allclose(
+        helpers.to_numpy(layer.moving_mean), 0.5 * x.mean(axis=(0, 1)), **TOL
+    )
