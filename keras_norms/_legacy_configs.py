@@ -30,7 +30,7 @@ def _single_axis(config, name):
     return config
 
 
-def _batch_normalization(config):
+def _batch_normalization(config, serialized):
     from keras_norms.layers.batch_normalization import BatchNormalization
 
     if config.pop("adjustment", None) is not None:
@@ -39,28 +39,54 @@ def _batch_normalization(config):
             "of the batch shape) is not serializable and has no twin; "
             "rebuild the layer without it. Received: adjustment=..."
         )
+    axis = config.get("axis", -1)
     config = _single_axis(config, "BatchNormalization")
-    if config.get("virtual_batch_size") and config["axis"] > 0:
-        # A built tf_keras ghost BN records its axis in its internal view,
+    if config.get("virtual_batch_size") and _is_built_axis(axis, serialized):
+        # A built tf_keras ghost BN writes its axis in its internal view,
         # which has an extra (virtual batch) axis in front: [4] for the
         # channels of a rank-4 input.
         config["axis"] -= 1
     return BatchNormalization, config
 
 
-def _layer_normalization(config):
+def _is_built_axis(axis, serialized):
+    """Whether a tf_keras BatchNormalization `axis` is the built one.
+
+    tf_keras writes the user's `axis` until the layer is built, then the
+    list of its non-negative axes (shifted by one with ghost batches).
+    Since Keras 2.13 a built layer's serialization carries a
+    `build_config` and an unbuilt one does not (it has a `module` key);
+    older ones have neither key, and there only a list can be built
+    (a saved model's layers are).
+    """
+    if not isinstance(axis, (list, tuple)):
+        return False
+    if "build_config" in serialized:
+        built = True
+    else:
+        built = "module" not in serialized and all(a >= 0 for a in axis)
+    if built and any(a < 1 for a in axis):
+        raise ValueError(
+            "A built tf_keras BatchNormalization with `virtual_batch_size` "
+            "writes its axis shifted by one for its ghost-batch view (at "
+            f"least 1). Received: axis={axis!r}"
+        )
+    return built
+
+
+def _layer_normalization(config, serialized):
     from keras_norms.layers.layer_normalization import LayerNormalization
 
     return LayerNormalization, config
 
 
-def _group_normalization(config):
+def _group_normalization(config, serialized):
     from keras_norms.layers.group_normalization import GroupNormalization
 
     return GroupNormalization, config
 
 
-def _instance_normalization(config):
+def _instance_normalization(config, serialized):
     from keras_norms.layers.instance_normalization import InstanceNormalization
 
     groups = config.pop("groups", -1)
@@ -73,7 +99,7 @@ def _instance_normalization(config):
     return InstanceNormalization, config
 
 
-def _filter_response_normalization(config):
+def _filter_response_normalization(config, serialized):
     from keras_norms.layers.filter_response_normalization import (
         FilterResponseNormalization,
     )
@@ -93,7 +119,7 @@ def _filter_response_normalization(config):
     return FilterResponseNormalization, config
 
 
-def _weight_normalization(config):
+def _weight_normalization(config, serialized):
     from keras_norms.layers.weight_normalization import WeightNormalization
 
     inner = dict(config["layer"])
@@ -144,7 +170,7 @@ def layer_from_config(serialized):
         for key, value in dict(serialized.get("config", {})).items()
         if key not in _DROPPED
     }
-    cls, config = twin(config)
+    cls, config = twin(config, serialized)
     try:
         return cls.from_config(config)
     except TypeError as error:

@@ -6,6 +6,9 @@ ones follow `tensorflow_addons` 0.23's `get_config` (archived; not
 installable with this TensorFlow).
 """
 
+import json
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -59,9 +62,10 @@ def test_tf_keras_ghost_batch_norm_config():
     assert layer.momentum == 0.9 and layer.name == "batch_normalization"
     x = helpers.random_input((8, 5, 5, 3), loc=1.0)
     y = helpers.to_numpy(layer(x, training=True))
-    ref = np.concatenate(
-        [helpers.numpy_normalize(x[i : i + 4], (0, 1, 2), 1e-3) for i in (0, 4)]
-    )
+    # tf_keras' ghost batches: samples (0, 2, 4, 6) and (1, 3, 5, 7).
+    ref = np.zeros(x.shape)
+    for rows in ([0, 2, 4, 6], [1, 3, 5, 7]):
+        ref[rows] = helpers.numpy_normalize(x[rows], (0, 1, 2), 1e-3)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
     assert [w.name for w in layer.weights] == [
         "gamma",
@@ -158,3 +162,51 @@ def test_bad_configs():
         kn.convert({"config": {}})
     with pytest.raises(TypeError, match="keras.Model"):
         kn.convert(["BatchNormalization"])
+
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize(
+    "case", ["built_last", "built_first", "unbuilt_int3", "unbuilt_int1"]
+)
+def test_tf_keras_ghost_batch_norm_computes_what_tf_keras_computed(case):
+    # tf_keras' own ghost BN (tests/data/make_tf_keras_ghost_bn.py) on a
+    # batch laid out in blocks of different means, where the grouping of
+    # the ghost batches changes the outputs (by up to ~2.4 here when
+    # grouped as k consecutive samples). Built layers write the axis
+    # shifted (as a list), unbuilt ones the user's int.
+    config = json.loads((DATA / "tf_keras_ghost_bn.json").read_text())[case]
+    data = np.load(DATA / "tf_keras_ghost_bn.npz")
+    x = data[f"{case}/x"]
+    layer = kn.convert(config)
+    assert layer.axis == (1 if case.endswith(("first", "int1")) else 3)
+    np.testing.assert_allclose(
+        helpers.to_numpy(layer(x, training=True)),
+        data[f"{case}/train"],
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(
+            helpers.to_numpy(getattr(layer, name)),
+            data[f"{case}/{name}"],
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    np.testing.assert_allclose(
+        helpers.to_numpy(layer(x[:3], training=False)),
+        data[f"{case}/infer"],
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_tf_keras_ghost_batch_norm_axis_that_cannot_be_built():
+    config = {
+        "class_name": "BatchNormalization",
+        "config": {"axis": [0], "virtual_batch_size": 4},
+        "build_config": {"input_shape": [None, 5, 3]},
+    }
+    with pytest.raises(ValueError, match=r"Received: axis=\[0\]"):
+        kn.convert(config)

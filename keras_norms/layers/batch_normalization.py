@@ -68,9 +68,16 @@ class BatchNormalization(_moving.MovingStatisticsMixin, _base.Normalization):
             backbone with frozen statistics.
         virtual_batch_size: Optional positive int `k` (tf_keras' name;
             ghost batch normalization, Hoffer et al., 2017). In training
-            the batch is split into `batch // k` consecutive groups of `k`
-            samples, each normalized with its own batch statistics, and
-            the moving statistics are updated once per step with the mean
+            the batch is split into `batch // k` ghost batches of `k`
+            samples, each normalized with its own batch statistics. The
+            grouping is tf_keras': ghost batch `j` holds samples `j`,
+            `j + batch // k`, `j + 2 * (batch // k)`, ... (not `k`
+            consecutive samples), so a model rebuilt or converted from
+            tf_keras computes what it computed; on shuffled batches
+            both groupings draw the same statistics, and a batch laid
+            out in blocks (multi-crop views one after the other) puts
+            one sample of each block of `batch // k` in every ghost
+            batch. The moving statistics are updated once per step with the mean
             over the groups of their means and of their biased variances.
             At inference the moving statistics are used, so any batch size
             works. A training batch that is not a multiple of `k` raises a

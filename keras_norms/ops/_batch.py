@@ -85,8 +85,11 @@ def batch_normalization(
         dtype: Output dtype; defaults to the dtype of `x`.
         virtual_batch_size: Optional int `k` (ghost batch normalization,
             Hoffer et al., 2017): with batch statistics, the batch is split
-            into `batch // k` consecutive groups of `k` samples, each
-            normalized with its own statistics, and the returned moments
+            into `batch // k` ghost batches of `k` samples, each
+            normalized with its own statistics (grouped as tf_keras
+            groups them: ghost batch `j` holds samples `j`,
+            `j + batch // k`, `j + 2 * (batch // k)`, ...), and the
+            returned moments
             are the means over the groups of their means and of their
             biased variances. The batch must be a multiple of `k`. Ignored
             with given `mean` and `variance`. Not with `synchronized`.
@@ -173,12 +176,15 @@ def batch_normalization(
 def _ghost_batch_normalization(
     x, channel, gamma, beta, epsilon, mask, synchronized, dtype, size
 ):
-    """Batch statistics per group of `size` consecutive samples.
+    """Batch statistics per ghost batch of `size` samples, as tf_keras.
 
-    `x` is viewed as `(batch // size, size, ...)` (no copy), the moments
-    reduce over every axis but the group axis and the channel axis, and
-    the output is viewed back: one pass more than plain batch
-    normalization, no transposes. Always the `keras.ops` implementation.
+    tf_keras views the batch as `(size, batch // size, ...)` and reduces
+    over the first axis, so ghost batch `j` holds samples `j`,
+    `j + batch // size`, `j + 2 * (batch // size)`, ...; the same view
+    here (no copy), the moments reduce over every axis but the ghost-batch
+    axis and the channel axis, and the output is viewed back: one pass
+    more than plain batch normalization, no transposes. Always the
+    `keras.ops` implementation.
     """
     if synchronized:
         raise ValueError(
@@ -203,13 +209,13 @@ def _ghost_batch_normalization(
     ndim = len(x.shape)
     rest = tuple(x.shape[1:])
     groups = batch // size if batch is not None else -1
-    view = (groups, size) + tuple(-1 if d is None else d for d in rest)
+    view = (size, groups) + tuple(-1 if d is None else d for d in rest)
     if sum(d == -1 for d in view) > 1:  # unknown batch and other sizes
         dynamic = ops.shape(x)
-        view = (dynamic[0] // size, size) + tuple(dynamic[1:])
+        view = (size, dynamic[0] // size) + tuple(dynamic[1:])
     grouped = ops.reshape(x, view)
-    channel += 1  # the group axis comes first
-    axes = tuple(a for a in range(1, ndim + 1) if a != channel)
+    channel += 1  # the ghost-batch axis is the second
+    axes = tuple(a for a in range(ndim + 1) if a not in (1, channel))
     if mask is not None:
         mask = ops.reshape(_broadcast_mask(mask, x), view)
     mean, variance = moments(grouped, axes, mask=mask)
@@ -224,9 +230,9 @@ def _ghost_batch_normalization(
     outputs = normalize(grouped, scale, shift, _output_dtype(x, dtype))
     outputs = ops.reshape(outputs, ops.shape(x))
     channels = (x.shape[channel - 1],)
-    nonempty = has_values(grouped, (0,))
+    nonempty = has_values(grouped, (1,))
     mean, variance = (
-        ops.reshape(ops.mean(m, axis=0), channels) for m in (mean, variance)
+        ops.reshape(ops.mean(m, axis=1), channels) for m in (mean, variance)
     )
     if nonempty is not True:  # no groups: zeros, not the NaN of a mean
         mean, variance = _zero_where_empty((mean, variance), nonempty)

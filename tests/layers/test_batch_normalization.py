@@ -528,12 +528,13 @@ def test_mask_that_does_not_broadcast_is_refused_clearly():
 # Ghost batch normalization: `BatchNormalization(virtual_batch_size=k)`.
 #
 # Against NumPy written from Hoffer et al. (2017) and tf_keras' semantics
-# (each group of `k` consecutive samples normalized with its own batch
-# statistics; the moving statistics blended once per step with the mean
-# over the groups of their means and biased variances), and against the
-# peer: Keras' own BatchNormalization run on each group, whose outputs and
-# input gradients the ghost batch must reproduce, and whose weight
-# gradients it must sum.
+# (tf_keras views the batch as (k, batch // k, ...) and reduces over the
+# first axis: ghost batch j holds samples j, j + batch // k, ...; each
+# normalized with its own batch statistics; the moving statistics blended
+# once per step with the mean over the ghost batches of their means and
+# biased variances), and against the peer: Keras' own BatchNormalization
+# run on each ghost batch, whose outputs and input gradients the ghost
+# batch must reproduce, and whose weight gradients it must sum.
 GHOST_CASES = [
     ((8, 6), -1),
     ((8, 5, 6), -1),
@@ -544,23 +545,26 @@ GHOST_CASES = [
 ]
 
 
+def ghost_batches(batch, k):
+    """tf_keras' ghost batches: index arrays, one per ghost batch."""
+    groups = batch // k
+    return [np.arange(j, batch, groups) for j in range(groups)]
+
+
 def _groups_reference(x, k, axis, gamma, beta, epsilon):
     ndim = x.ndim
     axis %= ndim
     reduce = tuple(a for a in range(ndim) if a != axis)
     g = helpers.broadcast_param(gamma, ndim, axis)
     b = helpers.broadcast_param(beta, ndim, axis)
-    outputs, means, variances = [], [], []
-    for start in range(0, x.shape[0], k):
-        chunk = x[start : start + k].astype("float64")
-        outputs.append(helpers.numpy_normalize(chunk, reduce, epsilon, g, b))
+    outputs = np.zeros(x.shape, "float64")
+    means, variances = [], []
+    for rows in ghost_batches(x.shape[0], k):
+        chunk = x[rows].astype("float64")
+        outputs[rows] = helpers.numpy_normalize(chunk, reduce, epsilon, g, b)
         means.append(chunk.mean(reduce))
         variances.append(chunk.var(reduce))
-    return (
-        np.concatenate(outputs),
-        np.mean(means, axis=0),
-        np.mean(variances, axis=0),
-    )
+    return outputs, np.mean(means, axis=0), np.mean(variances, axis=0)
 
 
 @pytest.mark.parametrize("shape,axis", GHOST_CASES)
@@ -611,19 +615,18 @@ def test_ghost_gradients_equal_keras_batch_norm_per_group(shape, axis):
     peer.build((2,) + shape[1:])
     for w in ("gamma", "beta"):
         getattr(peer, w).assign(getattr(ghost, w).value)
-    ys, dxs = [], []
+    ys, dxs = np.zeros(shape), np.zeros(shape)
     sums = {"gamma": 0.0, "beta": 0.0}
-    for start in range(0, shape[0], 2):
-        part = slice(start, start + 2)
+    for rows in ghost_batches(shape[0], 2):
         y_g, dx_g, g_g = helpers.forward_and_grads(
-            peer, x[part], upstream[part]
+            peer, x[rows], upstream[rows]
         )
-        ys.append(y_g)
-        dxs.append(dx_g)
+        ys[rows] = y_g
+        dxs[rows] = dx_g
         for name in sums:
             sums[name] = sums[name] + g_g[name]
-    np.testing.assert_allclose(y, np.concatenate(ys), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(dx, np.concatenate(dxs), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(y, ys, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, dxs, rtol=1e-3, atol=1e-4)
     for name in sums:
         np.testing.assert_allclose(
             grads[name], sums[name], rtol=1e-3, atol=1e-4
