@@ -232,7 +232,27 @@ def copy_layer(layer, assignments):
     """
     if isinstance(layer, keras.Model) and is_graph_model(layer):
         return rebuild_model(layer, copy_layer)
-    new = layer.__class__.from_config(layer.get_config())
+    config = layer.get_config()
+    if isinstance(layer, keras.layers.Lambda):
+        # Keras' safe mode refuses to deserialize a Python function read
+        # from a file; this one is the user's own, serialized a moment
+        # ago in this process from the model in memory.
+        new = layer.__class__.from_config(config, safe_mode=False)
+    else:
+        try:
+            new = layer.__class__.from_config(config)
+        except ValueError as error:
+            if "safe_mode" not in str(error):
+                raise
+            raise ValueError(
+                f"Cannot copy layer '{layer.name}' "
+                f"({type(layer).__name__}): keras_norms rewrites a model "
+                "by copying each layer it keeps from its config, and this "
+                "config loads only with Keras' unsafe deserialization. If "
+                "you trust the model, call "
+                "`keras.config.enable_unsafe_deserialization()` first. "
+                f"Received: layer={layer.name!r}"
+            ) from error
     assignments.append((new, layer.get_weights()))
     return new
 

@@ -16,6 +16,23 @@ from keras_norms import _validation
 _DROPPED = {"fused"}
 
 
+def _dtype_policy(config):
+    """tf_keras writes a mixed-precision policy as a `Policy` dict
+    (`{"class_name": "Policy", "config": {"name": "mixed_float16"}}`),
+    which Keras 3 does not read; its name is Keras 3's policy name."""
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict) and dtype.get("class_name") == "Policy":
+        name = dtype.get("config", {}).get("name")
+        if not isinstance(name, str):
+            raise ValueError(
+                "A tf_keras dtype policy names its policy in "
+                "`config['name']`, e.g. 'mixed_float16'. Received: "
+                f"dtype={dtype!r}"
+            )
+        config["dtype"] = name
+    return config
+
+
 def _single_axis(config, name):
     """tf_keras writes a built layer's `axis` as a list, e.g. `[3]`."""
     axis = config.get("axis", -1)
@@ -123,6 +140,7 @@ def _weight_normalization(config, serialized):
     from keras_norms.layers.weight_normalization import WeightNormalization
 
     inner = dict(config["layer"])
+    inner["config"] = _dtype_policy(dict(inner.get("config", {})))
     if "module" not in inner and "registered_name" not in inner:
         # A bare {"class_name": "Dense", ...}: a built-in Keras layer.
         inner["module"] = "keras.layers"
@@ -170,7 +188,7 @@ def layer_from_config(serialized):
         for key, value in dict(serialized.get("config", {})).items()
         if key not in _DROPPED
     }
-    cls, config = twin(config, serialized)
+    cls, config = twin(_dtype_policy(config), serialized)
     try:
         return cls.from_config(config)
     except TypeError as error:

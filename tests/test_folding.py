@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_norms as kn
 from keras_norms.folding import FoldReport
 from keras_norms.folding import batch_norm_scale_and_shift
 from keras_norms.folding import fold_batch_norms
@@ -385,3 +386,31 @@ def test_refuses_unbuilt_and_subclassed_models():
         fold_batch_norms(sub, verbose=0)
     with pytest.raises(TypeError, match="keras.Model"):
         fold_batch_norms(L.Dense(2), verbose=0)
+
+
+def test_fold_keeps_a_lambda_layer_without_unsafe_deserialization():
+    # Folding copies each kept layer from its config; a Lambda's Python
+    # function is the user's own (in memory), so Keras' safe mode, meant
+    # for files, must not refuse it.
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.Conv2D(4, 3),
+            kn.BatchNormalization(),
+            keras.layers.Lambda(lambda t: t * 2.0 + 1.0),
+        ]
+    )
+    x = helpers.random_input((3, 6, 6, 3), loc=1.0)
+    model(x, training=True)
+    folded = kn.fold_batch_norms(model)
+    assert helpers.count_layers(folded, kn.BatchNormalization) == 0
+    np.testing.assert_allclose(
+        helpers.infer(folded, x), helpers.infer(model, x), rtol=1e-4, atol=1e-4
+    )
+    optimized = kn.optimize_for_inference(model)
+    np.testing.assert_allclose(
+        helpers.infer(optimized, x),
+        helpers.infer(model, x),
+        rtol=1e-4,
+        atol=1e-4,
+    )

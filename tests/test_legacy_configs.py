@@ -210,3 +210,45 @@ def test_tf_keras_ghost_batch_norm_axis_that_cannot_be_built():
     }
     with pytest.raises(ValueError, match=r"Received: axis=\[0\]"):
         kn.convert(config)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_tf_keras_mixed_precision_policy(policy):
+    # tf_keras writes a mixed-precision policy as a `Policy` dict, which
+    # Keras 3 does not read (it raised AttributeError 'quantization_mode').
+    tf_keras_policy = {
+        "module": "keras.mixed_precision",
+        "class_name": "Policy",
+        "config": {"name": policy},
+        "registered_name": None,
+    }
+    bn = kn.convert(
+        {
+            "class_name": "BatchNormalization",
+            "config": {"axis": -1, "dtype": tf_keras_policy},
+        }
+    )
+    assert bn.dtype_policy.name == policy
+    assert bn.compute_dtype == policy.split("_")[1]
+    assert bn.variable_dtype == "float32"
+    wn = kn.convert(
+        {
+            "class_name": "Addons>WeightNormalization",
+            "config": {
+                "dtype": tf_keras_policy,
+                "layer": {
+                    "class_name": "Dense",
+                    "config": {"units": 3, "dtype": tf_keras_policy},
+                },
+            },
+        }
+    )
+    assert wn.dtype_policy.name == policy
+    assert wn.layer.dtype_policy.name == policy
+    with pytest.raises(ValueError, match="Received: dtype="):
+        kn.convert(
+            {
+                "class_name": "BatchNormalization",
+                "config": {"dtype": {"class_name": "Policy", "config": {}}},
+            }
+        )
