@@ -1,11 +1,12 @@
-"""The one door to private Keras, TensorFlow and torch APIs.
+"""The one door to private Keras, TensorFlow, JAX and torch APIs.
 
 Keras 3 keeps a few things the package needs outside its public API (the
 data adapters `fit` and `predict` read their input with, the input signature
 its own exporter derives, the class of functional models, the stateless
-scope a JAX train step runs in, the graph of a functional model and the
-layout of an adapted `keras.layers.Normalization`), and TensorFlow and
-torch keep a few more.
+scope a JAX train step runs in, the graph of a functional model, the nested
+layers of a layer, the causal padding of a `Conv1D` and the layout of an
+adapted `keras.layers.Normalization`), and TensorFlow, JAX (the names of
+the mapped axes a trace runs under) and torch keep a few more.
 Every use of such a private name in keras_norms goes through a function
 here, so that:
 
