@@ -1,11 +1,12 @@
-"""The one door to private Keras, TensorFlow and torch APIs.
+"""The one door to private Keras, TensorFlow, JAX and torch APIs.
 
 Keras 3 keeps a few things the package needs outside its public API (the
 data adapters `fit` and `predict` read their input with, the input signature
 its own exporter derives, the class of functional models, the stateless
-scope a JAX train step runs in, the graph of a functional model and the
-layout of an adapted `keras.layers.Normalization`), and TensorFlow and
-torch keep a few more.
+scope a JAX train step runs in, the graph of a functional model, the nested
+layers of a layer, the causal padding of a `Conv1D` and the layout of an
+adapted `keras.layers.Normalization`), and TensorFlow, JAX (the names of
+the mapped axes a trace runs under) and torch keep a few more.
 Every use of such a private name in keras_norms goes through a function
 here, so that:
 
@@ -17,11 +18,17 @@ here, so that:
   missing (a `keras_norms` error naming the private API and the installed
   version) or falls back to a public equivalent where one exists (noted at
   each function);
-- this file is the list of what to re-check when Keras, TensorFlow or
-  torch is upgraded.
+- this file is the list of what to re-check when Keras, TensorFlow, JAX or
+  torch is upgraded. Each function was checked against the versions of
+  constraints.txt (Keras 3.15.1, TensorFlow 2.21, JAX 0.10.2, torch 2.13);
+  `tests/test_compat.py` asserts that every private name used here exists
+  in the installed versions, so an upgrade that drops one fails the suite
+  instead of a fallback silently taking over.
 
 The backend modules (`keras_norms/backend/`) call `torch_default_store`,
-`torch_functional_collectives` and `tf_in_xla_context`.
+`torch_functional_collectives`, `tf_in_xla_context`, `jax_axis_names` and
+`flatten_layers`; `keras_norms.layers.weight_normalization` calls
+`causal_padding`.
 """
 
 import importlib
@@ -37,6 +44,21 @@ def _private(module, what, package="keras"):
             f"keras_norms needs {what} (the private module `{module}`), "
             f"which this {package} {version} does not have. Install a "
             f"{package} version keras_norms supports (see constraints.txt)."
+        ) from error
+
+
+def _private_attribute(owner, name, what, package="keras"):
+    """`owner.name`, or a `RuntimeError` saying clearly what went missing."""
+    try:
+        return getattr(owner, name)
+    except AttributeError as error:
+        version = _version(package)
+        where = getattr(owner, "__name__", None) or type(owner).__name__
+        raise RuntimeError(
+            f"keras_norms needs {what} (the private `{where}.{name}`), "
+            f"which this {package} {version} does "
+            f"not have. Install a {package} version keras_norms supports "
+            "(see constraints.txt)."
         ) from error
 
 
@@ -68,11 +90,27 @@ def flatten_layers(layer, include_self=True):
     """`layer` (with `include_self`) and every layer nested in it, once.
 
     `Layer._flatten_layers(recursive=True)`: sublayers tracked as
-    attributes, models' layers and wrapped layers, depth first.
+    attributes, models' layers and wrapped layers, depth first. Checked
+    with Keras 3.15.1; a `RuntimeError` where a Keras does not have it.
     """
-    return list(
-        layer._flatten_layers(include_self=include_self, recursive=True)
+    flatten = _private_attribute(
+        layer, "_flatten_layers", "the nested layers of a layer"
     )
+    return list(flatten(include_self=include_self, recursive=True))
+
+
+def causal_padding(layer):
+    """The `ops.pad` widths a `padding="causal"` `Conv1D` pads its input by.
+
+    `Conv1D._compute_causal_padding()`: `dilation_rate * (kernel_size - 1)`
+    zeros before the steps, along the steps axis of the layer's
+    `data_format`. Checked with Keras 3.15.1; a `RuntimeError` where a
+    Keras does not have it.
+    """
+    compute = _private_attribute(
+        layer, "_compute_causal_padding", "the causal padding of a Conv1D"
+    )
+    return compute()
 
 
 def tracked_sublayers(layer):
@@ -161,6 +199,25 @@ def stateless_scope():
         "the current Keras stateless scope",
     )
     return module.get_stateless_scope()
+
+
+# ----------------------------------------------------------------------
+# JAX
+# ----------------------------------------------------------------------
+def jax_axis_names():
+    """The named mapped axes the current JAX trace runs under, as a tuple.
+
+    `jax._src.core.unsafe_get_axis_names()`: the names bound by an
+    enclosing `jax.pmap`, `shard_map` or `vmap(axis_name=...)`; `()`
+    outside them. JAX has no public equivalent. Checked with JAX 0.10.2;
+    an `ImportError` (a missing module) or `RuntimeError` (a missing
+    function) where a JAX does not have it, never a silent `()`.
+    """
+    core = _private("jax._src.core", "the names of mapped axes", "jax")
+    names = _private_attribute(
+        core, "unsafe_get_axis_names", "the names of mapped axes", "jax"
+    )
+    return tuple(names())
 
 
 # ----------------------------------------------------------------------

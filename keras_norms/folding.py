@@ -10,12 +10,15 @@ linear Conv/Dense layer, `x = W * u + c`, the two fold into one layer:
     c' = (c - moving_mean) * a + beta
 
 and the BatchNormalization disappears. A BatchNormalization that cannot be
-folded becomes one fixed `keras_norms.layers.affine.Affine` layer.
+folded becomes one fixed `keras_norms.layers.affine.Affine` layer. The
+arithmetic is `keras_norms._fold_math`'s; this module finds the pairs and
+rewrites the graph.
 """
 
 import keras
 import numpy as np
 
+from keras_norms import _fold_math
 from keras_norms import _graph
 from keras_norms import _validation
 from keras_norms.layers.affine import Affine
@@ -375,31 +378,41 @@ def _folded_copy(layer, bn, output_shape, assignments):
     )
     config["use_bias"] = not separate_shift
     new = layer.__class__.from_config(config)
-    if isinstance(layer, _graph.DEPTHWISE):
-        kernel = numpy64(layer.kernel)  # (..., in, multiplier)
-        weights = {"kernel": kernel * a.reshape(kernel.shape[-2:])}
-    elif isinstance(layer, _graph.SEPARABLE):
+    bias = numpy64(layer.bias) if layer.use_bias else None
+    if isinstance(layer, _graph.SEPARABLE):
+        # The depthwise step keeps its kernel; the pointwise one takes a.
+        pointwise, bias = _fold_math.fold_after(
+            numpy64(layer.pointwise_kernel), bias, a, b
+        )
         weights = {
             "depthwise_kernel": numpy64(layer.depthwise_kernel),
-            "pointwise_kernel": numpy64(layer.pointwise_kernel) * a,
+            "pointwise_kernel": pointwise,
         }
-    elif isinstance(layer, _graph.TRANSPOSE):
-        kernel = numpy64(layer.kernel)  # (..., out, in)
-        weights = {"kernel": kernel * a[:, None]}
     else:
-        weights = {"kernel": numpy64(layer.kernel) * a}
-    bias = numpy64(layer.bias) if layer.use_bias else np.zeros_like(a)
+        kernel, bias = _fold_math.fold_after(
+            numpy64(layer.kernel), bias, a, b, _kernel_layout(layer)
+        )
+        weights = {"kernel": kernel}
     shift = None
     if separate_shift:
         shift = Affine.from_scale_and_offset(
             np.ones_like(a),
-            bias * a + b,
+            bias,
             axis=bn.axis,
             ndim=batch_norm_input_rank(bn),
             name=bn.name,
             dtype=bn.dtype_policy,
         )
     else:
-        weights["bias"] = bias * a + b
+        weights["bias"] = bias
     assignments.append((new, _graph.WeightsByName(weights)))
     return new, shift
+
+
+def _kernel_layout(layer):
+    """Where `layer`'s kernel keeps its output channels (`_fold_math`)."""
+    if isinstance(layer, _graph.DEPTHWISE):
+        return "in_multiplier"
+    if isinstance(layer, _graph.TRANSPOSE):
+        return "out_in"
+    return "in_out"

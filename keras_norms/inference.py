@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from keras_norms import _compat
+from keras_norms import _fold_math
 from keras_norms import _graph
 from keras_norms import _validation
 from keras_norms import backend as kn_backend
@@ -586,17 +587,11 @@ def _forward_refusal(affine, consumer):
 
 def _forward_folded_copy(affine, consumer, assignments):
     """A copy of `consumer` computing `consumer(affine(x))`."""
-    scale = _graph.numpy64(affine.scale)
-    offset = _graph.numpy64(affine.offset)
-    kernel = _graph.numpy64(consumer.kernel)  # (..., in, out)
-    bias = (
-        _graph.numpy64(consumer.bias)
-        if consumer.use_bias
-        else np.zeros(kernel.shape[-1])
-    )
-    new_kernel = kernel * scale[:, None]
-    new_bias = bias + np.sum(
-        kernel * offset[:, None], axis=tuple(range(kernel.ndim - 1))
+    new_kernel, new_bias = _fold_math.fold_before(
+        _graph.numpy64(consumer.kernel),  # (..., in, out)
+        _graph.numpy64(consumer.bias) if consumer.use_bias else None,
+        _graph.numpy64(affine.scale),
+        _graph.numpy64(affine.offset),
     )
     config = consumer.get_config()
     config["use_bias"] = True

@@ -445,7 +445,7 @@ def _masked_moments(x, mask, axis):
 
 def check_mask_on_any_axis_as_keras(cls, shape, axis):
     """Keras' mask marks all axes but the last and is expanded there, also
-    with axis=1 (issue 20, item 1): output and moving statistics as
+    with axis=1: output and moving statistics as
     keras.layers.BatchNormalization and as NumPy over the kept positions."""
     x = helpers.random_input(shape, loc=1.0, scale=2.0).astype("float64")
     mask = np.random.RandomState(5).rand(*shape[:-1]) > 0.35

@@ -44,6 +44,8 @@ import importlib
 
 import keras
 
+from keras_norms import _compat
+
 __all__ = [
     "num_replicas",
     "all_gather_rows",
@@ -118,8 +120,8 @@ def call_for_inference(model, inputs):
 
 def _has_channels_first(layer):
     layers = [layer]
-    if hasattr(layer, "_flatten_layers"):
-        layers = layer._flatten_layers(include_self=True)
+    if isinstance(layer, keras.layers.Layer):
+        layers = _compat.flatten_layers(layer)
     return any(
         getattr(sub, "data_format", None) == "channels_first" for sub in layers
     )

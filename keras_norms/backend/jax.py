@@ -18,6 +18,8 @@ own shard, and only a collective over the named axis would combine them.
 train there instead of silently using each device's own statistics.
 """
 
+from keras_norms import _compat
+
 
 def num_replicas():
     return 1
@@ -30,13 +32,14 @@ def all_gather_rows(row):  # pragma: no cover - never called with 1 replica
 def named_axes():
     """The named mapped axes (`pmap`, `shard_map`, `vmap(axis_name=...)`)
     the current trace runs under; `()` outside them (and under `jit` with
-    `keras.distribution`, whose GSPMD program sees the global batch)."""
-    try:
-        from jax._src import core
+    `keras.distribution`, whose GSPMD program sees the global batch).
 
-        return tuple(core.unsafe_get_axis_names())
-    except (ImportError, AttributeError):  # pragma: no cover - other JAX
-        return ()
+    Read through `keras_norms._compat.jax_axis_names`, which raises where
+    a JAX lacks the private function rather than answer `()`: a silent
+    `()` would switch off SyncBatchNormalization's refusal to train with
+    per-device statistics.
+    """
+    return _compat.jax_axis_names()
 
 
 def join_all_processes(what, timeout):

@@ -1,13 +1,15 @@
 """A fixed per-channel scale and shift: what a frozen BatchNormalization is.
 
-Also the BatchNormalization-to-affine math (`batch_norm_scale_and_shift`),
-which `Affine.from_batch_normalization` and `keras_norms.folding` share.
+Also `batch_norm_scale_and_shift(layer)`, a BatchNormalization layer's
+scale and shift (the math itself is `keras_norms._fold_math`'s), which
+`Affine.from_batch_normalization` and `keras_norms.folding` share.
 """
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_norms import _fold_math
 from keras_norms import _validation
 from keras_norms import ops as kn_ops
 
@@ -174,12 +176,13 @@ def batch_norm_scale_and_shift(layer):
             f"BatchNormalization layer '{layer.name}' is not built; build or "
             "call the model before folding it."
         )
-    mean = float64_numpy(layer.moving_mean)
-    variance = float64_numpy(layer.moving_variance)
-    gamma = float64_numpy(layer.gamma) if layer.scale else np.ones_like(mean)
-    beta = float64_numpy(layer.beta) if layer.center else np.zeros_like(mean)
-    scale = gamma / np.sqrt(variance + float(layer.epsilon))
-    return scale, beta - mean * scale
+    return _fold_math.batch_norm_scale_and_shift(
+        float64_numpy(layer.moving_mean),
+        float64_numpy(layer.moving_variance),
+        layer.epsilon,
+        gamma=float64_numpy(layer.gamma) if layer.scale else None,
+        beta=float64_numpy(layer.beta) if layer.center else None,
+    )
 
 
 def batch_norm_input_rank(layer):

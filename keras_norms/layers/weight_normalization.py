@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_norms import _compat
 from keras_norms import _validation
 from keras_norms import ops as kn_ops
 
@@ -219,7 +220,7 @@ class WeightNormalization(keras.layers.Wrapper):
             return ops.matmul(x, kernel)
         padding = layer.padding
         if padding == "causal":
-            x = ops.pad(x, layer._compute_causal_padding())
+            x = ops.pad(x, _compat.causal_padding(layer))
             padding = "valid"
         return kn_ops.conv(
             x,

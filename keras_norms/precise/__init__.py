@@ -90,7 +90,9 @@ def recompute_batch_norm_statistics(
     it (seed generator states, the data-init state of
     `WeightNormalization`, frozen layers' statistics); trainable weights,
     optimizer and metric state are never written. The layers' `momentum`
-    is untouched. Under a TensorFlow distribution
+    is set to 0 during the pass (so each training-mode forward leaves the
+    batch's own statistics in the moving ones, which are read and
+    averaged) and restored after it. Under a TensorFlow distribution
     strategy or a `keras.distribution`, call it outside the replica
     context: the model sees whole batches, so the statistics are global
     ones, as SyncBatchNormalization computes them.

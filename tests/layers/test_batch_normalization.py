@@ -372,7 +372,7 @@ def test_synchronized_works_on_every_backend_and_is_plain_bn_alone():
 
 
 # ---------------------------------------------------------------------------
-# A batch of one (issue 20, item 3) and an empty batch in a graph
+# A batch of one and an empty batch in a graph
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "axis, shape", [(-1, (1, 4)), (1, (1, 3, 1, 1)), (-1, (1, 1, 1, 3))]

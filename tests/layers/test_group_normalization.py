@@ -124,9 +124,9 @@ def test_group_norm_matches_keras_layer():
 
 @pytest.mark.parametrize("shape", [(2, 1, 4), (2, 1, 1, 4), (3, 4)])
 def test_one_value_per_group_matches_keras(shape):
-    # One value per group in training behaves as Keras does (issue 20,
-    # item 3): the variance is 0, the output `beta`; InstanceNormalization
-    # too where it has a spatial axis.
+    # One value per group in training behaves as Keras does: the variance
+    # is 0, the output `beta`; InstanceNormalization too where it has a
+    # spatial axis.
     x = helpers.random_input(shape, seed=3)
     ref = keras.layers.GroupNormalization(groups=-1)
     ours = kn.GroupNormalization(groups=-1)
