@@ -440,8 +440,14 @@ def export(
             inputs = _inputs_of(exported)  # as the exporter saw them
             _verify(staged, format, sample, expected, staging, report, inputs)
         _check_target(path, filepath, overwrite)  # again: it may have changed
-        for name in _artifact_files(path):
-            os.replace(os.path.join(staging, os.path.basename(name)), name)
+        from keras_norms import saved_model
+
+        saved_model.replace_artifact(
+            [
+                (os.path.join(staging, os.path.basename(name)), name)
+                for name in _artifact_files(path)
+            ]
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
@@ -584,7 +590,8 @@ def _check_arguments(model, filepath, format, fold, overwrite, verify):
 
 
 def _artifact_files(path):
-    """The files an export to `path` writes (OpenVINO adds a `.bin`)."""
+    """The files an export to `path` writes, the one a runtime opens last
+    (OpenVINO's `.bin` beside the `.xml` it reads it from)."""
     if path.endswith(".xml"):
         return [path[: -len(".xml")] + ".bin", path]
     return [path]
