@@ -215,6 +215,56 @@ def test_cnn_exports_and_verifies(tmp_path, format):
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     # The folded model has no BatchNormalization left to export.
     assert report.format == format and str(target) in str(report)
+    # The report says which rows the check ran on, and how many.
+    assert report.check_rows == 4
+    assert report.checked_on == "4 rows drawn at random (seeded)"
+    assert "on 4 rows drawn at random" in str(report)
+    assert "'check_rows': 4" in repr(report)
+
+
+@pytest.mark.parametrize("format", deploy.FORMATS)
+def test_non_finite_sample_is_refused_first(tmp_path, format):
+    # Before anything else (even a format this backend refuses): the row
+    # is named, nothing is written.
+    x = np.ones((6, 8, 8, 3), "float32")
+    x[2, 0, 1, 2] = np.nan
+    x[4, 3, 3, 0] = -np.inf
+    target = tmp_path / f"m{SUFFIX[format]}"
+    with pytest.raises(
+        ValueError,
+        match=r"`sample` must hold finite.*Row 2 of sample holds NaN \(2 of "
+        r"its 6 rows are not finite: 2, 4\).*Received: sample\[2\] holding",
+    ):
+        deploy.export(_small_model(), target, format=format, sample=x)
+    inputs = [keras.Input((3,)), keras.Input((3,))]
+    model = keras.Model(inputs, keras.layers.Add()(inputs))
+    pair = [np.zeros((2, 3), "float32"), np.full((2, 3), np.inf, "float32")]
+    with pytest.raises(ValueError, match=r"Row 0 of sample\[1\] holds inf"):
+        deploy.export(model, target, format=format, sample=pair)
+    assert not os.listdir(tmp_path)
+
+
+def test_model_computing_nan_on_the_sample_is_refused(tmp_path):
+    # Finite rows on which the model itself computes NaN: the check would
+    # compare NaN with NaN; the error names the row instead.
+    format = _first_file_format()
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Lambda(keras.ops.log)(inputs))
+    x = np.ones((4, 3), "float32")
+    x[2, 1] = -1.0
+    target = tmp_path / f"m{SUFFIX[format]}"
+    with pytest.raises(
+        ValueError,
+        match=r"computes NaN or inf on the check's row 2 \(the 4 rows of "
+        r"`sample`; output 0, 1 row\(s\) in all\).*verify=False",
+    ):
+        deploy.export(model, target, format=format, fold=False, sample=x)
+    assert not os.listdir(tmp_path)
+    report = deploy.export(
+        model, target, format=format, fold=False, sample=np.abs(x)
+    )
+    assert report.verified and report.check_rows == 4
+    assert "on the 4 rows of `sample`" in str(report)
 
 
 @pytest.mark.parametrize("format", FILE_FORMATS)

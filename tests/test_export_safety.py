@@ -244,7 +244,7 @@ def _tag(path):
 
 
 def _artifact_state(directory, names):
-    """"old" / "new" for a complete export, None if the opened path is
+    """ "old" / "new" for a complete export, None if the opened path is
     absent; anything else (a mixed export) fails the test."""
     paths = [directory / name.rstrip("/") for name in names]
     if not paths[-1].exists():
@@ -256,9 +256,7 @@ def _artifact_state(directory, names):
 
 @pytest.mark.parametrize("killed", [False, True], ids=["error", "killed"])
 @pytest.mark.parametrize("layout", sorted(_LAYOUTS))
-def test_replace_artifact_never_leaves_a_mixed_export(
-    tmp_path, layout, killed
-):
+def test_replace_artifact_never_leaves_a_mixed_export(tmp_path, layout, killed):
     names = _LAYOUTS[layout]
     moves = {"file": 1, "pair": 4, "directory": 2}[layout]
     for at in range(1, moves + 2):  # moves + 1: nothing interrupted
