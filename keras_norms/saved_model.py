@@ -124,9 +124,12 @@ def export_saved_model(
     directory beside `filepath`, checked, and only then renamed into
     place. `overwrite=True` replaces only an earlier export (a directory
     holding this function's marker file, `keras_norms_export.json`, or
-    only SavedModel files), and does so atomically: the old export is
-    moved aside, the new one moved in, and the old one deleted after
-    that succeeded. A failure at any step leaves `filepath` as it was.
+    only SavedModel files), as one unit (`replace_artifact`): the old
+    export is moved aside, the new one moved in, and the old one deleted
+    after that succeeded. A failure at any step leaves `filepath` as it
+    was; a process killed between the two moves leaves no directory at
+    `filepath` (never a mix of old and new files), the old export in a
+    hidden `.NAME.*.old` folder beside it.
 
     **Checked.** The written SavedModel, run by TensorFlow, is compared
     with `model(sample, training=False)` (the original model, before any
