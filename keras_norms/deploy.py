@@ -435,8 +435,8 @@ def export(
         )
         from keras_norms import inference
 
-        _describe_check(
-            report, inference.sample_batch(model, sample), checked_on
+        report.check_rows, report.checked_on = _checked_rows(
+            inference.sample_batch(model, sample), checked_on
         )
         return report
     _check_defects(model, format, backend)
@@ -445,6 +445,9 @@ def export(
     # The model's outputs on the check sample, before anything is traced
     # (Keras' ONNX exporter also wants a model that has been called).
     sample, expected = inference.reference_outputs(model, sample)
+    checked_on = _checked_rows(sample, checked_on)
+    if verify:
+        _check_finite_outputs(model, expected, checked_on[1])
     exported = model
     if fold:
         from keras_norms.inference import optimize_for_inference
@@ -453,8 +456,7 @@ def export(
     runtime = _RUNTIME[format][1]
     report = DeployReport(format, path, runtime, folded=bool(fold))
     if verify:
-        _describe_check(report, sample, checked_on)
-        _check_finite_outputs(model, expected, report.checked_on)
+        report.check_rows, report.checked_on = checked_on
     quiet = contextlib.nullcontext()
     if quantize is not None:
         kwargs.update(
@@ -497,22 +499,18 @@ def export(
     return report
 
 
-def _describe_check(report, sample, checked_on):
-    """Say in `report` which rows the check ran on, and how many.
+def _checked_rows(sample, checked_on):
+    """`(rows, what)`: how many rows the check runs on, and which.
 
     `checked_on`: `"sample"` (the user's), `"drawn"` (a seeded random
-    batch) or `(rows, what)` (held-out rows, from `_quantize`).
+    batch) or already `(rows, what)` (held-out rows, from `_quantize`).
     """
     if isinstance(checked_on, tuple):
-        report.check_rows, report.checked_on = checked_on
-        return
+        return checked_on
     rows = len(keras.tree.flatten(sample)[0])
-    report.check_rows = rows
-    report.checked_on = (
-        f"the {rows} row{'s' * (rows != 1)} of `sample`"
-        if checked_on == "sample"
-        else f"{rows} row{'s' * (rows != 1)} drawn at random (seeded)"
-    )
+    if checked_on == "sample":
+        return rows, f"the {rows} row{'s' * (rows != 1)} of `sample`"
+    return rows, f"{rows} row{'s' * (rows != 1)} drawn at random (seeded)"
 
 
 def _check_finite_outputs(model, expected, checked_on):

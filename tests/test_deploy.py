@@ -258,7 +258,7 @@ def test_model_computing_nan_on_the_sample_is_refused(tmp_path):
         match=r"computes NaN or inf on the check's row 2 \(the 4 rows of "
         r"`sample`; output 0, 1 row\(s\) in all\).*verify=False",
     ):
-        deploy.export(model, target, format=format, fold=False, sample=x)
+        deploy.export(model, target, format=format, sample=x)
     assert not os.listdir(tmp_path)
     report = deploy.export(
         model, target, format=format, fold=False, sample=np.abs(x)
