@@ -243,6 +243,69 @@ def describe(x):
     return f"<{type(x).__name__}>"
 
 
+def non_finite_rows(x):
+    """The indices of the rows (first axis) of array `x` holding NaN or
+    inf, in order (none for an integer or empty array)."""
+    x = np.atleast_1d(np.asarray(x))
+    if not np.issubdtype(x.dtype, np.inexact) or x.size == 0:
+        return []
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    return np.flatnonzero(~finite).tolist()
+
+
+def _what_is_not_finite(row):
+    row = np.asarray(row)
+    kinds = [
+        k for k, bad in (("NaN", np.isnan), ("inf", np.isinf)) if bad(row).any()
+    ]
+    return " and ".join(kinds)
+
+
+def check_finite_rows(name, value, why=""):
+    """Raise a `ValueError` naming the first row of `value` that holds NaN
+    or inf.
+
+    Args:
+        name: The argument's name, for the message.
+        value: An array, or a list, tuple or dict of arrays (rows along
+            the first axis). Leaves NumPy cannot read are skipped (the
+            caller's own checks refuse them).
+        why: Why finite rows are needed, appended to the message.
+
+    Raises:
+        ValueError: A row of `value` holds NaN or inf.
+    """
+    for label, x in _labelled_leaves(name, value):
+        try:
+            array = np.asarray(x)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        rows = non_finite_rows(array)
+        if not rows:
+            continue
+        first = rows[0]
+        what = _what_is_not_finite(np.atleast_1d(array)[first])
+        listed = ", ".join(str(r) for r in rows[:10])
+        listed += ", ..." if len(rows) > 10 else ""
+        raise ValueError(
+            f"Argument `{name}` must hold finite numbers{why}. Row {first} "
+            f"of {label} holds {what} ({len(rows)} of its "
+            f"{len(np.atleast_1d(array))} rows are not finite: {listed}); "
+            f"drop or fix them. Received: {label}[{first}] holding {what}"
+        )
+
+
+def _labelled_leaves(label, value):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _labelled_leaves(f"{label}[{key!r}]", item)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _labelled_leaves(f"{label}[{i}]", item)
+    else:
+        yield label, value
+
+
 def resolve_groups(groups, channels, axis):
     """The number of groups `groups` (-1: one channel each) makes of
     `channels`; refuses one that does not divide them (at build)."""

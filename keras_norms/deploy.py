@@ -46,6 +46,7 @@ import keras
 import numpy as np
 
 from keras_norms import _quantize
+from keras_norms import _validation
 
 __all__ = [
     "DeployReport",
@@ -184,6 +185,13 @@ class DeployReport:
             model|` (the output where it is largest against its
             tolerance), else `None`.
         mean_tolerance: Its tolerance (see `rule`), else `None`.
+        checked_on: Which rows the check ran on: `"the 16 rows of
+            `sample`"`, `"4 rows drawn at random (seeded)"`, or for
+            `quantize="int8"` without `sample`, `"64 rows of
+            representative_data held out from calibration (calibrated on
+            200)"` (`None` when `verify=False`).
+        check_rows: How many rows (distinct ones: a static batch size
+            repeats rows up to whole batches), else `None`.
     """
 
     def __init__(
@@ -199,6 +207,8 @@ class DeployReport:
         quantize=None,
         mean_abs_difference=None,
         mean_tolerance=None,
+        checked_on=None,
+        check_rows=None,
     ):
         self.format = format
         self.path = path
@@ -211,6 +221,8 @@ class DeployReport:
         self.quantize = quantize
         self.mean_abs_difference = mean_abs_difference
         self.mean_tolerance = mean_tolerance
+        self.checked_on = checked_on
+        self.check_rows = check_rows
 
     @property
     def verified(self):
@@ -229,10 +241,12 @@ class DeployReport:
                 f", mean abs difference {self.mean_abs_difference:.3g} <= "
                 f"{self.mean_tolerance:.3g}"
             )
+        on = f" on {self.checked_on}" if self.checked_on else ""
         return (
             f"Exported {what} to {self.path}; {self.runtime} matches "
-            f"the model: max abs difference {self.max_abs_difference:.3g} <= "
-            f"tolerance {self.tolerance:.3g}{mean} ({self.rule})."
+            f"the model{on}: max abs difference "
+            f"{self.max_abs_difference:.3g} <= tolerance "
+            f"{self.tolerance:.3g}{mean} ({self.rule})."
         )
 
     def __repr__(self):
@@ -275,9 +289,13 @@ def export(
 
         max |artifact - model| <= 1e-4 * max(1, max |model|)
 
-    or nothing is written. Only then is the artifact renamed to
-    `filepath`: an existing export is replaced only after the new one is
-    written and verified, and only with `overwrite=True`.
+    or nothing is written. Only then is the artifact moved to `filepath`:
+    an existing export is replaced only after the new one is written and
+    verified, and only with `overwrite=True`. OpenVINO's `.xml` and `.bin`
+    are replaced as one unit (the old `.xml` moved aside first, the new
+    `.xml` moved in last), so an interruption leaves the old pair, the new
+    pair, or no `.xml` (loading fails), never an `.xml` beside the other
+    export's `.bin`; see `keras_norms.saved_model.replace_artifact`.
 
     `format="litert"` with `quantize="int8"` (TensorFlow backend) writes a
     full-integer model: TensorFlow's LiteRT converter quantizes the folded
@@ -285,10 +303,13 @@ def export(
     `TFLITE_BUILTINS_INT8`), calibrating the activation ranges on up to
     200 rows of `representative_data`; inputs and outputs stay float32,
     so the artifact is called like the float one. `quantize="float16"`
-    stores the weights in float16. A quantized artifact is checked (by
-    default on up to 64 other rows of `representative_data`) with a
-    looser rule, stated in the report: for int8, with `range` the max -
-    min of the model's output on the sample,
+    stores the weights in float16. Without `sample`, the int8 check runs
+    on rows of `representative_data` that the calibration never sees: a
+    quarter of them (at most 64) is held out first (seeded), the rest (at
+    most 200) calibrates; the report's `checked_on` says which and how
+    many. A quantized artifact is checked with a looser rule, stated in
+    the report: for int8, with `range` the max - min of the model's
+    output on the checked rows,
 
         max |artifact - model| <= 0.25 * range
         mean |artifact - model| <= 0.03 * range
@@ -309,7 +330,9 @@ def export(
         fold: Put the model in its inference form first.
         verify: Check the artifact in its runtime (see above).
         sample: The input batch for the check (an array, or a list of
-            arrays); `None` draws one.
+            arrays; finite numbers); `None` draws one (for
+            `quantize="int8"`, holds rows of `representative_data` out
+            of the calibration).
         overwrite: Replace an existing file (or earlier export).
         batch_size: `None` keeps the batch dimension dynamic; an integer
             fixes it (Keras then exports with that static batch; on torch,
@@ -321,17 +344,19 @@ def export(
             (float16 weights); `format="litert"` on the TensorFlow
             backend only (int8: for a model with one input).
         representative_data: For `quantize="int8"` (and only then): an
-            array of input rows like the training data, e.g. a few
-            hundred training rows (never test rows); up to 200 of them,
-            drawn at random (seeded), calibrate the int8 ranges.
+            array of input rows like the training data (finite numbers),
+            e.g. a few hundred training rows (never test rows); up to 200
+            of them, drawn at random (seeded), calibrate the int8 ranges,
+            and without `sample` a quarter of them (at most 64, at least
+            one: pass 4 rows or more) is held out for the check.
         **kwargs: Passed to `model.export` (e.g. `opset_version` for
             ONNX, `input_signature`; for LiteRT, `tf.lite.TFLiteConverter`
             attributes).
 
     Returns:
         A `DeployReport`: format, path, runtime, max abs difference,
-        tolerance and the rule it came from, static batch size,
-        quantization.
+        tolerance and the rule it came from, the rows checked on and how
+        many, static batch size, quantization.
 
     Raises:
         ValueError: An unknown format, a format this backend cannot
@@ -339,9 +364,12 @@ def export(
             a wrong file name ending, an unknown `quantize`, `quantize`
             with a format other than `"litert"` or off the TensorFlow
             backend, `quantize="int8"` without `representative_data` or
-            with rows of another shape than the model's input; a model
-            the converter cannot quantize to int8; or an artifact that
-            computes something else than the model.
+            with rows of another shape than the model's input, or fewer
+            than 4 rows and no `sample`; a row of `sample` or
+            `representative_data` holding NaN or inf (the message names
+            it), a model computing NaN or inf on the check's rows; a
+            model the converter cannot quantize to int8; or an artifact
+            that computes something else than the model.
         FileExistsError: `filepath` exists and `overwrite=False`.
         ModuleNotFoundError: The exporter or runtime is not installed.
 
@@ -357,11 +385,18 @@ def export(
     ```
     """
     backend = keras.backend.backend()
+    if sample is not None:
+        _validation.check_finite_rows("sample", sample)
     representative_data = _quantize.check_arguments(
         model, format, quantize, representative_data, kwargs, backend
     )
-    if quantize == "int8" and sample is None:
-        sample = _quantize.check_sample(representative_data, batch_size)
+    # Which rows the check runs on, for the report: `(rows, what)`.
+    checked_on = "sample" if sample is not None else "drawn"
+    held_out = quantize == "int8" and sample is None
+    if held_out:
+        sample, checked_on = _quantize.check_sample(
+            representative_data, batch_size
+        )
     path = _check_arguments(model, filepath, format, fold, overwrite, verify)
     if batch_size is not None:
         if format == "tf_saved_model":
@@ -395,15 +430,24 @@ def export(
                 f"{len(keras.tree.flatten(sample)[0])} rows"
             )
     if format == "tf_saved_model":
-        return _export_saved_model(
+        report = _export_saved_model(
             model, filepath, fold, sample, overwrite, **kwargs
         )
+        from keras_norms import inference
+
+        report.check_rows, report.checked_on = _checked_rows(
+            inference.sample_batch(model, sample), checked_on
+        )
+        return report
     _check_defects(model, format, backend)
     from keras_norms import inference
 
     # The model's outputs on the check sample, before anything is traced
     # (Keras' ONNX exporter also wants a model that has been called).
     sample, expected = inference.reference_outputs(model, sample)
+    checked_on = _checked_rows(sample, checked_on)
+    if verify:
+        _check_finite_outputs(model, expected, checked_on[1])
     exported = model
     if fold:
         from keras_norms.inference import optimize_for_inference
@@ -411,11 +455,13 @@ def export(
         exported = optimize_for_inference(model, verbose=0, sample=sample)
     runtime = _RUNTIME[format][1]
     report = DeployReport(format, path, runtime, folded=bool(fold))
+    if verify:
+        report.check_rows, report.checked_on = checked_on
     quiet = contextlib.nullcontext()
     if quantize is not None:
         kwargs.update(
             _quantize.converter_options(
-                quantize, representative_data, batch_size
+                quantize, representative_data, batch_size, held_out
             )
         )
         report.quantize = quantize
@@ -440,11 +486,47 @@ def export(
             inputs = _inputs_of(exported)  # as the exporter saw them
             _verify(staged, format, sample, expected, staging, report, inputs)
         _check_target(path, filepath, overwrite)  # again: it may have changed
-        for name in _artifact_files(path):
-            os.replace(os.path.join(staging, os.path.basename(name)), name)
+        from keras_norms import saved_model
+
+        saved_model.replace_artifact(
+            [
+                (os.path.join(staging, os.path.basename(name)), name)
+                for name in _artifact_files(path)
+            ]
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _checked_rows(sample, checked_on):
+    """`(rows, what)`: how many rows the check runs on, and which.
+
+    `checked_on`: `"sample"` (the user's), `"drawn"` (a seeded random
+    batch) or already `(rows, what)` (held-out rows, from `_quantize`).
+    """
+    if isinstance(checked_on, tuple):
+        return checked_on
+    rows = len(keras.tree.flatten(sample)[0])
+    if checked_on == "sample":
+        return rows, f"the {rows} row{'s' * (rows != 1)} of `sample`"
+    return rows, f"{rows} row{'s' * (rows != 1)} drawn at random (seeded)"
+
+
+def _check_finite_outputs(model, expected, checked_on):
+    """A ValueError naming the row if the model's own output on the check
+    rows holds NaN or inf (the check would compare nothing)."""
+    for i, output in enumerate(expected):
+        rows = _validation.non_finite_rows(output)
+        if rows:
+            raise ValueError(
+                f"Model '{model.name}' computes NaN or inf on the check's "
+                f"row {rows[0]} ({checked_on}; output {i}, {len(rows)} "
+                "row(s) in all), so an export cannot be checked against "
+                "it. Pass `sample=`: input rows the model computes finite "
+                "outputs for, or verify=False. Received: a model output "
+                f"holding non-finite values in row {rows[0]}"
+            )
 
 
 def _static_signature(model, batch_size):
@@ -584,7 +666,8 @@ def _check_arguments(model, filepath, format, fold, overwrite, verify):
 
 
 def _artifact_files(path):
-    """The files an export to `path` writes (OpenVINO adds a `.bin`)."""
+    """The files an export to `path` writes, the one a runtime opens last
+    (OpenVINO's `.bin` beside the `.xml` it reads it from)."""
     if path.endswith(".xml"):
         return [path[: -len(".xml")] + ".bin", path]
     return [path]
@@ -730,7 +813,7 @@ def _verify(staged, format, sample, expected, staging, report, inputs_of):
     if not ok:
         raise inference.OutputMismatchError(
             f"The {format} export, run by {report.runtime}, differs from "
-            f"the model on the sample batch: {figures} ({report.rule}). "
+            f"the model on {report.checked_on}: {figures} ({report.rule}). "
             f"Nothing was written to {report.path!r} (an earlier file there "
             "is unchanged). "
             + (

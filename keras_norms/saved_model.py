@@ -124,9 +124,12 @@ def export_saved_model(
     directory beside `filepath`, checked, and only then renamed into
     place. `overwrite=True` replaces only an earlier export (a directory
     holding this function's marker file, `keras_norms_export.json`, or
-    only SavedModel files), and does so atomically: the old export is
-    moved aside, the new one moved in, and the old one deleted after
-    that succeeded. A failure at any step leaves `filepath` as it was.
+    only SavedModel files), as one unit (`replace_artifact`): the old
+    export is moved aside, the new one moved in, and the old one deleted
+    after that succeeded. A failure at any step leaves `filepath` as it
+    was; a process killed between the two moves leaves no directory at
+    `filepath` (never a mix of old and new files), the old export in a
+    hidden `.NAME.*.old` folder beside it.
 
     **Checked.** The written SavedModel, run by TensorFlow, is compared
     with `model(sample, training=False)` (the original model, before any
@@ -287,7 +290,7 @@ def export(
                 "there is unchanged); pass on_mismatch='warn' to keep it.",
             )
         check_target(filepath, overwrite)  # again: it may have changed
-        _replace(staging, target)
+        replace_artifact([(staging, target)])
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -378,25 +381,75 @@ def check_target(filepath, overwrite):
     return target
 
 
-def _replace(staging, target):
-    """Move `staging` to `target`; an old `target` is deleted only after."""
-    if not os.path.lexists(target):
-        os.rename(staging, target)
+def replace_artifact(moves):
+    """Move a staged export into place as one unit.
+
+    `moves` lists `(staged, target)` pairs, the path a runtime opens last
+    (OpenVINO's `.xml` after its `.bin`; a SavedModel directory alone).
+    A single file replaces its target atomically (`os.replace`).
+    Otherwise every existing target is first moved aside into a new
+    hidden folder beside it (`.NAME.*.old`), the opened one first; then
+    the staged paths are moved in, the opened one last; then the folder
+    aside is removed. So at every moment the opened path is either
+    absent (loading fails) or part of a complete export, the old one or
+    the new one: an interruption never leaves a loadable mix of old and
+    new files.
+
+    On an error the new paths are moved back and the old ones restored.
+    If that fails too (the disk is gone), the previous export is left in
+    the folder aside, and the error says where: nothing but an earlier
+    export, once the new one is in place, is ever removed.
+
+    Args:
+        moves: A list of `(staged, target)` path pairs, the opened one
+            last.
+
+    Raises:
+        OSError: A move failed (after the rollback above).
+    """
+    staged, opened = moves[-1]
+    if len(moves) == 1 and not os.path.isdir(staged):
+        os.replace(staged, opened)
         return
-    aside = tempfile.mkdtemp(
-        prefix=f".{os.path.basename(target)}.",
-        suffix=".old",
-        dir=os.path.dirname(target),
-    )
-    old = os.path.join(aside, "previous")
-    os.rename(target, old)
+    present = [t for _, t in reversed(moves) if os.path.lexists(t)]
+    aside = None
+    if present:
+        aside = tempfile.mkdtemp(
+            prefix=f".{os.path.basename(opened)}.",
+            suffix=".old",
+            dir=os.path.dirname(opened),
+        )
+    set_aside, placed = [], []
     try:
-        os.rename(staging, target)
-    except BaseException:
-        os.rename(old, target)
-        os.rmdir(aside)
+        for target in present:  # the opened one first
+            old = os.path.join(aside, os.path.basename(target))
+            os.replace(target, old)
+            set_aside.append((old, target))
+        for source, target in moves:  # the opened one last
+            os.replace(source, target)
+            placed.append((source, target))
+    except BaseException as error:
+        _roll_back(placed, set_aside, aside, error)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _roll_back(placed, set_aside, aside, error):
+    """Undo `replace_artifact`'s moves; on failure, say where the old is."""
+    try:
+        for source, target in reversed(placed):
+            os.replace(target, source)
+        for old, target in reversed(set_aside):  # the opened one last
+            os.replace(old, target)
+    except OSError:
+        error.add_note(
+            f"The previous export could not be moved back; it is kept in "
+            f"{aside!r}."
+        )
+        return
+    if aside is not None:
+        os.rmdir(aside)
 
 
 def _input_signature(model):

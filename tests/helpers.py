@@ -266,3 +266,30 @@ def run_python(source, timeout=300):
         text=True,
         timeout=timeout,
     )
+
+
+class Interrupted(OSError):
+    """The simulated interruption of `interrupt_moves`."""
+
+
+def interrupt_moves(monkeypatch, at, killed):
+    """Make the `at`-th `os.replace` from now on raise `Interrupted`.
+
+    `killed=False`: that move alone fails (an error the code can recover
+    from). `killed=True`: every move from the `at`-th on fails, as if the
+    process had died there: the files stay as they were at that moment,
+    whatever the code tries next. Returns the list of the calls'
+    `(source, destination)`, the failed ones included. Pass a
+    `pytest.MonkeyPatch.context()` to restore `os.replace` when it ends.
+    """
+    real = os.replace
+    calls = []
+
+    def replace(source, destination, **kwargs):
+        calls.append((source, destination))
+        if len(calls) == at or (killed and len(calls) > at):
+            raise Interrupted(f"interrupted at move {at}")
+        real(source, destination, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return calls

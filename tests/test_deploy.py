@@ -21,7 +21,10 @@ import pytest
 
 import keras_norms as kn
 from keras_norms import deploy
+from keras_norms import saved_model
 from tests.helpers import BACKEND
+from tests.helpers import Interrupted
+from tests.helpers import interrupt_moves
 from tests.helpers import set_random_weights
 
 SUFFIX = {
@@ -212,6 +215,56 @@ def test_cnn_exports_and_verifies(tmp_path, format):
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     # The folded model has no BatchNormalization left to export.
     assert report.format == format and str(target) in str(report)
+    # The report says which rows the check ran on, and how many.
+    assert report.check_rows == 4
+    assert report.checked_on == "4 rows drawn at random (seeded)"
+    assert "on 4 rows drawn at random" in str(report)
+    assert "'check_rows': 4" in repr(report)
+
+
+@pytest.mark.parametrize("format", deploy.FORMATS)
+def test_non_finite_sample_is_refused_first(tmp_path, format):
+    # Before anything else (even a format this backend refuses): the row
+    # is named, nothing is written.
+    x = np.ones((6, 8, 8, 3), "float32")
+    x[2, 0, 1, 2] = np.nan
+    x[4, 3, 3, 0] = -np.inf
+    target = tmp_path / f"m{SUFFIX[format]}"
+    with pytest.raises(
+        ValueError,
+        match=r"`sample` must hold finite.*Row 2 of sample holds NaN \(2 of "
+        r"its 6 rows are not finite: 2, 4\).*Received: sample\[2\] holding",
+    ):
+        deploy.export(_small_model(), target, format=format, sample=x)
+    inputs = [keras.Input((3,)), keras.Input((3,))]
+    model = keras.Model(inputs, keras.layers.Add()(inputs))
+    pair = [np.zeros((2, 3), "float32"), np.full((2, 3), np.inf, "float32")]
+    with pytest.raises(ValueError, match=r"Row 0 of sample\[1\] holds inf"):
+        deploy.export(model, target, format=format, sample=pair)
+    assert not os.listdir(tmp_path)
+
+
+def test_model_computing_nan_on_the_sample_is_refused(tmp_path):
+    # Finite rows on which the model itself computes NaN: the check would
+    # compare NaN with NaN; the error names the row instead.
+    format = _first_file_format()
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Lambda(keras.ops.log)(inputs))
+    x = np.ones((4, 3), "float32")
+    x[2, 1] = -1.0
+    target = tmp_path / f"m{SUFFIX[format]}"
+    with pytest.raises(
+        ValueError,
+        match=r"computes NaN or inf on the check's row 2 \(the 4 rows of "
+        r"`sample`; output 0, 1 row\(s\) in all\).*verify=False",
+    ):
+        deploy.export(model, target, format=format, sample=x)
+    assert not os.listdir(tmp_path)
+    report = deploy.export(
+        model, target, format=format, fold=False, sample=np.abs(x)
+    )
+    assert report.verified and report.check_rows == 4
+    assert "on the 4 rows of `sample`" in str(report)
 
 
 @pytest.mark.parametrize("format", FILE_FORMATS)
@@ -280,6 +333,111 @@ def test_torch_onnx_dynamic_batch(tmp_path):
         _small_model(), target, format="onnx", batch_size=2, overwrite=True
     )
     assert report.static_batch == 2 and report.verified
+
+
+def _openvino_outputs(xml, x):
+    """OpenVINO's output for `x` of the export at `xml`, or None if it does
+    not load."""
+    import openvino as ov
+
+    core = ov.Core()
+    try:
+        model = core.read_model(str(xml))
+    except RuntimeError:  # no .xml (or no .bin): it says so
+        return None
+    compiled = core.compile_model(
+        model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    return np.asarray(compiled([x])[compiled.outputs[0]])
+
+
+def _pair_bytes(directory):
+    return {
+        name: (directory / name).read_bytes()
+        for name in ("m.bin", "m.xml")
+        if (directory / name).exists()
+    }
+
+
+def _copy_pair(source, directory):
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("m.bin", "m.xml"):
+        shutil.copy(source / name, directory / name)
+
+
+def test_interrupted_openvino_reexport_never_loads_a_mixed_pair(tmp_path):
+    """OpenVINO reads the weights from the .bin beside the .xml it is
+    given, whatever export that .bin came from. An interruption at any
+    move of a re-export leaves the old pair, the new one, or no .xml
+    (loading fails), never an old file beside a new one."""
+    _usable("openvino")
+    x = np.random.RandomState(0).randn(4, 8, 8, 3).astype("float32")
+    models, outputs, files = {}, {}, {}
+    for seed, name in ((1, "old"), (2, "new")):
+        keras.utils.set_random_seed(seed)
+        models[name] = _small_model()
+        deploy.export(models[name], tmp_path / name / "m.xml", "openvino")
+        outputs[name] = _openvino_outputs(tmp_path / name / "m.xml", x)
+        files[name] = _pair_bytes(tmp_path / name)
+    assert np.abs(outputs["old"] - outputs["new"]).max() > 0.1
+
+    def state(directory):
+        got = _openvino_outputs(directory / "m.xml", x)
+        if not (directory / "m.xml").exists():
+            assert got is None  # loading fails, loudly
+            return None
+        for name in ("old", "new"):
+            if _pair_bytes(directory) == files[name]:
+                np.testing.assert_allclose(got, outputs[name], atol=1e-6)
+                return name
+        raise AssertionError(f"{directory} holds a mixed pair")
+
+    # Four moves: old .xml aside, old .bin aside, new .bin in, new .xml in.
+    for killed in (False, True):
+        for at in range(1, 6):
+            work = tmp_path / f"{killed}{at}"
+            _copy_pair(tmp_path / "old", work)
+            _copy_pair(tmp_path / "new", work / ".staging")
+            moves = [
+                (str(work / ".staging" / n), str(work / n))
+                for n in ("m.bin", "m.xml")
+            ]
+            with pytest.MonkeyPatch.context() as patch:
+                interrupt_moves(patch, at, killed)
+                try:
+                    saved_model.replace_artifact(moves)
+                except Interrupted:
+                    assert at <= 4
+            if at == 5:  # nothing interrupted
+                assert state(work) == "new"
+            elif killed and at > 1:  # stopped with the old .xml aside
+                assert state(work) is None
+            else:  # nothing moved yet, or the moves undone
+                assert state(work) == "old"
+
+    # Through kn.export: killed at the last move, then exported again.
+    target = tmp_path / "target" / "m.xml"
+    _copy_pair(tmp_path / "old", target.parent)
+    real = saved_model.replace_artifact
+
+    def killed_at_the_xml(moves):
+        with pytest.MonkeyPatch.context() as patch:
+            interrupt_moves(patch, 4, killed=True)
+            real(moves)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(saved_model, "replace_artifact", killed_at_the_xml)
+        with pytest.raises(Interrupted):
+            deploy.export(models["new"], target, "openvino", overwrite=True)
+    assert state(target.parent) is None
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        deploy.export(models["new"], target, "openvino")
+    report = deploy.export(models["new"], target, "openvino", overwrite=True)
+    assert report.verified
+    got = _openvino_outputs(target, x)
+    np.testing.assert_allclose(got, outputs["new"], atol=1e-5)
 
 
 # ----------------------------------------------------------------------

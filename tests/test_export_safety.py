@@ -35,6 +35,8 @@ from keras_norms.callbacks import FoldAndExport
 from keras_norms.inference import OutputMismatchError
 from keras_norms.inference import optimize_for_inference
 from keras_norms.saved_model import export_saved_model
+from tests.helpers import Interrupted
+from tests.helpers import interrupt_moves
 from tests.helpers import to_numpy
 
 L = keras.layers
@@ -170,19 +172,134 @@ def test_failed_reexport_keeps_the_previous_export(
     assert os.listdir(tmp_path) == ["m"]
 
     # Failing to move the new export in: the old one is moved back.
-    rename = os.rename
+    replace = os.replace
 
-    def failing_rename(src, dst):
+    def failing_replace(src, dst):
         if str(src).endswith(".tmp"):
             raise OSError("disk gone")
-        rename(src, dst)
+        replace(src, dst)
 
-    monkeypatch.setattr(os, "rename", failing_rename)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk gone"):
         export_saved_model(model, target, overwrite=True, verbose=0)
-    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
     assert _content(target) == "1"
     assert os.listdir(tmp_path) == ["m"]
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["error", "killed"])
+@pytest.mark.parametrize("at", [1, 2, 3])
+def test_interrupted_reexport_leaves_old_new_or_nothing(
+    fake_writer, tmp_path, at, killed
+):
+    # A SavedModel re-export makes two moves (the old directory aside,
+    # the new one in); `at=3` interrupts nothing.
+    model = _model()
+    target = tmp_path / "m"
+    export_saved_model(model, target, verbose=0)
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_moves(patch, at, killed)
+        try:
+            export_saved_model(model, target, overwrite=True, verbose=0)
+        except Interrupted:
+            assert at <= 2
+    state = _content(target) if target.exists() else None
+    aside = [p for p in tmp_path.iterdir() if p.name.endswith(".old")]
+    if not killed or at == 3:  # recovered: the old export, or the new
+        assert state == ("2" if at == 3 else "1")
+        assert os.listdir(tmp_path) == ["m"]
+    else:  # stopped there: the old export, at its path or aside
+        assert state in ("1", None)
+        if state is None:  # the old export is complete, aside
+            assert sorted(os.listdir(aside[0] / "m")) == sorted(
+                ["saved_model.pb", kn_export.MARKER]
+            )
+            assert _content(aside[0] / "m") == "1"
+    # A later export to the same path works.
+    export_saved_model(model, target, overwrite=True, verbose=0)
+    assert _content(target) == str(fake_writer["calls"])
+
+
+# One artifact as the package writes it: (staged, target) pairs, the
+# path a runtime opens last (OpenVINO's .xml after its .bin).
+_LAYOUTS = {
+    "file": ["m.onnx"],
+    "pair": ["m.bin", "m.xml"],
+    "directory": ["m/"],
+}
+
+
+def _write_artifact(directory, names, tag):
+    for name in names:
+        path = directory / name.rstrip("/")
+        if name.endswith("/"):
+            path.mkdir(parents=True)
+            (path / "saved_model.pb").write_text(tag)
+        else:
+            path.write_text(tag)
+
+
+def _tag(path):
+    return (path / "saved_model.pb" if path.is_dir() else path).read_text()
+
+
+def _artifact_state(directory, names):
+    """ "old" / "new" for a complete export, None if the opened path is
+    absent; anything else (a mixed export) fails the test."""
+    paths = [directory / name.rstrip("/") for name in names]
+    if not paths[-1].exists():
+        return None
+    tags = {_tag(p) for p in paths}
+    assert len(tags) == 1, f"a mixed export: {tags}"
+    return tags.pop()
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["error", "killed"])
+@pytest.mark.parametrize("layout", sorted(_LAYOUTS))
+def test_replace_artifact_never_leaves_a_mixed_export(tmp_path, layout, killed):
+    names = _LAYOUTS[layout]
+    moves = {"file": 1, "pair": 4, "directory": 2}[layout]
+    for at in range(1, moves + 2):  # moves + 1: nothing interrupted
+        work = tmp_path / f"at{at}"
+        staging = work / ".staging"
+        staging.mkdir(parents=True)
+        _write_artifact(work, names, "old")
+        _write_artifact(staging, names, "new")
+        pairs = [
+            (str(staging / n.rstrip("/")), str(work / n.rstrip("/")))
+            for n in names
+        ]
+        with pytest.MonkeyPatch.context() as patch:
+            calls = interrupt_moves(patch, at, killed)
+            try:
+                kn_export.replace_artifact(pairs)
+            except Interrupted as error:
+                assert at <= moves
+                if killed and at > 1:  # the rollback failed: it says so
+                    notes = "".join(getattr(error, "__notes__", []))
+                    assert "kept in" in notes
+        assert len(calls) >= min(at, moves)
+        state = _artifact_state(work, names)
+        aside = [p for p in work.iterdir() if p.name.endswith(".old")]
+        if at > moves:
+            assert state == "new" and not aside
+        elif not killed:
+            assert state == "old" and not aside
+        else:
+            assert state in ("old", None)
+            # Nothing of the old export is lost: each of its files is at
+            # its path, or aside.
+            for name in names:
+                found = [work / name] + [a / name for a in aside]
+                assert "old" in {_tag(p) for p in found if p.exists()}
+        # A later replace works, whatever was left.
+        later = work / ".later"
+        later.mkdir()
+        _write_artifact(later, names, "newer")
+        kn_export.replace_artifact(
+            [(str(later / n.rstrip("/")), t) for n, (_, t) in zip(names, pairs)]
+        )
+        assert _artifact_state(work, names) == "newer"
 
 
 class _FakeLoss(keras.callbacks.Callback):
