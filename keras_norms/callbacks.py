@@ -272,8 +272,8 @@ class FoldAndExport(keras.callbacks.Callback):
         monitor=None,
         mode="auto",
         sample=None,
-        atol=inference.ATOL,
-        rtol=inference.RTOL,
+        atol=None,
+        rtol=None,
         on_mismatch="warn",
         precise_statistics=None,
         fold=True,
@@ -440,8 +440,8 @@ def _check_export_kwargs(format, export_kwargs, atol, rtol, jit_compile):
             f"keyword argument. Received: {own[0]}={export_kwargs[own[0]]!r}"
         )
     for name, value, default in (
-        ("atol", atol, inference.ATOL),
-        ("rtol", rtol, inference.RTOL),
+        ("atol", atol, None),
+        ("rtol", rtol, None),
         ("jit_compile", jit_compile, True),
     ):
         if value != default:
