@@ -447,6 +447,8 @@ def export(
         (format, backend), ()
     ):
         exported = inference.float32_copy(exported)
+        # Called once, as Keras' ONNX exporter wants.
+        inference.model_outputs(exported, sample)
     runtime = _RUNTIME[format][1]
     report = DeployReport(
         format,
@@ -830,15 +832,14 @@ def _inputs_of(model):
 
     signature = _compat.input_signature(model)
     leaves = keras.tree.flatten_with_path(signature)
-    indices = iter(range(len(leaves)))
-    structure = keras.tree.map_structure(lambda _: next(indices), signature)
+    # Each input's index in the flattened order (a dict's keys sorted),
+    # the order the check ships the inputs in.
+    structure = keras.tree.pack_sequence_as(signature, list(range(len(leaves))))
     return {
         "names": [getattr(spec, "name", None) or "" for _, spec in leaves],
         # Without the index of the positional argument (a functional
         # model's whole structure is its one argument).
-        "paths": [
-            "/".join(str(p) for p in path[1:]) for path, _ in leaves
-        ],
+        "paths": ["/".join(str(p) for p in path[1:]) for path, _ in leaves],
         "structure": structure,  # JSON writes tuples as lists
     }
 

@@ -43,7 +43,7 @@ _ON_MISMATCH = ("raise", "warn")
 # places differs by a few `eps` of the scale of the values. The check then
 # uses `atol = rtol = REDUCED_PRECISION_ULPS * eps` (float16: 0.0156;
 # bfloat16: 0.125), i.e. `max|got - expected| <= 16 * eps * (1 +
-# max|expected|)`: the folds and exports measured up to 1.5 eps of
+# max|expected|)`: the folds and exports measured up to 1.6 eps of
 # `max(1, max|output|)` on Conv-BN nets; a wrong fold is off by a sizeable
 # part of the scale.
 REDUCED_PRECISION_ULPS = 16

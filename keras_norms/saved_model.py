@@ -589,8 +589,7 @@ def load_and_run(filepath, inputs):
     # bfloat16 outputs as float32: an array of it does not survive
     # `np.savez` (the child processes), and float32 holds it exactly.
     outputs = [
-        tf.cast(o, tf.float32) if o.dtype == tf.bfloat16 else o
-        for o in outputs
+        tf.cast(o, tf.float32) if o.dtype == tf.bfloat16 else o for o in outputs
     ]
     graph_def = signature.graph.as_graph_def()
     library = {f.signature.name: f for f in graph_def.library.function}
