@@ -705,7 +705,15 @@ def _export_saved_model(
         **kwargs,
     )
     check = result.check
-    atol, rtol = saved_model.inference.tolerances(model)
+    inference = saved_model.inference
+    atol, rtol = inference.tolerances(model)
+    rule = f"{atol:g} + {rtol:g} * max|output|"
+    model_dtype = inference.compute_dtype(model)
+    if inference.resolution(model_dtype) is not None:
+        rule += (
+            f" ({inference.REDUCED_PRECISION_ULPS} * eps of the model's "
+            f"{model_dtype})"
+        )
     return DeployReport(
         "tf_saved_model",
         os.path.abspath(filepath),
@@ -714,7 +722,7 @@ def _export_saved_model(
         tolerance=max(t for _, t in check.figures),
         folded=bool(fold),
         # export_saved_model's own check, the same scale as ours.
-        rule=f"{atol:g} + {rtol:g} * max|output|",
+        rule=rule,
         dtype=result.dtype,
         rtol=rtol,
     )
