@@ -309,7 +309,23 @@ def export(
 
     or nothing is written. Only then is the artifact renamed to
     `filepath`: an existing export is replaced only after the new one is
-    written and verified, and only with `overwrite=True`.
+    written and verified, and only with `overwrite=True`. The inputs may
+    be any structure Keras takes (a list, a dict, nested): the check
+    matches them to the artifact's inputs by the model's input names, or
+    by their keys in the structure.
+
+    A mixed precision model (a `mixed_float16` / `mixed_bfloat16` policy,
+    globally or per layer) is checked with `16 * eps` of its compute
+    dtype instead of `1e-4` (`eps = 2**-10` for float16, `2**-7` for
+    bfloat16; measured up to 1.6 eps of the output scale). It is exported
+    in its dtypes where the format and its runtime take them, and as a
+    float32 copy (policies float32, weights cast; `report.dtype` says
+    which) where they do not: bfloat16 to ONNX (ONNX's Conv takes no
+    bfloat16) and OpenVINO (its CPU plugin fails or computes it wrong),
+    float16 and bfloat16 to LiteRT from TensorFlow (the converter keeps
+    them as Flex ops, which the interpreter lacks) and to ONNX from JAX
+    (jax2onnx writes an ill-typed graph). `dtype="float32"` asks for the
+    float32 copy in every format.
 
     `format="litert"` with `quantize="int8"` (TensorFlow backend) writes a
     full-integer model: TensorFlow's LiteRT converter quantizes the folded
@@ -340,7 +356,8 @@ def export(
             `"openvino"`, `"torch"`.
         fold: Put the model in its inference form first.
         verify: Check the artifact in its runtime (see above).
-        sample: The input batch for the check (an array, or a list of
+        sample: The input batch for the check, in the structure the model
+            takes (an array, or a list, dict or nested structure of
             arrays); `None` draws one.
         overwrite: Replace an existing file (or earlier export).
         batch_size: `None` keeps the batch dimension dynamic; an integer
@@ -356,6 +373,9 @@ def export(
             array of input rows like the training data, e.g. a few
             hundred training rows (never test rows); up to 200 of them,
             drawn at random (seeded), calibrate the int8 ranges.
+        dtype: `None` exports a mixed precision model in its dtypes
+            where the format runs them (a float32 copy elsewhere, see
+            above); `"float32"` always exports a float32 copy.
         **kwargs: Passed to `model.export` (e.g. `opset_version` for
             ONNX, `input_signature`; for LiteRT, `tf.lite.TFLiteConverter`
             attributes).
@@ -371,7 +391,8 @@ def export(
             a wrong file name ending, an unknown `quantize`, `quantize`
             with a format other than `"litert"` or off the TensorFlow
             backend, `quantize="int8"` without `representative_data` or
-            with rows of another shape than the model's input; a model
+            with rows of another shape than the model's input; a `dtype`
+            other than `None` or `"float32"`; a model
             the converter cannot quantize to int8; or an artifact that
             computes something else than the model.
         FileExistsError: `filepath` exists and `overwrite=False`.

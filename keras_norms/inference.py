@@ -191,8 +191,15 @@ def optimize_for_inference(
 
         max |new - original| <= atol + rtol * max |original|
 
-    With the defaults (`atol=1e-5`, `rtol=1e-4`) float32 rounding passes
-    on outputs of any scale and a wrong fold does not.
+    The defaults follow the model's compute dtype: for float32,
+    `atol=1e-5`, `rtol=1e-4` (float32 rounding passes on outputs of any
+    scale and a wrong fold does not); for a mixed precision model (a
+    `mixed_float16` / `mixed_bfloat16` policy, globally or on some
+    layers), `atol = rtol = 16 * eps` of its lowest-precision compute
+    dtype (`eps = 2**-10` for float16, `2**-7` for bfloat16: 0.0156 and
+    0.125), as the folded kernels and each intermediate are rounded to
+    that dtype (measured: up to 1.6 eps of the output scale). The result
+    computes in the model's dtypes.
 
     The result holds only Keras layers and fixed `Affine` layers, so
     `result.quantize("int8")`, `export_saved_model` and `.keras` saving
@@ -205,10 +212,13 @@ def optimize_for_inference(
         verbose: `"auto"` or `1` prints the report, `0` is silent.
         return_report: If `True`, return `(new_model, report)`, `report` an
             `InferenceReport`.
-        sample: Input batch for the check (an array, or a list of arrays
+        sample: Input batch for the check, in the structure the model
+            takes (an array; a list, dict or nested structure of arrays
             for several inputs); `None` builds one (see above).
-        atol: Absolute part of the check's tolerance.
-        rtol: Part of the tolerance relative to `max |original output|`.
+        atol: Absolute part of the check's tolerance; `None` follows the
+            model's compute dtype (see above).
+        rtol: Part of the tolerance relative to `max |original output|`;
+            `None` follows the model's compute dtype.
         on_mismatch: `"raise"` (a `ValueError` with the figures) or
             `"warn"` (a warning with the figures; the model is returned)
             when the check fails.

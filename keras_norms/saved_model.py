@@ -137,7 +137,10 @@ def export_saved_model(
 
     (so float32 reassociation passes on outputs of any scale, a wrong
     export does not). With `fold=True` the optimized Keras model is
-    checked the same way first.
+    checked the same way first. A mixed precision model (`mixed_float16`,
+    `mixed_bfloat16`) is exported in its dtypes (`dtype="float32"`
+    exports a float32 copy instead) and checked with a tolerance that
+    follows its compute dtype (see `optimize_for_inference`).
 
     Args:
         model: A built Keras model. With `fold=True` it must be a
@@ -150,12 +153,16 @@ def export_saved_model(
         jit_compile: Compile the serving function with XLA.
         overwrite: Replace an existing export at `filepath` (never a file,
             nor a directory holding anything else).
-        sample: Input batch for the check (an array, or a list of arrays);
-            `None` builds a deterministic batch of 4 from the model's
-            inputs (see `optimize_for_inference`).
-        atol: Absolute part of the check's tolerance.
+        sample: Input batch for the check, in the structure the model
+            takes (an array, or a list, dict or nested structure of
+            arrays); `None` builds a deterministic batch of 4 from the
+            model's inputs (see `optimize_for_inference`).
+        atol: Absolute part of the check's tolerance; `None`: `1e-5` for
+            a float32 model, `16 * eps` of a float16 (`eps = 2**-10`) or
+            bfloat16 (`eps = 2**-7`) compute dtype.
         rtol: Part of the check's tolerance relative to the largest
-            absolute output of the original model.
+            absolute output of the original model; `None`: `1e-4`, or
+            `16 * eps` as for `atol`.
         on_mismatch: `"raise"`: a failed check raises a `ValueError`
             (`keras_norms.inference.OutputMismatchError`) with the
             figures, and `filepath` is left as it was. `"warn"`: it warns
@@ -163,6 +170,9 @@ def export_saved_model(
         verbose: `"auto"` or `1` prints the inference report (with
             `fold=True`) and one line with the path and the check's
             figure; `0` is silent.
+        dtype: `None` exports the model in its own dtypes; `"float32"`
+            exports a float32 copy of a mixed precision model (policies
+            float32, weights cast), checked against the model as it is.
 
     Returns:
         `filepath`.
