@@ -212,10 +212,14 @@ class FoldAndExport(keras.callbacks.Callback):
         mode: `"auto"`, `"min"` or `"max"`: whether a lower or higher
             `monitor` is better (`"auto"`: max for accuracies and AUC-like
             names, else min).
-        sample: Input batch for the check (array, or list of arrays).
-        atol: Absolute part of the check's tolerance (SavedModel only).
+        sample: Input batch for the check (an array, or the list, dict
+            or nested structure of arrays the model takes).
+        atol: Absolute part of the check's tolerance (SavedModel only);
+            `None` follows the model's compute dtype (`1e-5` for float32,
+            see `keras_norms.inference.optimize_for_inference`).
         rtol: Part of the check's tolerance relative to the largest
-            absolute output of the model (SavedModel only).
+            absolute output of the model (SavedModel only); `None`
+            follows the model's compute dtype (`1e-4` for float32).
         on_mismatch: `"warn"` (keep the export, warn with the figures) or
             `"raise"` (raise a `ValueError`, keep the previous export).
         precise_statistics: Optional `(x, steps)` (or just `x`): before
@@ -272,8 +276,8 @@ class FoldAndExport(keras.callbacks.Callback):
         monitor=None,
         mode="auto",
         sample=None,
-        atol=inference.ATOL,
-        rtol=inference.RTOL,
+        atol=None,
+        rtol=None,
         on_mismatch="warn",
         precise_statistics=None,
         fold=True,
@@ -440,8 +444,8 @@ def _check_export_kwargs(format, export_kwargs, atol, rtol, jit_compile):
             f"keyword argument. Received: {own[0]}={export_kwargs[own[0]]!r}"
         )
     for name, value, default in (
-        ("atol", atol, inference.ATOL),
-        ("rtol", rtol, inference.RTOL),
+        ("atol", atol, None),
+        ("rtol", rtol, None),
         ("jit_compile", jit_compile, True),
     ):
         if value != default:

@@ -91,6 +91,27 @@ _EXPORTER = {
     ("openvino", "torch"): ("openvino",),
     ("torch", "torch"): (),
 }
+# The compute dtypes a (format, backend) cannot export or run, measured
+# on Conv-BN nets (tests/test_deploy.py): `export(dtype=None)` writes a
+# float32 copy of such a model (`inference.float32_copy`), checked like
+# any other against the model.
+_FLOAT32_ONLY = {
+    # tf2onnx and torch.onnx write bfloat16 Conv inputs, which ONNX's Conv
+    # does not take (onnxruntime: "invalid model").
+    ("onnx", "tensorflow"): ("bfloat16",),
+    ("onnx", "torch"): ("bfloat16",),
+    # jax2onnx types a float16/bfloat16 ReduceMean's output float32:
+    # onnxruntime refuses the graph.
+    ("onnx", "jax"): ("float16", "bfloat16"),
+    # TensorFlow's LiteRT converter keeps float16/bfloat16 convolutions as
+    # Flex (select TensorFlow) ops, which the LiteRT interpreter lacks.
+    ("litert", "tensorflow"): ("float16", "bfloat16"),
+    # OpenVINO's CPU plugin cannot compile the bfloat16 Convert from the
+    # TensorFlow frontend, and computes a bfloat16 model from torch wrong
+    # (max abs difference 1.2 on unit-scale outputs).
+    ("openvino", "tensorflow"): ("bfloat16",),
+    ("openvino", "torch"): ("bfloat16",),
+}
 # Formats Keras cannot write from a backend, and what to do instead.
 _REFUSED = {
     ("litert", "jax"): (
@@ -192,6 +213,12 @@ class DeployReport:
             200)"` (`None` when `verify=False`).
         check_rows: How many rows (distinct ones: a static batch size
             repeats rows up to whole batches), else `None`.
+        dtype: The compute dtype of the exported model: the model's
+            (`"float32"`, or `"float16"` / `"bfloat16"` for a mixed
+            precision model), or `"float32"` for a float32 copy.
+        rtol: The relative tolerance of the float rule: `RTOL` for a
+            float32 model, `16 * eps` for a float16 (`eps = 2**-10`) or
+            bfloat16 (`eps = 2**-7`) one.
     """
 
     def __init__(
@@ -209,6 +236,8 @@ class DeployReport:
         mean_tolerance=None,
         checked_on=None,
         check_rows=None,
+        dtype="float32",
+        rtol=None,
     ):
         self.format = format
         self.path = path
@@ -223,6 +252,8 @@ class DeployReport:
         self.mean_tolerance = mean_tolerance
         self.checked_on = checked_on
         self.check_rows = check_rows
+        self.dtype = dtype
+        self.rtol = RTOL if rtol is None else rtol
 
     @property
     def verified(self):
@@ -264,6 +295,7 @@ def export(
     batch_size=None,
     quantize=None,
     representative_data=None,
+    dtype=None,
     **kwargs,
 ):
     """Write `model` for a deployment runtime, and check it runs there.
@@ -295,7 +327,23 @@ def export(
     are replaced as one unit (the old `.xml` moved aside first, the new
     `.xml` moved in last), so an interruption leaves the old pair, the new
     pair, or no `.xml` (loading fails), never an `.xml` beside the other
-    export's `.bin`; see `keras_norms.saved_model.replace_artifact`.
+    export's `.bin`; see `keras_norms.saved_model.replace_artifact`. The
+    inputs may be any structure Keras takes (a list, a dict, nested): the
+    check matches them to the artifact's inputs by the model's input
+    names, or by their keys in the structure.
+
+    A mixed precision model (a `mixed_float16` / `mixed_bfloat16` policy,
+    globally or per layer) is checked with `16 * eps` of its compute
+    dtype instead of `1e-4` (`eps = 2**-10` for float16, `2**-7` for
+    bfloat16; measured up to 1.6 eps of the output scale). It is exported
+    in its dtypes where the format and its runtime take them, and as a
+    float32 copy (policies float32, weights cast; `report.dtype` says
+    which) where they do not: bfloat16 to ONNX (ONNX's Conv takes no
+    bfloat16) and OpenVINO (its CPU plugin fails or computes it wrong),
+    float16 and bfloat16 to LiteRT from TensorFlow (the converter keeps
+    them as Flex ops, which the interpreter lacks) and to ONNX from JAX
+    (jax2onnx writes an ill-typed graph). `dtype="float32"` asks for the
+    float32 copy in every format.
 
     `format="litert"` with `quantize="int8"` (TensorFlow backend) writes a
     full-integer model: TensorFlow's LiteRT converter quantizes the folded
@@ -329,7 +377,8 @@ def export(
             `"openvino"`, `"torch"`.
         fold: Put the model in its inference form first.
         verify: Check the artifact in its runtime (see above).
-        sample: The input batch for the check (an array, or a list of
+        sample: The input batch for the check, in the structure the model
+            takes (an array, or a list, dict or nested structure of
             arrays; finite numbers); `None` draws one (for
             `quantize="int8"`, holds rows of `representative_data` out
             of the calibration).
@@ -349,6 +398,9 @@ def export(
             of them, drawn at random (seeded), calibrate the int8 ranges,
             and without `sample` a quarter of them (at most 64, at least
             one: pass 4 rows or more) is held out for the check.
+        dtype: `None` exports a mixed precision model in its dtypes
+            where the format runs them (a float32 copy elsewhere, see
+            above); `"float32"` always exports a float32 copy.
         **kwargs: Passed to `model.export` (e.g. `opset_version` for
             ONNX, `input_signature`; for LiteRT, `tf.lite.TFLiteConverter`
             attributes).
@@ -369,7 +421,8 @@ def export(
             `representative_data` holding NaN or inf (the message names
             it), a model computing NaN or inf on the check's rows; a
             model the converter cannot quantize to int8; or an artifact
-            that computes something else than the model.
+            that computes something else than the model; a `dtype`
+            other than `None` or `"float32"`.
         FileExistsError: `filepath` exists and `overwrite=False`.
         ModuleNotFoundError: The exporter or runtime is not installed.
 
@@ -387,6 +440,7 @@ def export(
     backend = keras.backend.backend()
     if sample is not None:
         _validation.check_finite_rows("sample", sample)
+    dtype = _check_dtype(dtype)
     representative_data = _quantize.check_arguments(
         model, format, quantize, representative_data, kwargs, backend
     )
@@ -431,7 +485,7 @@ def export(
             )
     if format == "tf_saved_model":
         report = _export_saved_model(
-            model, filepath, fold, sample, overwrite, **kwargs
+            model, filepath, fold, sample, overwrite, dtype, **kwargs
         )
         from keras_norms import inference
 
@@ -453,8 +507,23 @@ def export(
         from keras_norms.inference import optimize_for_inference
 
         exported = optimize_for_inference(model, verbose=0, sample=sample)
+    model_dtype = inference.compute_dtype(model)
+    if dtype == "float32" or model_dtype in _FLOAT32_ONLY.get(
+        (format, backend), ()
+    ):
+        exported = inference.float32_copy(exported)
+        # Called once, as Keras' ONNX exporter wants.
+        inference.model_outputs(exported, sample)
     runtime = _RUNTIME[format][1]
-    report = DeployReport(format, path, runtime, folded=bool(fold))
+    report = DeployReport(
+        format,
+        path,
+        runtime,
+        folded=bool(fold),
+        dtype=inference.compute_dtype(exported),
+        rtol=_rtol(model_dtype),
+    )
+    report.rule = _rule(model_dtype, report.rtol)
     if verify:
         report.check_rows, report.checked_on = checked_on
     quiet = contextlib.nullcontext()
@@ -527,6 +596,38 @@ def _check_finite_outputs(model, expected, checked_on):
                 "outputs for, or verify=False. Received: a model output "
                 f"holding non-finite values in row {rows[0]}"
             )
+
+
+def _check_dtype(dtype):
+    if dtype is None or dtype == "float32":
+        return dtype
+    raise ValueError(
+        "Argument `dtype` must be None (export the model in its own "
+        'dtype where the format runs it) or "float32" (export a float32 '
+        f"copy of a mixed precision model). Received: dtype={dtype!r}"
+    )
+
+
+def _rtol(model_dtype):
+    """`RTOL`, or `16 * eps` of a float16/bfloat16 model (the check's)."""
+    from keras_norms import inference
+
+    eps = inference.resolution(model_dtype)
+    if eps is None:
+        return RTOL
+    return inference.REDUCED_PRECISION_ULPS * eps
+
+
+def _rule(model_dtype, rtol):
+    from keras_norms import inference
+
+    eps = inference.resolution(model_dtype)
+    if eps is None:
+        return f"{rtol:g} * max(1, max|output|)"
+    return (
+        f"{inference.REDUCED_PRECISION_ULPS} * eps * max(1, max|output|), "
+        f"eps = {eps:g} of the model's {model_dtype}"
+    )
 
 
 def _static_signature(model, batch_size):
@@ -692,7 +793,9 @@ def _check_target(path, filepath, overwrite):
             )
 
 
-def _export_saved_model(model, filepath, fold, sample, overwrite, **kwargs):
+def _export_saved_model(
+    model, filepath, fold, sample, overwrite, dtype, **kwargs
+):
     from keras_norms import saved_model
 
     result = saved_model.export(
@@ -702,9 +805,19 @@ def _export_saved_model(model, filepath, fold, sample, overwrite, **kwargs):
         overwrite=overwrite,
         sample=sample,
         verbose=0,
+        dtype=dtype,
         **kwargs,
     )
     check = result.check
+    inference = saved_model.inference
+    atol, rtol = inference.tolerances(model)
+    rule = f"{atol:g} + {rtol:g} * max|output|"
+    model_dtype = inference.compute_dtype(model)
+    if inference.resolution(model_dtype) is not None:
+        rule += (
+            f" ({inference.REDUCED_PRECISION_ULPS} * eps of the model's "
+            f"{model_dtype})"
+        )
     return DeployReport(
         "tf_saved_model",
         os.path.abspath(filepath),
@@ -713,10 +826,9 @@ def _export_saved_model(model, filepath, fold, sample, overwrite, **kwargs):
         tolerance=max(t for _, t in check.figures),
         folded=bool(fold),
         # export_saved_model's own check, the same scale as ours.
-        rule=(
-            f"{saved_model.inference.ATOL:g} + {saved_model.inference.RTOL:g}"
-            " * max|output|"
-        ),
+        rule=rule,
+        dtype=result.dtype,
+        rtol=rtol,
     )
 
 
@@ -750,12 +862,11 @@ def _verify(staged, format, sample, expected, staging, report, inputs_of):
     with the model's outputs `expected`; fill `report`."""
     from keras_norms import inference
 
-    inputs = [
-        np.asarray(x)
-        for x in (sample if isinstance(sample, (list, tuple)) else [sample])
-    ]
+    # One entry per input, in the order of the model's flattened inputs
+    # (never an object array of a structure, which NumPy cannot reload).
+    inputs = [np.asarray(x) for x in keras.tree.flatten(sample)]
     io = os.path.join(staging, "check")
-    np.savez(io + "_in.npz", *inputs)
+    np.savez(io + "_in.npz", **{f"x{i}": x for i, x in enumerate(inputs)})
     with open(io + "_inputs.json", "w") as f:
         json.dump(inputs_of, f)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -794,7 +905,7 @@ def _verify(staged, format, sample, expected, staging, report, inputs_of):
                 f"where the model returns {e.shape}. Nothing was written to "
                 f"{report.path!r}."
             )
-        tol = _tolerance(e, report.quantize)
+        tol = _tolerance(e, report.quantize, report.rtol)
         diff = float(np.max(np.abs(g - e), initial=0.0))
         if not np.all(np.isfinite(g)):
             diff = float("inf")
@@ -825,25 +936,31 @@ def _verify(staged, format, sample, expected, staging, report, inputs_of):
 
 
 def _inputs_of(model):
-    """The model's input names in its order (what exporters name them), and
-    the structure of its call arguments with each input's index."""
+    """The model's input names in its order (what exporters name them), the
+    paths of its inputs in the structure it takes (a dict's keys: what
+    some exporters name them instead), and the structure of its call
+    arguments with each input's index."""
     from keras_norms import _compat
 
     signature = _compat.input_signature(model)
-    specs = keras.tree.flatten(signature)
-    indices = iter(range(len(specs)))
-    structure = keras.tree.map_structure(lambda _: next(indices), signature)
+    leaves = keras.tree.flatten_with_path(signature)
+    # Each input's index in the flattened order (a dict's keys sorted),
+    # the order the check ships the inputs in.
+    structure = keras.tree.pack_sequence_as(signature, list(range(len(leaves))))
     return {
-        "names": [getattr(spec, "name", None) or "" for spec in specs],
+        "names": [getattr(spec, "name", None) or "" for _, spec in leaves],
+        # Without the index of the positional argument (a functional
+        # model's whole structure is its one argument).
+        "paths": ["/".join(str(p) for p in path[1:]) for path, _ in leaves],
         "structure": structure,  # JSON writes tuples as lists
     }
 
 
-def _tolerance(expected, quantize):
+def _tolerance(expected, quantize, rtol):
     """The check's tolerance for one output (see `RTOL`, `_quantize`)."""
     if quantize is not None:
         return _quantize.tolerance(expected, quantize)
-    return RTOL * max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    return rtol * max(1.0, float(np.max(np.abs(expected), initial=0.0)))
 
 
 # The check's process: the runtime alone (no Keras, no keras_norms).
@@ -856,10 +973,11 @@ import numpy as np
 
 fmt, path, io = sys.argv[1:4]
 data = np.load(io + "_in.npz")
-xs = [data[f"arr_{i}"] for i in range(len(data.files))]
+xs = [data[f"x{i}"] for i in range(len(data.files))]  # flattened inputs
 with open(io + "_inputs.json") as f:
     inputs_of_model = json.load(f)
 names = inputs_of_model["names"]  # the model's input names, in its order
+paths = inputs_of_model["paths"]  # their paths in its input structure
 structure = inputs_of_model["structure"]  # its arguments: input indices
 static = None
 
@@ -875,11 +993,15 @@ def packed(xs, structure=structure):
 
 
 def in_artifact_order(xs, artifact_names):
-    # The artifact's inputs by name where it kept the model's names (the
-    # order of a signature need not be the model's), else by position.
-    if sorted(artifact_names) == sorted(names):
-        by_name = dict(zip(names, xs))
-        return [by_name[n] for n in artifact_names]
+    # The artifact's inputs by name where it kept the model's input names
+    # or their paths in its input structure (a dict's keys; the order of
+    # a signature need not be the model's), else by position.
+    for keys in (names, paths):
+        if len(set(keys)) == len(keys) and sorted(artifact_names) == sorted(
+            keys
+        ):
+            by_name = dict(zip(keys, xs))
+            return [by_name[n] for n in artifact_names]
     return xs
 
 
@@ -940,7 +1062,11 @@ elif fmt == "torch":
             out = list(out.values())
         if not isinstance(out, (list, tuple)):
             out = [out]
-        return [o.detach().numpy() for o in out]
+        # NumPy has no bfloat16: such outputs come back as float32.
+        return [
+            (o.float() if o.dtype == torch.bfloat16 else o).detach().numpy()
+            for o in out
+        ]
     try:
         outs = run(xs)
     except Exception:
@@ -954,7 +1080,13 @@ if static is None or static == n:
 else:
     rows = [run([x[i:i + static] for x in xs]) for i in range(0, n, static)]
     outs = [np.concatenate(parts) for parts in zip(*rows)]
-np.savez(io + "_out.npz", *[np.asarray(o) for o in outs])
+def saveable(o):
+    # A bfloat16 (ml_dtypes) array is saved as raw bytes: store float32.
+    o = np.asarray(o)
+    return o.astype(np.float32) if o.dtype.name == "bfloat16" else o
+
+
+np.savez(io + "_out.npz", *[saveable(o) for o in outs])
 with open(io + "_meta.json", "w") as f:
     json.dump({"version": str(version), "static_batch": static}, f)
 """

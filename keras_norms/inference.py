@@ -37,6 +37,19 @@ ATOL = 1e-5
 RTOL = 1e-4
 _ON_MISMATCH = ("raise", "warn")
 
+# A model computing in float16 or bfloat16 (a `mixed_float16` /
+# `mixed_bfloat16` policy, or a layer of such a dtype) rounds every
+# intermediate to that dtype's resolution `eps` (the spacing of floats at
+# 1: 2**-10, 2**-7): a fold, an exporter or a runtime that rounds at other
+# places differs by a few `eps` of the scale of the values. The check then
+# uses `atol = rtol = REDUCED_PRECISION_ULPS * eps` (float16: 0.0156;
+# bfloat16: 0.125), i.e. `max|got - expected| <= 16 * eps * (1 +
+# max|expected|)`: the folds and exports measured up to 1.6 eps of
+# `max(1, max|output|)` on Conv-BN nets; a wrong fold is off by a sizeable
+# part of the scale.
+REDUCED_PRECISION_ULPS = 16
+_RESOLUTION = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
+
 # A `keras.layers.Normalization` becomes `x * (1 / std) - mean / std` only
 # where `max |mean| / std <= _MAX_SHIFT_RATIO`: the float32 product and sum
 # then err by at most about 2**-23 * 100 ~ 1.2e-5 of the normalized unit
@@ -126,8 +139,8 @@ def optimize_for_inference(
     return_report=False,
     *,
     sample=None,
-    atol=ATOL,
-    rtol=RTOL,
+    atol=None,
+    rtol=None,
     on_mismatch="raise",
 ):
     """A new, plain Keras model computing `model(x, training=False)`.
@@ -179,8 +192,15 @@ def optimize_for_inference(
 
         max |new - original| <= atol + rtol * max |original|
 
-    With the defaults (`atol=1e-5`, `rtol=1e-4`) float32 rounding passes
-    on outputs of any scale and a wrong fold does not.
+    The defaults follow the model's compute dtype: for float32,
+    `atol=1e-5`, `rtol=1e-4` (float32 rounding passes on outputs of any
+    scale and a wrong fold does not); for a mixed precision model (a
+    `mixed_float16` / `mixed_bfloat16` policy, globally or on some
+    layers), `atol = rtol = 16 * eps` of its lowest-precision compute
+    dtype (`eps = 2**-10` for float16, `2**-7` for bfloat16: 0.0156 and
+    0.125), as the folded kernels and each intermediate are rounded to
+    that dtype (measured: up to 1.6 eps of the output scale). The result
+    computes in the model's dtypes.
 
     The result holds only Keras layers and fixed `Affine` layers, so
     `result.quantize("int8")`, `export_saved_model` and `.keras` saving
@@ -193,10 +213,13 @@ def optimize_for_inference(
         verbose: `"auto"` or `1` prints the report, `0` is silent.
         return_report: If `True`, return `(new_model, report)`, `report` an
             `InferenceReport`.
-        sample: Input batch for the check (an array, or a list of arrays
+        sample: Input batch for the check, in the structure the model
+            takes (an array; a list, dict or nested structure of arrays
             for several inputs); `None` builds one (see above).
-        atol: Absolute part of the check's tolerance.
-        rtol: Part of the tolerance relative to `max |original output|`.
+        atol: Absolute part of the check's tolerance; `None` follows the
+            model's compute dtype (see above).
+        rtol: Part of the tolerance relative to `max |original output|`;
+            `None` follows the model's compute dtype.
         on_mismatch: `"raise"` (a `ValueError` with the figures) or
             `"warn"` (a warning with the figures; the model is returned)
             when the check fails.
@@ -223,6 +246,7 @@ def optimize_for_inference(
     verbose = _validation.check_verbose(verbose)
     atol, rtol, on_mismatch = check_tolerance(atol, rtol, on_mismatch)
     new, report = optimize_unchecked(model)
+    atol, rtol = tolerances(model, atol, rtol)
     sample, expected = reference_outputs(model, sample)
     report.check = Check.run(
         model_outputs(new, sample),
@@ -269,12 +293,128 @@ def optimize_unchecked(model):
 # The check against the original model (shared by the exports)
 # ----------------------------------------------------------------------
 def check_tolerance(atol, rtol, on_mismatch):
-    """Validated `(atol, rtol, on_mismatch)` (the policy of `_validation`)."""
+    """Validated `(atol, rtol, on_mismatch)` (the policy of `_validation`).
+
+    `None` for `atol` or `rtol` stays `None`: the model's compute dtype
+    sets it (`tolerances`).
+    """
     return (
-        _validation.check_non_negative_float("atol", atol),
-        _validation.check_non_negative_float("rtol", rtol),
+        None
+        if atol is None
+        else _validation.check_non_negative_float("atol", atol),
+        None
+        if rtol is None
+        else _validation.check_non_negative_float("rtol", rtol),
         _validation.check_one_of("on_mismatch", on_mismatch, _ON_MISMATCH),
     )
+
+
+def compute_dtype(model):
+    """The lowest-precision compute dtype of the model's layers.
+
+    `"bfloat16"` or `"float16"` where a layer computes in it (a mixed
+    precision policy, globally or per layer; bfloat16 is the coarser),
+    else `"float32"` (float32 and float64 models alike).
+    """
+    found = "float32"
+    for layer in _compat.flatten_layers(model):
+        dtype = getattr(layer, "compute_dtype", None)
+        if dtype in _RESOLUTION and _RESOLUTION[dtype] > _RESOLUTION.get(
+            found, 0.0
+        ):
+            found = dtype
+    return found
+
+
+def resolution(dtype):
+    """`eps` of a reduced-precision dtype (float16, bfloat16), else `None`."""
+    return _RESOLUTION.get(dtype)
+
+
+def tolerances(model, atol=None, rtol=None):
+    """`(atol, rtol)` of the check for `model`: given ones, or by its dtype.
+
+    A `None` follows the model's compute dtype (`compute_dtype`): `ATOL`
+    and `RTOL` for float32, `REDUCED_PRECISION_ULPS * eps` for float16
+    (`eps = 2**-10`) and bfloat16 (`eps = 2**-7`).
+    """
+    eps = resolution(compute_dtype(model))
+    if atol is None:
+        atol = ATOL if eps is None else REDUCED_PRECISION_ULPS * eps
+    if rtol is None:
+        rtol = RTOL if eps is None else REDUCED_PRECISION_ULPS * eps
+    return atol, rtol
+
+
+def float32_copy(model):
+    """A copy of `model` computing in float32, with its weights cast.
+
+    Every layer whose dtype policy computes in float16 or bfloat16 (a
+    `mixed_float16` / `mixed_bfloat16` policy, or a `float16` /
+    `bfloat16` one) gets the `"float32"` policy; the input layers keep
+    their dtype (a layer casts its floating inputs to its compute dtype).
+    The model is rebuilt from its config (Sequential, functional, or a
+    subclassed model with `get_config`), and its weights are cast to the
+    new variables' dtype. For the runtimes that cannot run float16 or
+    bfloat16 (see `keras_norms.deploy.export`): its outputs differ from
+    the model's by the model's own rounding, which the check's tolerance
+    for the model's compute dtype (`tolerances`) accepts.
+
+    Raises:
+        ValueError: If the model cannot be rebuilt from its config.
+    """
+    config = _float32_config(model.get_config())
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")  # the new model's own policy
+    try:
+        new = type(model).from_config(config)
+    except Exception as error:
+        raise ValueError(
+            f"Cannot make a float32 copy of model '{model.name}' "
+            f"({type(model).__name__}) from its config: "
+            f"{type(error).__name__}: {error}. Rebuild it as a functional "
+            "or Sequential model, or export it in its own dtype "
+            f"(dtype=None). Received: model={model.name}"
+        ) from error
+    finally:
+        keras.config.set_dtype_policy(previous)
+    new.set_weights([_cast_float(w) for w in model.get_weights()])
+    return new
+
+
+def _cast_float(array):
+    """A float16/bfloat16 array as float32; any other as it is."""
+    # bfloat16 (ml_dtypes) is not a NumPy floating type: test by name.
+    if array.dtype.name in _RESOLUTION:
+        return np.asarray(array, "float32")
+    return array
+
+
+def _float32_config(config, input_layer=False):
+    """`config` with each float16/bfloat16 `"dtype"` made `"float32"`."""
+    if isinstance(config, list):
+        return [_float32_config(c, input_layer) for c in config]
+    if not isinstance(config, dict):
+        return config
+    new = {}
+    for key, value in config.items():
+        if key == "dtype" and not input_layer and _is_reduced(value):
+            new[key] = "float32"
+        else:
+            new[key] = _float32_config(
+                value,
+                input_layer or config.get("class_name") == "InputLayer",
+            )
+    return new
+
+
+def _is_reduced(dtype):
+    """Whether a serialized dtype (policy) computes in float16/bfloat16."""
+    if isinstance(dtype, dict) and isinstance(dtype.get("config"), dict):
+        dtype = dtype["config"].get("name")
+    if not isinstance(dtype, str):
+        return False
+    return dtype.removeprefix("mixed_") in _RESOLUTION
 
 
 def sample_batch(model, sample=None):
@@ -284,43 +424,51 @@ def sample_batch(model, sample=None):
     an adapted `keras.layers.Normalization` (not `invert`) drawn from its
     statistics (`mean + sqrt(variance) * z`: a constant feature stays
     constant), so the check sees data like the training data. Unknown
-    dimensions are 16. A single input gives an array, several a list.
+    dimensions are 16. The batch has the structure the model takes: an
+    array for a single input, else the list, dict or nested structure of
+    its inputs (`keras.Model({"a": ..., "b": ...}, ...)` takes a dict).
     """
     if sample is not None:
         return sample
     try:
-        inputs = list(model.inputs)
+        signature = _compat.input_signature(model)
+    except Exception:
+        raise ValueError(
+            f"Model '{model.name}' has no known input shape to build a "
+            "check sample from: pass `sample=` (an input batch). "
+            "Received: sample=None"
+        ) from None
+    # The positional arguments of a call: a model takes one (a
+    # functional model's whole input structure is its one argument).
+    structure = signature[0] if len(signature) == 1 else list(signature)
+    try:
         statistics = _normalization_statistics(model)
     except (AttributeError, ValueError):  # a subclassed model
-        try:
-            inputs = keras.tree.flatten(_compat.input_signature(model))
-        except Exception:
-            raise ValueError(
-                f"Model '{model.name}' has no known input shape to build a "
-                "check sample from: pass `sample=` (an input batch). "
-                "Received: sample=None"
-            ) from None
         statistics = {}
     rng = np.random.RandomState(0)
     batch = []
-    for x in inputs:
+    # `keras.tree.flatten` orders the leaves as `model.inputs` (dict keys
+    # sorted), which `statistics` is indexed by.
+    for i, x in enumerate(keras.tree.flatten(structure)):
         shape = [4] + [d if d is not None else 16 for d in x.shape[1:]]
         dtype = keras.backend.standardize_dtype(x.dtype)
         if "int" in dtype or dtype == "bool":
             batch.append(np.zeros(shape, dtype=dtype))
             continue
         z = rng.randn(*shape)
-        if id(x) in statistics:
-            mean, variance = statistics[id(x)]
+        if i in statistics:
+            mean, variance = statistics[i]
             z = mean + np.sqrt(np.maximum(variance, 0.0)) * z
         batch.append(z.astype(dtype))
-    return batch[0] if len(batch) == 1 else batch
+    if len(batch) == 1 and not isinstance(structure, dict):
+        return batch[0]  # one input (also a list of one)
+    return keras.tree.pack_sequence_as(structure, batch)
 
 
 def _normalization_statistics(model):
-    """`{id(input tensor): (mean, variance)}` broadcastable, float64."""
+    """`{index in model.inputs: (mean, variance)}` broadcastable, float64."""
     found = {}
-    ids = {id(x) for x in model.inputs}
+    ids = {id(x): i for i, x in enumerate(model.inputs)}
     for layer in model.layers:
         if not isinstance(layer, keras.layers.Normalization) or layer.invert:
             continue
@@ -332,7 +480,7 @@ def _normalization_statistics(model):
             continue  # called several times
         if id(source) in ids:
             shape = _compat.normalization_layout(layer)["broadcast_shape"]
-            found[id(source)] = (
+            found[ids[id(source)]] = (
                 _graph.numpy64(layer.mean).reshape(shape),
                 _graph.numpy64(layer.variance).reshape(shape),
             )

@@ -83,10 +83,11 @@ def export_saved_model(
     jit_compile=True,
     overwrite=False,
     sample=None,
-    atol=inference.ATOL,
-    rtol=inference.RTOL,
+    atol=None,
+    rtol=None,
     on_mismatch="raise",
     verbose="auto",
+    dtype=None,
 ):
     """Write `model` as a TensorFlow SavedModel with an XLA-compiled server.
 
@@ -139,7 +140,10 @@ def export_saved_model(
 
     (so float32 reassociation passes on outputs of any scale, a wrong
     export does not). With `fold=True` the optimized Keras model is
-    checked the same way first.
+    checked the same way first. A mixed precision model (`mixed_float16`,
+    `mixed_bfloat16`) is exported in its dtypes (`dtype="float32"`
+    exports a float32 copy instead) and checked with a tolerance that
+    follows its compute dtype (see `optimize_for_inference`).
 
     Args:
         model: A built Keras model. With `fold=True` it must be a
@@ -152,12 +156,16 @@ def export_saved_model(
         jit_compile: Compile the serving function with XLA.
         overwrite: Replace an existing export at `filepath` (never a file,
             nor a directory holding anything else).
-        sample: Input batch for the check (an array, or a list of arrays);
-            `None` builds a deterministic batch of 4 from the model's
-            inputs (see `optimize_for_inference`).
-        atol: Absolute part of the check's tolerance.
+        sample: Input batch for the check, in the structure the model
+            takes (an array, or a list, dict or nested structure of
+            arrays); `None` builds a deterministic batch of 4 from the
+            model's inputs (see `optimize_for_inference`).
+        atol: Absolute part of the check's tolerance; `None`: `1e-5` for
+            a float32 model, `16 * eps` of a float16 (`eps = 2**-10`) or
+            bfloat16 (`eps = 2**-7`) compute dtype.
         rtol: Part of the check's tolerance relative to the largest
-            absolute output of the original model.
+            absolute output of the original model; `None`: `1e-4`, or
+            `16 * eps` as for `atol`.
         on_mismatch: `"raise"`: a failed check raises a `ValueError`
             (`keras_norms.inference.OutputMismatchError`) with the
             figures, and `filepath` is left as it was. `"warn"`: it warns
@@ -165,6 +173,9 @@ def export_saved_model(
         verbose: `"auto"` or `1` prints the inference report (with
             `fold=True`) and one line with the path and the check's
             figure; `0` is silent.
+        dtype: `None` exports the model in its own dtypes; `"float32"`
+            exports a float32 copy of a mixed precision model (policies
+            float32, weights cast), checked against the model as it is.
 
     Returns:
         `filepath`.
@@ -190,15 +201,18 @@ def export_saved_model(
         rtol=rtol,
         on_mismatch=on_mismatch,
         verbose=verbose,
+        dtype=dtype,
     ).filepath
 
 
 class ExportResult:
-    """What `export` wrote: `filepath`, and `check` (an `inference.Check`)."""
+    """What `export` wrote: `filepath`, `check` (an `inference.Check`) and
+    `dtype` (the compute dtype of the exported model)."""
 
-    def __init__(self, filepath, check):
+    def __init__(self, filepath, check, dtype="float32"):
         self.filepath = filepath
         self.check = check
+        self.dtype = dtype
 
     def summary(self):
         """One line: where it is, and how far it is from the model."""
@@ -213,10 +227,11 @@ def export(
     jit_compile=True,
     overwrite=False,
     sample=None,
-    atol=inference.ATOL,
-    rtol=inference.RTOL,
+    atol=None,
+    rtol=None,
     on_mismatch="raise",
     verbose="auto",
+    dtype=None,
 ):
     """`export_saved_model`, returning an `ExportResult` (for callbacks)."""
     filepath = os.fspath(filepath)
@@ -229,7 +244,14 @@ def export(
             "Argument `model` must be a built keras.Model (call it once, or "
             f"create it with an Input). Received: model={model!r}"
         )
+    if dtype not in (None, "float32"):
+        raise ValueError(
+            "Argument `dtype` must be None (export the model in its own "
+            'dtype) or "float32" (export a float32 copy of a mixed '
+            f"precision model). Received: dtype={dtype!r}"
+        )
     require_tensorflow("SavedModel export")
+    atol, rtol = inference.tolerances(model, atol, rtol)
     exported = model
     if fold:
         exported, report = inference.optimize_unchecked(model)
@@ -251,10 +273,11 @@ def export(
             if on_mismatch == "raise"
             else "",
         )
-    inputs = [
-        np.asarray(x)
-        for x in (sample if isinstance(sample, (list, tuple)) else [sample])
-    ]
+    if dtype == "float32":
+        exported = inference.float32_copy(exported)
+    # The flattened inputs (dict keys sorted, as TensorFlow flattens the
+    # serving function's input structure).
+    inputs = [np.asarray(x) for x in keras.tree.flatten(sample)]
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(
@@ -294,7 +317,7 @@ def export(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    result = ExportResult(filepath, check)
+    result = ExportResult(filepath, check, inference.compute_dtype(exported))
     if not check.passed:  # on_mismatch="warn"
         check.enforce(
             "warn", f" The export is kept at {os.path.abspath(filepath)!r}."
@@ -626,6 +649,11 @@ def load_and_run(filepath, inputs):
         )
         result = serve(*args)
         outputs = tf.nest.flatten(result)
+    # bfloat16 outputs as float32: an array of it does not survive
+    # `np.savez` (the child processes), and float32 holds it exactly.
+    outputs = [
+        tf.cast(o, tf.float32) if o.dtype == tf.bfloat16 else o for o in outputs
+    ]
     graph_def = signature.graph.as_graph_def()
     library = {f.signature.name: f for f in graph_def.library.function}
     return [o.numpy() for o in outputs], _reaches_xla(
@@ -676,7 +704,9 @@ def run_saved_model(filepath, inputs, *, in_subprocess=None, return_xla=False):
 
     Args:
         filepath: The SavedModel directory.
-        inputs: A NumPy array, or a list of arrays for a multi-input model.
+        inputs: A NumPy array, or the structure of arrays the model takes
+            (a list, a dict, or nested: passed flattened, as
+            `keras.tree.flatten` orders it).
         in_subprocess: Run in a child Python process. Defaults to `True` on
             the torch backend (to keep TensorFlow out of a torch process),
             `False` otherwise.
@@ -688,8 +718,7 @@ def run_saved_model(filepath, inputs, *, in_subprocess=None, return_xla=False):
         `return_xla=True` a pair `(outputs, xla_compiled)`.
     """
     require_tensorflow("Running a SavedModel")
-    single = not isinstance(inputs, (list, tuple))
-    inputs = [np.asarray(x) for x in ([inputs] if single else inputs)]
+    inputs = [np.asarray(x) for x in keras.tree.flatten(inputs)]
     if in_subprocess is None:
         in_subprocess = keras.backend.backend() == "torch"
     filepath = os.path.abspath(os.fspath(filepath))

@@ -441,6 +441,157 @@ def test_interrupted_openvino_reexport_never_loads_a_mixed_pair(tmp_path):
 
 
 # ----------------------------------------------------------------------
+# Mixed precision and dict inputs, every format this backend writes
+# ----------------------------------------------------------------------
+# The spacing of floats at 1 from the formats' mantissa bits.
+EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+
+def _mixed_model(policy):
+    """A Conv-BN net built under the global `policy` (restored after)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+        x = kn.BatchNormalization(name="bn")(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    set_random_weights(model.get_layer("bn"), seed=2)
+    return model
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("format", deploy.FORMATS)
+def test_mixed_precision_exports_and_verifies(tmp_path, format, policy):
+    _usable(format)
+    compute = policy.removeprefix("mixed_")
+    model = _mixed_model(policy)
+    sample = np.random.RandomState(0).randn(4, 8, 8, 3).astype("float32")
+    report = deploy.export(
+        model,
+        tmp_path / f"m{SUFFIX[format]}",
+        format=format,
+        sample=sample,
+        **_options(format),
+    )
+    assert report.verified
+    # Where the format or runtime cannot take the dtype, a float32 copy.
+    float32 = compute in deploy._FLOAT32_ONLY.get((format, BACKEND), ())
+    assert report.dtype == ("float32" if float32 else compute)
+    # The tolerance: 16 eps of the model's compute dtype, of the output
+    # (export_saved_model's rule: atol + rtol * max|output|).
+    # (The output's maximum, in the compute dtype, is only known to its
+    # resolution: a call through another path may round it elsewhere.)
+    scale = np.max(np.abs(np.asarray(model.predict(sample, verbose=0))))
+    scale = 1 + scale if format == "tf_saved_model" else max(1.0, scale)
+    np.testing.assert_allclose(
+        report.tolerance, 16 * EPS[compute] * scale, rtol=EPS[compute]
+    )
+    assert report.max_abs_difference <= report.tolerance
+    assert compute in report.rule
+
+
+@pytest.mark.parametrize("format", deploy.FORMATS)
+def test_mixed_precision_float32_on_request(tmp_path, format):
+    _usable(format)
+    report = deploy.export(
+        _mixed_model("mixed_float16"),
+        tmp_path / f"m{SUFFIX[format]}",
+        format=format,
+        dtype="float32",
+        **_options(format),
+    )
+    assert report.verified and report.dtype == "float32"
+    # Checked against the float16 model: its tolerance.
+    assert report.rtol == 16 * EPS["float16"]
+
+
+def test_float32_model_report_unchanged(tmp_path):
+    _usable("tf_saved_model")
+    report = deploy.export(_mixed_model("float32"), tmp_path / "m")
+    assert report.dtype == "float32" and report.rule.startswith("1e-05 + ")
+
+
+def test_bad_dtype(tmp_path):
+    with pytest.raises(ValueError, match="`dtype`.*Received: dtype='float16'"):
+        deploy.export(
+            _small_model(), tmp_path / "m.onnx", format="onnx", dtype="float16"
+        )
+    assert not os.listdir(tmp_path)
+
+
+def _dict_model():
+    """Two same-shaped inputs (a swap changes the output), dict keys that
+    sort otherwise than inserted."""
+    z = keras.Input((6, 6, 3), name="z")
+    a = keras.Input((6, 6, 3), name="a")
+    x = keras.layers.Conv2D(4, 3)(z)
+    x = kn.BatchNormalization(name="bn")(x)
+    y = keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(3.0)(a))
+    x = keras.layers.Concatenate()([x, y])
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model({"z": z, "a": a}, keras.layers.Dense(3)(x))
+    set_random_weights(model.get_layer("bn"), seed=4)
+    return model
+
+
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("format", deploy.FORMATS)
+def test_dict_inputs_export_and_verify(tmp_path, format, fold):
+    _usable(format)
+    target = tmp_path / f"m{SUFFIX[format]}"
+    # The default sample (a dict), and a dict given as `sample=`.
+    report = deploy.export(
+        _dict_model(), target, format=format, fold=fold, **_options(format)
+    )
+    assert report.verified and report.max_abs_difference <= report.tolerance
+    rng = np.random.RandomState(1)
+    sample = {
+        "z": rng.randn(4, 6, 6, 3).astype("float32"),
+        "a": rng.randn(4, 6, 6, 3).astype("float32"),
+    }
+    report = deploy.export(
+        _dict_model(),
+        target,
+        format=format,
+        fold=fold,
+        sample=sample,
+        overwrite=True,
+        **_options(format),
+    )
+    assert report.verified and report.max_abs_difference <= report.tolerance
+
+
+def test_dict_inputs_swapped_are_caught(tmp_path, monkeypatch):
+    # The check ships each input under its place in the structure: an
+    # artifact fed the two inputs swapped would differ (here, the
+    # check's program swaps them by hand).
+    format = _first_file_format()
+    real = deploy._inputs_of
+
+    def swapped(model):
+        found = real(model)
+        found["names"] = found["names"][::-1]
+        found["paths"] = found["paths"][::-1]
+        (structure,) = found["structure"]
+        found["structure"] = [{"a": structure["z"], "z": structure["a"]}]
+        return found
+
+    monkeypatch.setattr(deploy, "_inputs_of", swapped)
+    with pytest.raises(ValueError, match="differs from the model"):
+        deploy.export(
+            _dict_model(),
+            tmp_path / f"m{SUFFIX[format]}",
+            format=format,
+            **_options(format),
+        )
+
+
+# ----------------------------------------------------------------------
 # FoldAndExport(format=...): the same export from `fit`
 # ----------------------------------------------------------------------
 def _first_file_format():

@@ -311,3 +311,49 @@ def test_callback_recomputes_precise_statistics_before_export(
     )
     with pytest.raises(ValueError, match="precise_statistics"):
         FoldAndExport(tmp_path, precise_statistics=(x, 0))
+
+
+def test_dict_input_model_exports_and_runs(tmp_path):
+    # Two same-shaped inputs (a swap shows), keys sorted otherwise than
+    # inserted: run_saved_model takes the dict as the model does.
+    from keras_norms.saved_model import run_saved_model
+
+    z = keras.Input((8, 8, 3), name="z")
+    a = keras.Input((8, 8, 3), name="a")
+    x = L.BatchNormalization()(L.Conv2D(4, 3)(z))
+    y = L.Conv2D(4, 3)(L.Rescaling(3.0)(a))
+    x = L.GlobalAveragePooling2D()(L.Concatenate()([x, y]))
+    model = keras.Model({"z": z, "a": a}, L.Dense(3)(x))
+    _randomize_bns(model)
+    path = tmp_path / "served"
+    export_saved_model(model, path, verbose=0)
+    rng = np.random.RandomState(1)
+    x = {k: rng.randn(3, 8, 8, 3).astype("float32") for k in ("z", "a")}
+    want = to_numpy(model(x, training=False))
+    np.testing.assert_allclose(
+        run_saved_model(path, x), want, atol=1e-5, rtol=1e-4
+    )
+    swapped = {"z": x["a"], "a": x["z"]}
+    assert np.max(np.abs(run_saved_model(path, swapped) - want)) > 0.1
+
+
+@pytest.mark.parametrize("dtype", [None, "float32"])
+def test_mixed_precision_export(tmp_path, dtype):
+    from keras_norms.saved_model import run_saved_model
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _small_cnn()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    _randomize_bns(model)
+    path = tmp_path / "served"
+    export_saved_model(model, path, verbose=0, dtype=dtype)
+    x = np.random.RandomState(1).randn(4, 8, 8, 3).astype("float32")
+    got = run_saved_model(path, x)
+    # float16 outputs, or float32 ones from the float32 copy.
+    assert got.dtype == ("float32" if dtype else "float16")
+    want = to_numpy(model(x, training=False)).astype("float64")
+    eps = 2.0**-10
+    assert np.max(np.abs(got - want)) <= 16 * eps * (1 + np.max(np.abs(want)))

@@ -420,3 +420,164 @@ def test_export_uses_optimize_for_inference(monkeypatch, tmp_path):
     folded, unfolded = exported
     assert [type(layer) for layer in folded.layers] == [L.Dense]
     assert unfolded is model
+
+
+# ----------------------------------------------------------------------
+# Mixed precision: the check's tolerance follows the compute dtype
+# ----------------------------------------------------------------------
+# The spacing of floats at 1, from the format's mantissa bits (not from
+# keras_norms): float16 has 10, bfloat16 7.
+EPS = {"mixed_float16": 2.0**-10, "mixed_bfloat16": 2.0**-7}
+
+
+def _conv_bn(policy=None, per_layer=False, seed=0):
+    """Conv-BN-ReLU-pool-Dense, in `policy` globally or per layer."""
+    dtype = policy if per_layer else None
+    previous = keras.config.dtype_policy()
+    if policy is not None and not per_layer:
+        keras.config.set_dtype_policy(policy)
+    try:
+        inputs = keras.Input((8, 8, 3))
+        x = L.Conv2D(8, 3, padding="same", dtype=dtype)(inputs)
+        x = L.BatchNormalization(dtype=dtype)(x)
+        x = L.ReLU(dtype=dtype)(x)
+        x = L.GlobalAveragePooling2D(dtype=dtype)(x)
+        model = keras.Model(inputs, L.Dense(3, dtype=dtype)(x))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    _randomize_bns(model, seed)
+    return model
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_check_follows_compute_dtype(policy, per_layer):
+    from keras_norms import inference
+
+    model = _conv_bn(policy, per_layer)
+    x = helpers.random_input((4, 8, 8, 3))
+    new, report = optimize_for_inference(
+        model, verbose=0, return_report=True, sample=x
+    )
+    assert report.folded and report.check.passed
+    expected = to_numpy(model(x, training=False)).astype("float64")
+    # 16 eps of the compute dtype, absolute and relative to the output.
+    eps = EPS[policy]
+    ((diff, tolerance),) = report.check.figures
+    np.testing.assert_allclose(
+        tolerance, 16 * eps * (1 + np.max(np.abs(expected))), rtol=1e-12
+    )
+    got = to_numpy(new(x, training=False)).astype("float64")
+    assert diff == np.max(np.abs(got - expected)) <= tolerance
+    # The folded model computes in the model's dtype, as the original.
+    assert inference.compute_dtype(new) == policy.removeprefix("mixed_")
+
+
+def test_float32_check_unchanged():
+    model = _conv_bn()
+    x = helpers.random_input((4, 8, 8, 3))
+    _, report = optimize_for_inference(
+        model, verbose=0, return_report=True, sample=x
+    )
+    expected = to_numpy(model(x, training=False)).astype("float64")
+    ((_, tolerance),) = report.check.figures
+    np.testing.assert_allclose(
+        tolerance, 1e-5 + 1e-4 * np.max(np.abs(expected)), rtol=1e-12
+    )
+
+
+def test_mixed_precision_check_catches_a_wrong_fold(monkeypatch):
+    # A bias lost in the fold is off by far more than 16 float16 eps.
+    from keras_norms import folding
+
+    model = _conv_bn("mixed_float16")
+    real = folding.fold_batch_norms
+
+    def lose_a_bias(*args, **kwargs):
+        new, report = real(*args, **kwargs)
+        for layer in new.layers:
+            if isinstance(layer, L.Conv2D):
+                layer.bias.assign(layer.bias.numpy() + 0.5)
+        return new, report
+
+    monkeypatch.setattr(folding, "fold_batch_norms", lose_a_bias)
+    with pytest.raises(ValueError, match="differs from the original"):
+        optimize_for_inference(model, verbose=0)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_float32_copy_of_a_mixed_model(policy):
+    from keras_norms import inference
+
+    model = _conv_bn(policy)
+    copy = inference.float32_copy(model)
+    assert inference.compute_dtype(copy) == "float32"
+    assert all(
+        layer.compute_dtype == "float32"
+        for layer in copy.layers
+        if not isinstance(layer, L.InputLayer)
+    )
+    for a, b in zip(model.get_weights(), copy.get_weights()):
+        np.testing.assert_array_equal(np.asarray(a, "float32"), b)
+    # The original keeps its policy; the copy differs from it by the
+    # original's own rounding only.
+    assert model.layers[1].dtype_policy.name == policy
+    x = helpers.random_input((4, 8, 8, 3))
+    want = to_numpy(model(x, training=False)).astype("float64")
+    got = to_numpy(copy(x, training=False))
+    assert got.dtype == np.float32
+    assert np.max(np.abs(got - want)) <= 16 * EPS[policy] * (
+        1 + np.max(np.abs(want))
+    )
+
+
+# ----------------------------------------------------------------------
+# Inputs as a structure: a dict, a nested structure
+# ----------------------------------------------------------------------
+def _dict_model(nested=False):
+    """Two inputs of one shape (a swap changes the output), keys sorted
+    otherwise than inserted; `nested`: {"z": {"y": ..., "x": ...}, ...}."""
+    z = keras.Input((6, 6, 3), name="z")
+    a = keras.Input((6, 6, 3), name="a")
+    x = L.Conv2D(4, 3)(z)
+    x = L.BatchNormalization()(x)
+    y = L.Conv2D(4, 3)(a * 3.0)
+    x = L.GlobalAveragePooling2D()(L.Concatenate()([x, y]))
+    outputs = L.Dense(3)(x)
+    if nested:
+        w = keras.Input((5,), name="w")
+        outputs = outputs + L.Dense(3)(w)
+        model = keras.Model({"z": z, "inner": {"w": w, "a": a}}, outputs)
+    else:
+        model = keras.Model({"z": z, "a": a}, outputs)
+    _randomize_bns(model)
+    return model
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_dict_inputs_sample_and_check(nested):
+    from keras_norms import inference
+
+    model = _dict_model(nested)
+    sample = inference.sample_batch(model)
+    assert isinstance(sample, dict) and set(sample) == set(
+        ["z", "inner"] if nested else ["z", "a"]
+    )
+    leaves = keras.tree.flatten(sample)
+    assert [x.shape for x in leaves] == [
+        (4,) + tuple(x.shape[1:]) for x in model.inputs
+    ]
+    new, report = optimize_for_inference(model, verbose=0, return_report=True)
+    assert report.folded and report.check.passed
+    # The check would see a swap of the two same-shaped inputs.
+    swapped = dict(sample)
+    if nested:
+        swapped["inner"] = dict(sample["inner"], a=sample["z"])
+        swapped["z"] = sample["inner"]["a"]
+    else:
+        swapped["a"], swapped["z"] = sample["z"], sample["a"]
+    want = to_numpy(model(sample, training=False))
+    assert np.max(np.abs(to_numpy(new(swapped, training=False)) - want)) > 0.1
+    np.testing.assert_allclose(
+        to_numpy(new(sample, training=False)), want, atol=1e-5, rtol=1e-4
+    )
