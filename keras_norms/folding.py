@@ -37,6 +37,9 @@ class FoldReport:
         affine: List of `(batch_norm_name, reason)`: each BatchNormalization
             replaced by an `Affine` layer of the same name, and why it could
             not be folded.
+        wrapped: The names (also in `affine`) of the BatchNormalizations
+            inside a `ConditionalNormalization`, which became an `Affine`
+            inside it.
     Names of layers inside nested models are prefixed with
     `"outer_model_name/"`.
 
@@ -56,10 +59,12 @@ class FoldReport:
     def __init__(self):
         self.folded = []
         self.affine = []
+        self.wrapped = []
 
     def _merge(self, other, prefix):
         self.folded += [(prefix + b, prefix + c) for b, c in other.folded]
         self.affine += [(prefix + b, why) for b, why in other.affine]
+        self.wrapped += [prefix + b for b in other.wrapped]
 
     def __str__(self):
         lines = [
@@ -182,7 +187,7 @@ def _clone_layer(layer, report, assignments):
 
 
 # The reason `FoldReport.affine` gives for a BatchNormalization that a
-# ConditionalNormalization wraps (`optimize_for_inference` reports these).
+# ConditionalNormalization wraps (also listed in `FoldReport.wrapped`).
 WRAPPED_BATCH_NORM = (
     "it is wrapped by a ConditionalNormalization, whose conditional scale "
     "and shift stay"
@@ -208,12 +213,9 @@ def _fold_wrapped_batch_norm(layer, report, assignments):
         layer.normalization
     )
     new = type(layer)(**config)
-    report.affine.append(
-        (
-            f"{layer.name}/{layer.normalization.name}",
-            WRAPPED_BATCH_NORM,
-        )
-    )
+    name = f"{layer.name}/{layer.normalization.name}"
+    report.affine.append((name, WRAPPED_BATCH_NORM))
+    report.wrapped.append(name)
     # The wrapper's weights: the wrapped layer's (the Affine's, already
     # set), then the `scale` and `shift` Dense layers'.
     assignments.append(
