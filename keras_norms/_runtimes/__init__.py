@@ -129,6 +129,6 @@ def run_in_child(
             args,
             env=env,
             timeout=_launch.DEFAULT_TIMEOUT if timeout is None else timeout,
-            what=what or f"Running {path!r} with {MODULES[format]}",
+            what=what or f"Running {os.fspath(path)!r} with {MODULES[format]}",
         )
         return _protocol.read_outputs(io)

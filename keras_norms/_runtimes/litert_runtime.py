@@ -21,21 +21,21 @@ class LiteRTRuntime(_protocol.Runtime):
                 "are not named); export it with a serving signature "
                 "(Keras' LiteRT export writes one)."
             )
+        if batch is not None:
+            # Sized once here (before the runner holds the tensors), so
+            # that no call reallocates.
+            for detail in interpreter.get_input_details():
+                shape = [batch] + [int(d) for d in detail["shape"][1:]]
+                interpreter.resize_tensor_input(detail["index"], shape)
+            interpreter.allocate_tensors()
         key, signature = next(iter(signatures.items()))
         self.runner = interpreter.get_signature_runner(key)
         self.outputs = sorted(signature["outputs"], key=_protocol.output_order)
         names = list(signature["inputs"])
-        details = self.runner.get_input_details()
         if batch is not None:
-            # Sized once here, so that no call reallocates.
-            for name in names:
-                detail = details[name]
-                shape = [batch] + [int(d) for d in detail["shape"][1:]]
-                interpreter.resize_tensor_input(detail["index"], shape)
-            interpreter.allocate_tensors()
             static = batch
         else:
-            detail = details[names[0]]
+            detail = self.runner.get_input_details()[names[0]]
             first = detail.get("shape_signature", detail["shape"])[0]
             static = None if first == -1 else int(first)
         super().__init__(version, names, static, model_names)

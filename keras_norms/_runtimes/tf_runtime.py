@@ -6,7 +6,8 @@ its outputs `output_0`, `output_1`, ... ordered by their numbers); a model
 of several inputs through the restored `serving_default` function, the
 flat inputs packed into its input signature (a list, or a dict). Also
 tells whether the serving function reaches XLA (`xla`). Imports NumPy and
-TensorFlow only. As a program (through `keras_norms._launch`):
+TensorFlow only (`import tensorflow` itself imports Keras, for
+`tf.keras`). As a program (through `keras_norms._launch`):
 `_protocol.main`.
 """
 
