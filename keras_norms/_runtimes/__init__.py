@@ -28,6 +28,11 @@ MODULES = {
     "torch": "torch_runtime",
 }
 
+# Environment a runtime's child needs: `import tensorflow` imports Keras,
+# which would import the backend of the parent's KERAS_BACKEND (torch, in
+# a torch process) beside TensorFlow.
+_CHILD_ENV = {"tf_saved_model": {"KERAS_BACKEND": "tensorflow"}}
+
 
 def module_name(format):
     """The dotted name of `format`'s runtime module."""
@@ -84,7 +89,9 @@ def run_in_child(
             module's `load`).
         options: The module's own `load` options, a JSON-ready dict
             (e.g. `{"precision": None}` for OpenVINO).
-        env: Environment variables for the child (over this process's).
+        env: Environment variables for the child (over this process's;
+            a TensorFlow child gets `KERAS_BACKEND=tensorflow` unless
+            `env` says otherwise).
         timeout: Seconds the child may run (default:
             `keras_norms._launch.DEFAULT_TIMEOUT`).
         what: What the run is, for error messages.
@@ -127,7 +134,7 @@ def run_in_child(
         _launch.run_module(
             module,
             args,
-            env=env,
+            env={**_CHILD_ENV.get(format, {}), **(env or {})},
             timeout=_launch.DEFAULT_TIMEOUT if timeout is None else timeout,
             what=what or f"Running {os.fspath(path)!r} with {MODULES[format]}",
         )
