@@ -9,13 +9,16 @@ convolution before it). Every BatchNormalization layer first gets random
 moving statistics, gamma and beta, so folding is not a no-op; the export's
 verification checks each artifact against the Keras model in the runtime.
 
-Runtimes (artifact, how it is loaded and run):
+Runtimes (artifact, how it is loaded and run; each through its module in
+`keras_norms._runtimes`, the code `keras_norms.export` checks artifacts
+with):
 
 - `saved_model_xla`: `format="tf_saved_model"` (XLA-compiled serving
   function), `tf.saved_model.load(path).signatures["serving_default"]`;
 - `onnxruntime`: `format="onnx"`, `InferenceSession`, CPUExecutionProvider;
 - `litert`: `format="litert"`, `ai_edge_litert` `Interpreter` (its default
-  XNNPACK delegate), input resized to the batch;
+  XNNPACK delegate) through its signature runner, input resized to the
+  batch;
 - `openvino`: `format="openvino"`, `Core().compile_model` on CPU with
   `INFERENCE_PRECISION_HINT=f32` (as `keras_norms.export` checks it),
   LATENCY hint, the model reshaped to the static batch first;
@@ -64,13 +67,13 @@ in the backend of this process. Never run as a test.
 import argparse
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -239,107 +242,17 @@ def _jsonable(d):
 # ---------------------------------------------------------------------------
 # Runtimes (the timing child; imports one runtime, no Keras)
 # ---------------------------------------------------------------------------
-def _single_output(out):
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        out = out[0]
-    return out
+def load_runtime(runtime, path, batch):
+    """`run(x)` -> the output, of `path` loaded in `runtime` for `batch`.
 
+    Through `keras_norms._runtimes` (the modules `keras_norms.export`
+    checks its artifacts with), with THREADS intra-op threads and one
+    inter-op thread; OpenVINO and LiteRT fixed to the batch.
+    """
+    from keras_norms import _runtimes
 
-def load_saved_model_xla(path, batch):
-    import tensorflow as tf
-
-    serve = tf.saved_model.load(path).signatures["serving_default"]
-
-    def run(x):
-        return _single_output(serve(tf.constant(x))).numpy()
-
-    return run
-
-
-def load_onnxruntime(path, batch):
-    import onnxruntime as rt
-
-    options = rt.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    session = rt.InferenceSession(
-        path, options, providers=["CPUExecutionProvider"]
-    )
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
-
-
-def load_litert(path, batch):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=path, num_threads=THREADS)
-    detail = interpreter.get_input_details()[0]
-    shape = (batch,) + tuple(int(d) for d in detail["shape"][1:])
-    interpreter.resize_tensor_input(detail["index"], shape)
-    interpreter.allocate_tensors()
-    output = interpreter.get_output_details()[0]["index"]
-
-    def run(x):
-        interpreter.set_tensor(detail["index"], x)
-        interpreter.invoke()
-        return interpreter.get_tensor(output)
-
-    return run
-
-
-def _openvino_compiled(path, batch):
-    import openvino as ov
-
-    core = ov.Core()
-    model = core.read_model(path)
-    shape = [batch] + [
-        d.get_length() for d in model.inputs[0].get_partial_shape()[1:]
-    ]
-    model.reshape({model.inputs[0]: ov.PartialShape(shape)})
-    return core.compile_model(
-        model,
-        "CPU",
-        {
-            "INFERENCE_PRECISION_HINT": "f32",
-            "INFERENCE_NUM_THREADS": THREADS,
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-        },
-    )
-
-
-def load_openvino(path, batch):
-    compiled = _openvino_compiled(path, batch)
-    request = compiled.create_infer_request()
-
-    def run(x):
-        request.infer({0: x})
-        return np.array(request.get_output_tensor(0).data)
-
-    return run
-
-
-def load_torch(path, batch):
-    import torch
-
-    module = torch.export.load(path).module()
-
-    def run(x):
-        with torch.no_grad():
-            return _single_output(module(torch.from_numpy(x))).numpy()
-
-    return run
-
-
-LOADERS = {
-    "saved_model_xla": load_saved_model_xla,
-    "onnxruntime": load_onnxruntime,
-    "litert": load_litert,
-    "openvino": load_openvino,
-    "torch": load_torch,
-}
+    loaded = _runtimes.load(FORMAT[runtime], path, threads=THREADS, batch=batch)
+    return lambda x: loaded.run([x])[0]
 
 
 def _histogram(names):
@@ -349,7 +262,7 @@ def _histogram(names):
     return dict(sorted(counts.items()))
 
 
-def ops_onnxruntime(path, workdir):
+def ops_onnxruntime(path, workdir, x):
     """Op types in the .onnx file and in onnxruntime's optimized graph."""
     import onnx
     import onnxruntime as rt
@@ -364,14 +277,17 @@ def ops_onnxruntime(path, workdir):
     return before, after
 
 
-def ops_openvino(path, workdir):
+def ops_openvino(path, workdir, x):
     """Op types in the OpenVINO IR and in the CPU plugin's runtime model."""
     import openvino as ov
 
     before = _histogram(
         op.get_type_name() for op in ov.Core().read_model(path).get_ops()
     )
-    runtime_model = _openvino_compiled(path, 1).get_runtime_model()
+    from keras_norms._runtimes import openvino_runtime
+
+    compiled = openvino_runtime.load(path, threads=THREADS, batch=1).compiled
+    runtime_model = compiled.get_runtime_model()
     after = _histogram(
         op.get_rt_info()["layerType"].astype(str)
         for op in runtime_model.get_ops()
@@ -379,7 +295,7 @@ def ops_openvino(path, workdir):
     return before, after
 
 
-def ops_litert(path, workdir):
+def ops_litert(path, workdir, x):
     """LiteRT's op list (the converter's graph is what the interpreter runs)."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -388,7 +304,7 @@ def ops_litert(path, workdir):
     return ops, ops
 
 
-def ops_torch(path, workdir):
+def ops_torch(path, workdir, x):
     """Call targets of the exported torch graph (what eager mode runs)."""
     import torch
 
@@ -403,35 +319,25 @@ def ops_torch(path, workdir):
     return ops, ops
 
 
-def ops_saved_model_xla(path, workdir):
+def ops_saved_model_xla(path, workdir, x):
     """Op types of the TF graph and HLO instructions XLA runs (batch 1).
 
     The HLO comes from XLA's own dump (`XLA_FLAGS=--xla_dump_to`), which
-    must be set before TensorFlow starts: a child process per artifact.
+    must be set before TensorFlow starts: a child process per artifact
+    (`tf_runtime` run on `x`).
     """
     import glob
 
+    from keras_norms import _runtimes
+
     dump = path.rstrip("/") + ".xla_dump"
-    env = dict(
-        os.environ, XLA_FLAGS=f"--xla_dump_to={dump} --xla_dump_hlo_as_text"
-    )
-    code = (
-        "import sys, numpy as np, tensorflow as tf\n"
-        "f = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
-        "shape = [1] + f.structured_input_signature[1][next(iter("
-        "f.structured_input_signature[1]))].shape[1:].as_list()\n"
-        "f(tf.zeros(shape))\n"
-        "print(sum(len(g.node) for g in [f.graph.as_graph_def()]))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, path],
-        env=env,
-        capture_output=True,
-        text=True,
+    _runtimes.run_in_child(
+        "tf_saved_model",
+        path,
+        [x],
+        env={"XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text"},
         timeout=600,
     )
-    if done.returncode:
-        raise RuntimeError(done.stderr[-1000:])
     files = glob.glob(os.path.join(dump, "*after_optimizations.txt"))
     # The serving function's module: the largest one compiled.
     text = max((open(f).read() for f in files), key=len)
@@ -509,16 +415,6 @@ def _quartiles(values):
 def time_child(runtime, workdir, cells, rounds, cell_seconds):
     """Time every (model, batch) cell of one runtime; log each."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if runtime == "saved_model_xla":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(THREADS)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    if runtime == "torch":
-        import torch
-
-        torch.set_num_threads(THREADS)
-        torch.set_num_interop_threads(1)
     log = os.path.join(workdir, f"time_{runtime}.jsonl")
     inspected = set()  # models whose executed ops are counted (once)
     for model, batch in cells:
@@ -527,10 +423,10 @@ def time_child(runtime, workdir, cells, rounds, cell_seconds):
             paths = {
                 v: artifact_path(workdir, model, runtime, v) for v in VARIANTS
             }
-            fns = {v: LOADERS[runtime](paths[v], batch) for v in VARIANTS}
+            fns = {v: load_runtime(runtime, paths[v], batch) for v in VARIANTS}
             if os.environ.get("BENCH_FOLDING_CONTROL") == "1":
                 # A/A control: the unfolded artifact loaded a second time.
-                fns[CONTROL] = LOADERS[runtime](paths["unfolded"], batch)
+                fns[CONTROL] = load_runtime(runtime, paths["unfolded"], batch)
             x = np.random.RandomState(1).randn(batch, *INPUT_SHAPE[model])
             x = x.astype("float32")
             outs = {v: np.asarray(fn(x), np.float64) for v, fn in fns.items()}
@@ -560,7 +456,7 @@ def time_child(runtime, workdir, cells, rounds, cell_seconds):
                 inspected.add(model)
                 record["ops"] = {}
                 for v in VARIANTS:
-                    before, after = OPS[runtime](paths[v], workdir)
+                    before, after = OPS[runtime](paths[v], workdir, x[:1])
                     record["ops"][v] = {"artifact": before, "executed": after}
             del fns
         except Exception as e:  # recorded, the benchmark goes on
@@ -584,22 +480,48 @@ def time_child(runtime, workdir, cells, rounds, cell_seconds):
 # ---------------------------------------------------------------------------
 # Orchestration (no Keras, no runtime in this process)
 # ---------------------------------------------------------------------------
-def _child(args, env_extra, timeout):
-    env = dict(
-        os.environ,
-        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+def _launcher():
+    """`keras_norms._launch`, loaded from its file.
+
+    It imports the standard library only, while `import keras_norms._launch`
+    would run `keras_norms/__init__` (Keras and a backend) in this process.
+    """
+    spec = importlib.util.spec_from_file_location(
+        "_bench_keras_norms_launch",
+        os.path.join(ROOT, "keras_norms", "_launch.py"),
     )
-    env.update(
-        TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(THREADS), **env_extra
-    )
-    command = [sys.executable, os.path.abspath(__file__)] + args
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _child(args, env_extra, timeout, keras):
+    """Run this script with `args` in a child (`keras_norms._launch`).
+
+    `keras=False`: the timing child, without `keras_norms/__init__` (no
+    Keras). Its output goes to this process's; returns None, or the error.
+    """
+    launch = _launcher()
+    env = {
+        "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "OMP_NUM_THREADS": str(THREADS),
+        **env_extra,
+    }
     try:
-        done = subprocess.run(command, env=env, timeout=timeout, cwd=ROOT)
-        return (
-            None if done.returncode == 0 else f"exit status {done.returncode}"
+        launch.run_module(
+            "benchmarks.bench_folding",
+            args,
+            bare=not keras,
+            env=env,
+            timeout=timeout,
+            what=f"bench_folding {args[0]} {args[1]}",
+            capture_stdout=False,
+            cwd=ROOT,
         )
-    except subprocess.TimeoutExpired:
-        return f"timed out after {timeout} s"
+    except launch.ChildProcessFailed as e:
+        return str(e)
+    return None
 
 
 def _read_jsonl(path):
@@ -648,6 +570,7 @@ def run_exports(models, runtimes, workdir, reuse):
                 ["--_export", backend, model, ",".join(todo), workdir],
                 {"KERAS_BACKEND": backend},
                 EXPORT_TIMEOUT[model],
+                keras=True,
             )
             if error:
                 failures.append(
@@ -707,6 +630,7 @@ def run_timings(
                 ],
                 {},
                 TIME_TIMEOUT,
+                keras=False,
             )
         got = {(r["model"], r["batch"]): r for r in _read_jsonl(log)}
         for model, batch in cells:
@@ -1050,8 +974,10 @@ def keras_mode(rounds, blocks):
         path = os.path.join(tmp, "served")
         export_saved_model(folded, path, fold=False, verbose=0)
         if keras.backend.backend() != "torch":
-            serve = load_saved_model_xla(path, 32)
-            variants["folded+XLA SavedModel"] = serve
+            from keras_norms._runtimes import tf_runtime
+
+            served = tf_runtime.load(path)
+            variants["folded+XLA SavedModel"] = lambda x: served.run([x])[0]
         reference = variants["unfolded"](x)
         for name, fn in variants.items():
             err = np.abs(fn(x) - reference).max()

@@ -1,0 +1,316 @@
+"""What the runtime modules share: the file protocol, input and output order.
+
+Imports NumPy and the standard library only (it runs in the runtime
+programs' processes, beside one runtime).
+
+**The files.** A parent process hands a runtime program its inputs, and
+gets its outputs back, through files beside one path prefix `io`:
+
+- `<io>_in.npz`: the model's inputs, one entry per flat input (`arr_0`,
+  `arr_1`, ... in the model's order), numeric arrays only (never object
+  arrays: the child loads them with `allow_pickle=False`);
+- `<io>_inputs.json`: `{"names": [...], "structure": ...}`, the model's
+  input names in its order and the structure of its call arguments, a
+  list of arguments in nested lists and dicts whose leaves are indices
+  into the flat inputs (see `describe_inputs`);
+- `<io>_out.npz`: the outputs, in the model's order (`arr_0`, ...);
+- `<io>_meta.json`: what the runtime says about the artifact (`version`:
+  the runtime's version, `static_batch`: the artifact's static batch size
+  or `None`, `input_names`: the artifact's input names, and per runtime
+  more, e.g. `xla` for TensorFlow).
+
+**The order of the flat inputs** is the order of `flatten`: lists and
+tuples in order, dicts by sorted key (as `keras.tree.flatten`).
+
+**A runtime module** (`onnx_runtime`, ...) has a function `load(path, *,
+threads=None, batch=None, inputs=None, ...)` returning a `Runtime`, and
+ends with `if __name__ == "__main__": _protocol.main(load)`.
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+# Where each file of the protocol lives, given the prefix `io`.
+IN, INPUTS, OUT, META = "_in.npz", "_inputs.json", "_out.npz", "_meta.json"
+
+
+# ----------------------------------------------------------------------
+# Structures of inputs
+# ----------------------------------------------------------------------
+def flatten(nested):
+    """The leaves of `nested` (lists, tuples, dicts by sorted key), in order.
+
+    The order of `keras.tree.flatten` for these containers: the order of
+    the flat inputs in the protocol.
+    """
+    if isinstance(nested, dict):
+        return [leaf for k in sorted(nested) for leaf in flatten(nested[k])]
+    if isinstance(nested, (list, tuple)):
+        return [leaf for item in nested for leaf in flatten(item)]
+    return [nested]
+
+
+def describe_inputs(signature, name=lambda spec: getattr(spec, "name", None)):
+    """`{"names", "structure"}` of a model's input signature (JSON-ready).
+
+    Args:
+        signature: The model's call arguments as a list (one entry per
+            positional argument) of nested lists, tuples and dicts of
+            input specs (what Keras' exporters read from a model).
+        name: The name of a spec (default: its `name` attribute).
+
+    Returns:
+        A dict: `names`, the input names in flat order (`""` for an
+        unnamed input), and `structure`, `signature` with each leaf
+        replaced by its index in `flatten(signature)` (tuples as lists).
+    """
+    leaves = flatten(signature)
+    counter = iter(range(len(leaves)))
+
+    def indices(node):  # numbered in flat order, dicts kept in their order
+        if isinstance(node, dict):
+            numbered = {k: indices(node[k]) for k in sorted(node)}
+            return {k: numbered[k] for k in node}
+        if isinstance(node, (list, tuple)):
+            return [indices(v) for v in node]
+        return next(counter)
+
+    return {
+        "names": [name(leaf) or "" for leaf in leaves],
+        "structure": indices(list(signature)),
+    }
+
+
+def pack(flat, structure):
+    """`structure` (nested lists and dicts of indices) filled from `flat`."""
+    if isinstance(structure, list):
+        return [pack(flat, s) for s in structure]
+    if isinstance(structure, dict):
+        return {k: pack(flat, s) for k, s in structure.items()}
+    return flat[structure]
+
+
+def in_artifact_order(xs, model_names, artifact_names):
+    """The inputs `xs` (the model's order) in the artifact's order.
+
+    By name where the artifact kept the model's input names (the order of
+    an artifact's inputs need not be the model's), else by position.
+
+    Raises:
+        ValueError: If the artifact takes another number of inputs.
+    """
+    artifact_names = list(artifact_names)
+    if len(xs) != len(artifact_names):
+        raise ValueError(
+            f"The artifact takes {len(artifact_names)} input(s) "
+            f"({', '.join(map(repr, artifact_names))}), the model "
+            f"{len(xs)}. Received: {len(xs)} input(s)"
+        )
+    names = list(model_names or [])
+    if len(set(names)) == len(names) and sorted(names) == sorted(
+        artifact_names
+    ):
+        by_name = dict(zip(names, xs))
+        return [by_name[n] for n in artifact_names]
+    return list(xs)
+
+
+def output_order(key):
+    """Sort key of a named output: the number its digits spell, then the key.
+
+    `output_0, output_1, ..., output_10` in that order (a runtime's dict of
+    outputs need not keep the model's order).
+    """
+    digits = "".join(c for c in key if c.isdigit())
+    return (int(digits) if digits else 0, key)
+
+
+# ----------------------------------------------------------------------
+# A loaded artifact
+# ----------------------------------------------------------------------
+class Runtime:
+    """An artifact loaded in its runtime.
+
+    Attributes:
+        version: The runtime's version (a string).
+        input_names: The artifact's input names, in its order.
+        static_batch: The batch size the artifact is fixed to, or `None`.
+        model_names: The model's input names (its order), or `None`.
+    """
+
+    def __init__(self, version, input_names, static_batch, model_names):
+        self.version = str(version)
+        self.input_names = list(input_names)
+        self.static_batch = static_batch
+        self.model_names = None if model_names is None else list(model_names)
+
+    def run(self, xs):
+        """The flat outputs (model order) on the flat inputs `xs`."""
+        raise NotImplementedError
+
+    def ordered(self, xs):
+        """`xs` (the model's order) in the artifact's input order."""
+        return in_artifact_order(xs, self.model_names, self.input_names)
+
+    def meta(self):
+        """What `<io>_meta.json` records (JSON-ready)."""
+        return {
+            "version": self.version,
+            "static_batch": self.static_batch,
+            "input_names": self.input_names,
+        }
+
+    def __repr__(self):
+        return (
+            f"<{type(self).__name__} {self.version} inputs="
+            f"{self.input_names} static_batch={self.static_batch}>"
+        )
+
+
+def check_options(threads, batch):
+    """Raise a `ValueError` for a `threads` or `batch` that is not >= 1."""
+    for name, value in (("threads", threads), ("batch", batch)):
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or value < 1
+        ):
+            raise ValueError(
+                f"Argument `{name}` must be a positive integer or None. "
+                f"Received: {name}={value!r}"
+            )
+
+
+def check_batch(batch, static_batch, runtime):
+    """For runtimes that run any batch: `batch` must fit a static one."""
+    if batch is not None and static_batch not in (None, batch):
+        raise ValueError(
+            f"The artifact has a static batch size of {static_batch}, and "
+            f"{runtime} cannot change it. Received: batch={batch}"
+        )
+
+
+def model_names_of(inputs):
+    """The model's input names from an `inputs` description, or None."""
+    return None if inputs is None else list(inputs["names"])
+
+
+def run_batches(runtime, xs):
+    """`runtime.run(xs)`, in slices of its static batch where it has one.
+
+    Raises:
+        ValueError: If the batch is not a multiple of the static batch.
+    """
+    n = len(xs[0])
+    static = runtime.static_batch
+    if static is None or static == n:
+        return runtime.run(xs)
+    if n % static:
+        raise ValueError(
+            f"The artifact has a static batch size of {static}; the inputs "
+            f"have {n} samples, not a multiple of it. Received: batch of {n}"
+        )
+    parts = [
+        runtime.run([x[i : i + static] for x in xs])
+        for i in range(0, n, static)
+    ]
+    return [np.concatenate(outputs) for outputs in zip(*parts)]
+
+
+# ----------------------------------------------------------------------
+# The files
+# ----------------------------------------------------------------------
+def write_inputs(io, xs, inputs=None):
+    """Write the flat inputs `xs` and the model's `inputs` description.
+
+    Args:
+        io: The path prefix of the protocol's files.
+        xs: The flat inputs, in the model's order (array-likes).
+        inputs: `describe_inputs` of the model, or `None` (each input one
+            positional argument, unnamed).
+
+    Raises:
+        TypeError: If an input is not numeric (an object array: e.g. a
+            dict or a ragged list passed as one input).
+    """
+    arrays = [np.asarray(x) for x in xs]
+    for i, x in enumerate(arrays):
+        if x.dtype == object:
+            raise TypeError(
+                f"Input {i} is not a numeric array (dtype object): pass "
+                "the model's inputs flat, one array each (flatten a dict "
+                f"or list of inputs first). Received: {type(xs[i]).__name__}"
+            )
+    if inputs is None:
+        inputs = {
+            "names": [""] * len(arrays),
+            "structure": list(range(len(arrays))),
+        }
+    np.savez(io + IN, *arrays)
+    with open(io + INPUTS, "w") as f:
+        json.dump(inputs, f)
+
+
+def read_inputs(io):
+    """`(xs, inputs)` as `write_inputs` wrote them."""
+    with np.load(io + IN, allow_pickle=False) as data:
+        xs = [data[f"arr_{i}"] for i in range(len(data.files))]
+    with open(io + INPUTS) as f:
+        inputs = json.load(f)
+    return xs, inputs
+
+
+def write_outputs(io, outputs, meta):
+    """Write the flat outputs (model order) and the runtime's `meta`."""
+    np.savez(io + OUT, *[np.asarray(o) for o in outputs])
+    with open(io + META, "w") as f:
+        json.dump(meta, f)
+
+
+def read_outputs(io):
+    """`(outputs, meta)` as `write_outputs` wrote them."""
+    with np.load(io + OUT, allow_pickle=False) as data:
+        outputs = [data[f"arr_{i}"] for i in range(len(data.files))]
+    with open(io + META) as f:
+        meta = json.load(f)
+    return outputs, meta
+
+
+def main(load, argv=None):
+    """A runtime module's program: load the artifact, run the inputs.
+
+    `python -m keras_norms._runtimes.<module> ARTIFACT IO [--threads N]
+    [--batch N] [--options JSON] [--report-modules]` (launched by
+    `keras_norms._launch`, which keeps `keras_norms/__init__` out):
+    reads `<IO>_in.npz` and `<IO>_inputs.json`, runs them (in slices of a
+    static batch), writes `<IO>_out.npz` and `<IO>_meta.json`.
+    `--options` is a JSON object of the module's own `load` options;
+    `--report-modules` adds `modules` (every imported module's name) to
+    the meta.
+    """
+    parser = argparse.ArgumentParser(prog=sys.argv[0])
+    parser.add_argument("artifact")
+    parser.add_argument("io")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--options", type=json.loads, default={})
+    parser.add_argument("--report-modules", action="store_true")
+    args = parser.parse_args(argv)
+    xs, inputs = read_inputs(args.io)
+    runtime = load(
+        args.artifact,
+        threads=args.threads,
+        batch=args.batch,
+        inputs=inputs,
+        **args.options,
+    )
+    outputs = run_batches(runtime, xs)
+    meta = runtime.meta()
+    if args.report_modules:
+        meta["modules"] = sorted(sys.modules)
+    write_outputs(args.io, outputs, meta)
