@@ -45,7 +45,7 @@ EXPORTER = {
 }
 # The compute dtypes a (format, backend) cannot export or run, measured
 # on Conv-BN nets (tests/test_deploy.py): `export(dtype=None)` writes a
-# float32 copy of such a model (`inference.float32_copy`), checked like
+# float32 copy of such a model (`_float32.float32_copy`), checked like
 # any other against the model.
 FLOAT32_ONLY = {
     # tf2onnx and torch.onnx write bfloat16 Conv inputs, which ONNX's Conv
@@ -173,8 +173,14 @@ def require(format, backend, verify):
         )
 
 
+class ExportError(RuntimeError):
+    """An exporter (Keras', a converter's) failed to write the artifact."""
+
+
 def explain_export_error(error, format, backend, batch_size, quantize):
-    """A clear error for an exporter failure with a known way around it."""
+    """Raise a clear error for an exporter failure: a `ValueError` saying
+    what to do where there is a known way around it, else an
+    `ExportError` with the exporter's error as its cause."""
     if quantize == "int8":
         raise ValueError(
             "TensorFlow's LiteRT converter could not quantize the model to "
@@ -195,3 +201,7 @@ def explain_export_error(error, format, backend, batch_size, quantize):
             "(torch.onnx's dynamo exporter), or export from the TensorFlow "
             "or JAX backend for a dynamic batch. Received: batch_size=None"
         ) from error
+    raise ExportError(
+        f"Keras' {format!r} exporter failed on the {backend} backend: "
+        f"{type(error).__name__}: {str(error).strip()[-500:]}"
+    ) from error

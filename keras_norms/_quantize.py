@@ -16,7 +16,7 @@ Keras' own LiteRT exporter, which passes converter attributes on:
   computed in float32.
 
 A quantized artifact cannot match the model to float rounding, so it is
-checked against a looser, stated tolerance (`TOLERANCE`), measured on
+checked against a looser, stated rule (`_check.Tolerance.quantized`), measured on
 conv nets (see `docs/guide/export.md`) and still far below what a wrong
 graph or wrong weights cost.
 """
@@ -46,19 +46,6 @@ _CALIBRATION_BATCH = 20
 CHECK_SAMPLES = 64
 _HELD_OUT_SHARE = 4  # one row in this many is held out
 
-# The check's tolerances, measured (docs/guide/export.md). int8, as
-# fractions of the model's output range (max - min): the max |int8 -
-# model| reached 0.096 on one of 450 test images (the demo's digits CNN
-# after one epoch) and 0.097 for a Conv2D + WeightStandardization net
-# (tests/test_deploy.py's matrix models); the mean, 0.0017 and 0.010
-# (GroupNormalization) at worst, against 0.19 for a model with its
-# classifier rows permuted. The max tolerance bounds every output; the
-# mean one is the sharp test. float16: max 6.4e-4 * max|output|.
-TOLERANCE = {
-    "int8": (0.25, "int8: max <= 0.25 and mean <= 0.03 of max - min output"),
-    "float16": (5e-3, "float16: 5e-3 * max(1, max|output|)"),
-}
-MEAN_TOLERANCE = 0.03
 _HINT = {
     "int8": (
         "int8 quantization changed the outputs too much (a model whose "
@@ -245,38 +232,6 @@ def converter_options(quantize, data, batch_size, hold_out):
         "representative_dataset": representative_dataset,
         "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
     }
-
-
-def tolerance(expected, quantize):
-    """The check's max tolerance for one output of the model."""
-    factor = TOLERANCE[quantize][0]
-    if quantize == "int8":
-        return factor * _spread(expected)
-    return factor * max(1.0, float(np.max(np.abs(expected), initial=0.0)))
-
-
-def _spread(expected):
-    """`max - min` of an output (`max(1, max|output|)` if constant)."""
-    spread = float(np.ptp(expected)) if expected.size else 0.0
-    return spread or max(1.0, float(np.max(np.abs(expected), initial=0.0)))
-
-
-def mean_difference(got, expected):
-    """`(mean |got - expected|, its tolerance)`, the worst output's."""
-    worst = (0.0, 0.0)
-    for g, e in zip(got, expected):
-        g, e = np.asarray(g, np.float64), np.asarray(e, np.float64)
-        mean = float(np.mean(np.abs(g - e))) if e.size else 0.0
-        if not np.all(np.isfinite(g)):
-            mean = float("inf")
-        tol = MEAN_TOLERANCE * _spread(e)
-        if mean - tol > worst[0] - worst[1] or worst == (0.0, 0.0):
-            worst = (mean, tol)
-    return worst
-
-
-def rule(quantize):
-    return TOLERANCE[quantize][1]
 
 
 def hint(quantize):

@@ -13,16 +13,18 @@ Both reach the tools through their public functions only.
 """
 
 import os
+import traceback
 import types
 import warnings
 
 import keras
 
+from keras_norms import _check
 from keras_norms import _validation
 from keras_norms import deploy
-from keras_norms import inference
 from keras_norms import precise
 from keras_norms import saved_model
+from keras_norms._check import OutputMismatchError
 
 __all__ = ["FoldAndExport", "PreciseBatchNorm"]
 
@@ -214,11 +216,12 @@ class FoldAndExport(keras.callbacks.Callback):
             names, else min).
         sample: Input batch for the check (an array, or the list, dict
             or nested structure of arrays the model takes).
-        atol: Absolute part of the check's tolerance (SavedModel only);
+        atol: Absolute part of the check's tolerance, for every format;
             `None` follows the model's compute dtype (`1e-5` for float32,
-            see `keras_norms.inference.optimize_for_inference`).
+            see `keras_norms.inference.optimize_for_inference`). Not with
+            `quantize` (its own rule).
         rtol: Part of the check's tolerance relative to the largest
-            absolute output of the model (SavedModel only); `None`
+            absolute output of the model, for every format; `None`
             follows the model's compute dtype (`1e-4` for float32).
         on_mismatch: `"warn"` (keep the export, warn with the figures) or
             `"raise"` (raise a `ValueError`, keep the previous export).
@@ -290,7 +293,7 @@ class FoldAndExport(keras.callbacks.Callback):
         deploy.check_format(format)
         self.format = format
         self.export_kwargs = _check_export_kwargs(
-            format, export_kwargs, atol, rtol, jit_compile
+            format, export_kwargs, jit_compile
         )
         self.precise_statistics = _check_precise_statistics(precise_statistics)
         self.filepath = os.fspath(filepath)
@@ -311,7 +314,7 @@ class FoldAndExport(keras.callbacks.Callback):
             mode = "max" if better_high else "min"
         self.mode = mode
         self.sample = sample
-        self.atol, self.rtol, self.on_mismatch = inference.check_tolerance(
+        self.atol, self.rtol, self.on_mismatch = _check.check_tolerance(
             atol, rtol, on_mismatch
         )
         self.fold = bool(fold)
@@ -370,6 +373,11 @@ class FoldAndExport(keras.callbacks.Callback):
     def _export(self, model, path):
         """Write and check one export; its report (has `summary()`/str)."""
         if self.format != "tf_saved_model":
+            tolerance = {
+                name: value
+                for name, value in (("atol", self.atol), ("rtol", self.rtol))
+                if value is not None
+            }
             return deploy.export(
                 model,
                 path,
@@ -377,6 +385,7 @@ class FoldAndExport(keras.callbacks.Callback):
                 fold=self.fold,
                 sample=self.sample,
                 overwrite=True,
+                **tolerance,
                 **self.export_kwargs,
             )
         return saved_model.export(
@@ -396,15 +405,18 @@ class FoldAndExport(keras.callbacks.Callback):
         path = self._format_path(epoch, logs)
         try:
             result = self._export(self._model_to_export(), path)
-        except inference.OutputMismatchError as e:
+        except OutputMismatchError as e:
             if self.on_mismatch == "raise":
                 raise
             # Another format: nothing was written; the last export stays.
             self.failed.append((path, str(e)))
             warnings.warn(f"FoldAndExport: {e}", stacklevel=2)
             return
-        except Exception as e:  # keep training, and the last good export
-            reason = f"{type(e).__name__}: {e}"
+        except (OSError, RuntimeError, ValueError) as e:
+            # A failed export (the exporter, its runtime, the disk, a
+            # model the format cannot take): training goes on, the last
+            # good export stays. Any other error is a bug: it propagates.
+            reason = "".join(traceback.format_exception(e)).rstrip()
             self.failed.append((path, reason))
             kept = (
                 f"the previous export at {path!r} is unchanged"
@@ -413,7 +425,8 @@ class FoldAndExport(keras.callbacks.Callback):
             )
             warnings.warn(
                 f"FoldAndExport: exporting to {path!r} failed; training "
-                f"goes on and {kept}. The reason: {reason}",
+                f"goes on and {kept}. The reason, with its traceback:\n"
+                f"{reason}",
                 stacklevel=2,
             )
             return
@@ -426,7 +439,7 @@ class FoldAndExport(keras.callbacks.Callback):
 _OWN_ARGUMENTS = ("model", "filepath", "format", "fold", "sample", "overwrite")
 
 
-def _check_export_kwargs(format, export_kwargs, atol, rtol, jit_compile):
+def _check_export_kwargs(format, export_kwargs, jit_compile):
     """`export_kwargs` for `deploy.export`, or an error before training."""
     if format == "tf_saved_model":
         if export_kwargs:
@@ -443,19 +456,12 @@ def _check_export_kwargs(format, export_kwargs, atol, rtol, jit_compile):
             f"FoldAndExport sets `{own[0]}` itself; it is not an export "
             f"keyword argument. Received: {own[0]}={export_kwargs[own[0]]!r}"
         )
-    for name, value, default in (
-        ("atol", atol, None),
-        ("rtol", rtol, None),
-        ("jit_compile", jit_compile, True),
-    ):
-        if value != default:
-            raise ValueError(
-                f"Argument `{name}` applies to format='tf_saved_model' only "
-                f"(format={format!r} is checked with "
-                "keras_norms.deploy.export's own tolerance, "
-                f"{deploy.RTOL:g} * max(1, max|output|)). "
-                f"Received: {name}={value!r}"
-            )
+    if jit_compile is not True:
+        raise ValueError(
+            "Argument `jit_compile` applies to format='tf_saved_model' only "
+            "(the other formats are compiled by their runtime). "
+            f"Received: jit_compile={jit_compile!r}"
+        )
     return export_kwargs
 
 

@@ -34,19 +34,18 @@ constraints.txt`; `import keras_norms` never imports any of them.
 """
 
 import contextlib
-import importlib.util
-import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import keras
 import numpy as np
 
+from keras_norms import _artifact
+from keras_norms import _check
+from keras_norms import _compat
+from keras_norms import _float32
+from keras_norms import _formats
 from keras_norms import _quantize
 from keras_norms import _validation
+from keras_norms._formats import FORMATS
 
 __all__ = [
     "DeployReport",
@@ -55,134 +54,6 @@ __all__ = [
     "check_format",
     "export",
 ]
-
-FORMATS = ("tf_saved_model", "onnx", "litert", "openvino", "torch")
-# The file name ending Keras' exporter requires per format (None: a
-# directory).
-_SUFFIX = {
-    "tf_saved_model": None,
-    "onnx": ".onnx",
-    "litert": ".tflite",
-    "openvino": ".xml",
-    "torch": ".pt2",
-}
-# The verification tolerance: max|artifact - model| <= RTOL * max(1,
-# max|model|), output by output. Float32 runtimes reorder sums and fuse
-# ops, which costs a few ulps of the output scale; a wrong graph costs
-# far more.
-RTOL = 1e-4
-_INSTALL_HINT = 'pip install "keras_norms[deploy]" -c constraints.txt'
-
-# Modules the exporter (in this process) and the runtime (in the check's
-# process) import, per (format, backend); the runtime's first.
-_RUNTIME = {
-    "onnx": ("onnxruntime", "onnxruntime"),
-    "litert": ("ai_edge_litert", "LiteRT interpreter (ai_edge_litert)"),
-    "openvino": ("openvino", "OpenVINO runtime"),
-    "torch": ("torch", "torch.export"),
-}
-_EXPORTER = {
-    ("onnx", "tensorflow"): ("tf2onnx", "onnx"),
-    ("onnx", "jax"): ("jax2onnx", "onnx"),
-    ("onnx", "torch"): ("onnx", "onnxscript"),
-    ("litert", "tensorflow"): ("tensorflow",),
-    ("litert", "torch"): ("litert_torch",),
-    ("openvino", "tensorflow"): ("openvino",),
-    ("openvino", "torch"): ("openvino",),
-    ("torch", "torch"): (),
-}
-# The compute dtypes a (format, backend) cannot export or run, measured
-# on Conv-BN nets (tests/test_deploy.py): `export(dtype=None)` writes a
-# float32 copy of such a model (`inference.float32_copy`), checked like
-# any other against the model.
-_FLOAT32_ONLY = {
-    # tf2onnx and torch.onnx write bfloat16 Conv inputs, which ONNX's Conv
-    # does not take (onnxruntime: "invalid model").
-    ("onnx", "tensorflow"): ("bfloat16",),
-    ("onnx", "torch"): ("bfloat16",),
-    # jax2onnx types a float16/bfloat16 ReduceMean's output float32:
-    # onnxruntime refuses the graph.
-    ("onnx", "jax"): ("float16", "bfloat16"),
-    # TensorFlow's LiteRT converter keeps float16/bfloat16 convolutions as
-    # Flex (select TensorFlow) ops, which the LiteRT interpreter lacks.
-    ("litert", "tensorflow"): ("float16", "bfloat16"),
-    # OpenVINO's CPU plugin cannot compile the bfloat16 Convert from the
-    # TensorFlow frontend, and computes a bfloat16 model from torch wrong
-    # (max abs difference 1.2 on unit-scale outputs).
-    ("openvino", "tensorflow"): ("bfloat16",),
-    ("openvino", "torch"): ("bfloat16",),
-}
-# Formats Keras cannot write from a backend, and what to do instead.
-_REFUSED = {
-    ("litert", "jax"): (
-        "Keras writes LiteRT only from the TensorFlow and torch backends. "
-        "Export from the TensorFlow backend (save the model as .keras and "
-        "load it there; keras_norms layers are registered), or use "
-        "format='onnx' or 'tf_saved_model' from JAX."
-    ),
-    ("openvino", "jax"): (
-        "Keras converts a JAX model for OpenVINO through jax2tf, whose "
-        "graph is one XlaCallModule op that OpenVINO has no conversion rule "
-        "for. Use format='onnx' (OpenVINO reads .onnx files directly: "
-        "openvino.Core().read_model('model.onnx')), or export from the "
-        "TensorFlow or torch backend."
-    ),
-    ("torch", "tensorflow"): (
-        "Keras writes a torch ExportedProgram (.pt2) only from the torch "
-        "backend. Export from the torch backend (KERAS_BACKEND=torch, load "
-        "the .keras file there), or use format='onnx'."
-    ),
-    ("torch", "jax"): (
-        "Keras writes a torch ExportedProgram (.pt2) only from the torch "
-        "backend. Export from the torch backend (KERAS_BACKEND=torch, load "
-        "the .keras file there), or use format='onnx'."
-    ),
-}
-
-
-def _odd_depth_radius_lrn(layer):
-    return (
-        type(layer).__name__ == "LocalResponseNormalization"
-        and layer.depth_radius % 2 == 1
-    )
-
-
-# Converter defects found by the export matrix (tests/test_deploy.py):
-# (format, backend, which layers, why, what to use instead). `export`
-# refuses such a model before writing anything; the check would catch the
-# wrong artifact anyway, but without saying why.
-_DEFECTS = (
-    (
-        "openvino",
-        "tensorflow",
-        _odd_depth_radius_lrn,
-        "OpenVINO's TensorFlow frontend (2026.4) converts tf.nn.lrn with an "
-        "odd depth_radius to an LRN over 2 * (depth_radius - 1) + 1 "
-        "channels instead of 2 * depth_radius + 1 (measured: max abs "
-        "difference 0.2-0.4 on unit-scale inputs; even radii convert "
-        "exactly).",
-        "Export format='onnx' and read the .onnx with OpenVINO "
-        "(openvino.Core().read_model('model.onnx')), or export from the "
-        "torch backend.",
-    ),
-)
-
-
-def _check_defects(model, format, backend):
-    """A ValueError naming the layer if a known converter defect hits it."""
-    from keras_norms import _compat
-
-    for defect_format, defect_backend, hit, why, instead in _DEFECTS:
-        if (format, backend) != (defect_format, defect_backend):
-            continue
-        for layer in _compat.flatten_layers(model):
-            if hit(layer):
-                raise ValueError(
-                    f"Cannot export layer '{layer.name}' "
-                    f"({type(layer).__name__}) as format={format!r} from "
-                    f"the {backend} backend: {why} {instead} "
-                    f"Received: format={format!r}"
-                )
 
 
 class DeployReport:
@@ -194,8 +65,9 @@ class DeployReport:
         runtime: The runtime the check loaded it with, and its version.
         max_abs_difference: `max |artifact - model|` over the outputs on
             the sample batch (`None` when `verify=False`).
-        tolerance: `RTOL * max(1, max |model output|)`, or the quantized
-            rule's (`None` when `verify=False`).
+        tolerance: The bound of that output: `atol + rtol * max |model
+            output|`, or the quantized rule's (`None` when
+            `verify=False`).
         static_batch: The batch size the artifact is fixed to, or `None`
             if it takes any batch (the check then ran one batch;
             otherwise one call per sample).
@@ -216,9 +88,9 @@ class DeployReport:
         dtype: The compute dtype of the exported model: the model's
             (`"float32"`, or `"float16"` / `"bfloat16"` for a mixed
             precision model), or `"float32"` for a float32 copy.
-        rtol: The relative tolerance of the float rule: `RTOL` for a
+        atol, rtol: The terms of the float rule: `1e-5` and `1e-4` for a
             float32 model, `16 * eps` for a float16 (`eps = 2**-10`) or
-            bfloat16 (`eps = 2**-7`) one.
+            bfloat16 (`eps = 2**-7`) one (`None` with `quantize="int8"`).
     """
 
     def __init__(
@@ -230,13 +102,14 @@ class DeployReport:
         tolerance=None,
         static_batch=None,
         folded=True,
-        rule=f"{RTOL:g} * max(1, max|output|)",
+        rule=None,
         quantize=None,
         mean_abs_difference=None,
         mean_tolerance=None,
         checked_on=None,
         check_rows=None,
         dtype="float32",
+        atol=None,
         rtol=None,
     ):
         self.format = format
@@ -253,7 +126,8 @@ class DeployReport:
         self.checked_on = checked_on
         self.check_rows = check_rows
         self.dtype = dtype
-        self.rtol = RTOL if rtol is None else rtol
+        self.atol = atol
+        self.rtol = rtol
 
     @property
     def verified(self):
@@ -296,6 +170,8 @@ def export(
     quantize=None,
     representative_data=None,
     dtype=None,
+    atol=None,
+    rtol=None,
     **kwargs,
 ):
     """Write `model` for a deployment runtime, and check it runs there.
@@ -319,8 +195,10 @@ def export(
     `torch.export.load`) and run on `sample` (or a seeded random batch of
     4 of the model's input shape); every output must satisfy
 
-        max |artifact - model| <= 1e-4 * max(1, max |model|)
+        max |artifact - model| <= atol + rtol * max |model|
 
+    with `atol=1e-5`, `rtol=1e-4` for a float32 model (the same rule as
+    `optimize_for_inference` and `export_saved_model`)
     or nothing is written. Only then is the artifact moved to `filepath`:
     an existing export is replaced only after the new one is written and
     verified, and only with `overwrite=True`. OpenVINO's `.xml` and `.bin`
@@ -333,8 +211,8 @@ def export(
     names, or by their keys in the structure.
 
     A mixed precision model (a `mixed_float16` / `mixed_bfloat16` policy,
-    globally or per layer) is checked with `16 * eps` of its compute
-    dtype instead of `1e-4` (`eps = 2**-10` for float16, `2**-7` for
+    globally or per layer) is checked with `atol = rtol = 16 * eps` of
+    its compute dtype (`eps = 2**-10` for float16, `2**-7` for
     bfloat16; measured up to 1.6 eps of the output scale). It is exported
     in its dtypes where the format and its runtime take them, and as a
     float32 copy (policies float32, weights cast; `report.dtype` says
@@ -364,8 +242,7 @@ def export(
 
     (measured on small conv nets: max up to 0.097 * range, mean up to
     0.010 * range; a model with its classifier rows permuted, mean 0.19 *
-    range), for float16 `max |artifact - model| <= 5e-3 * max(1,
-    max|model|)`.
+    range), for float16 weights `atol = rtol = 5e-3`.
 
     Args:
         model: A built `keras.Model` (functional or Sequential for
@@ -398,6 +275,11 @@ def export(
             of them, drawn at random (seeded), calibrate the int8 ranges,
             and without `sample` a quarter of them (at most 64, at least
             one: pass 4 rows or more) is held out for the check.
+        atol: Absolute part of the check's tolerance; `None` follows the
+            model's compute dtype (see above). Not with `quantize`.
+        rtol: Part of the tolerance relative to `max |model output|`;
+            `None` follows the model's compute dtype. Not with
+            `quantize`.
         dtype: `None` exports a mixed precision model in its dtypes
             where the format runs them (a float32 copy elsewhere, see
             above); `"float32"` always exports a float32 copy.
@@ -441,6 +323,14 @@ def export(
     if sample is not None:
         _validation.check_finite_rows("sample", sample)
     dtype = _check_dtype(dtype)
+    atol, rtol, _ = _check.check_tolerance(atol, rtol, "raise")
+    if quantize is not None and (atol, rtol) != (None, None):
+        raise ValueError(
+            "A quantized export is checked with the quantization's own "
+            "rule (see the docstring); `atol` and `rtol` apply to float "
+            f"exports. Received: quantize={quantize!r}, atol={atol!r}, "
+            f"rtol={rtol!r}"
+        )
     representative_data = _quantize.check_arguments(
         model, format, quantize, representative_data, kwargs, backend
     )
@@ -451,31 +341,12 @@ def export(
         sample, checked_on = _quantize.check_sample(
             representative_data, batch_size
         )
-    path = _check_arguments(model, filepath, format, fold, overwrite, verify)
+    target = _check_arguments(model, filepath, format, fold, overwrite, verify)
     if batch_size is not None:
-        if format == "tf_saved_model":
-            raise ValueError(
-                "Argument `batch_size` is not supported for "
-                "format='tf_saved_model' (its batch stays dynamic). "
-                f"Received: batch_size={batch_size!r}"
-            )
-        if "input_signature" in kwargs:
-            raise ValueError(
-                "Pass either `batch_size` or `input_signature`, not both. "
-                f"Received: batch_size={batch_size!r}"
-            )
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, (int, np.integer))
-            or batch_size < 1
-        ):
-            raise ValueError(
-                "Argument `batch_size` must be None or an integer >= 1. "
-                f"Received: batch_size={batch_size!r}"
-            )
-        kwargs["input_signature"] = _static_signature(model, int(batch_size))
+        batch_size = _check_batch_size(batch_size, format, kwargs)
+        kwargs["input_signature"] = _static_signature(model, batch_size)
         if sample is None:
-            sample = _sample_of(model, int(batch_size))
+            sample = _sample_of(model, batch_size)
         elif len(keras.tree.flatten(sample)[0]) % batch_size:
             raise ValueError(
                 "Argument `sample` must have a multiple of `batch_size` rows "
@@ -485,20 +356,16 @@ def export(
             )
     if format == "tf_saved_model":
         report = _export_saved_model(
-            model, filepath, fold, sample, overwrite, dtype, **kwargs
+            model, target, fold, sample, dtype, atol, rtol, **kwargs
         )
-        from keras_norms import inference
-
         report.check_rows, report.checked_on = _checked_rows(
-            inference.sample_batch(model, sample), checked_on
+            _check.sample_batch(model, sample), checked_on
         )
         return report
-    _check_defects(model, format, backend)
-    from keras_norms import inference
-
+    _formats.check_defects(model, format, backend)
     # The model's outputs on the check sample, before anything is traced
     # (Keras' ONNX exporter also wants a model that has been called).
-    sample, expected = inference.reference_outputs(model, sample)
+    sample, expected = _check.reference_outputs(model, sample)
     checked_on = _checked_rows(sample, checked_on)
     if verify:
         _check_finite_outputs(model, expected, checked_on[1])
@@ -506,24 +373,30 @@ def export(
     if fold:
         from keras_norms.inference import optimize_for_inference
 
-        exported = optimize_for_inference(model, verbose=0, sample=sample)
-    model_dtype = inference.compute_dtype(model)
-    if dtype == "float32" or model_dtype in _FLOAT32_ONLY.get(
+        exported = optimize_for_inference(
+            model, verbose=0, sample=sample, atol=atol, rtol=rtol
+        )
+    model_dtype = _check.compute_dtype(model)
+    if dtype == "float32" or model_dtype in _formats.FLOAT32_ONLY.get(
         (format, backend), ()
     ):
-        exported = inference.float32_copy(exported)
+        exported = _float32.float32_copy(exported)
         # Called once, as Keras' ONNX exporter wants.
-        inference.model_outputs(exported, sample)
-    runtime = _RUNTIME[format][1]
+        _check.model_outputs(exported, sample)
+    if quantize is not None:
+        tolerance = _check.Tolerance.quantized(quantize)
+    else:
+        tolerance = _check.Tolerance.for_model(model, atol, rtol)
     report = DeployReport(
         format,
-        path,
-        runtime,
+        target.path,
+        _formats.RUNTIME[format][1],
         folded=bool(fold),
-        dtype=inference.compute_dtype(exported),
-        rtol=_rtol(model_dtype),
+        rule=str(tolerance),
+        dtype=_check.compute_dtype(exported),
+        atol=tolerance.atol,
+        rtol=tolerance.rtol,
     )
-    report.rule = _rule(model_dtype, report.rtol)
     if verify:
         report.check_rows, report.checked_on = checked_on
     quiet = contextlib.nullcontext()
@@ -534,38 +407,49 @@ def export(
             )
         )
         report.quantize = quantize
-        report.rule = _quantize.rule(quantize)
         quiet = _quantize.quiet_converter()
+    kwargs.setdefault("verbose", False)
 
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent
-    )
-    try:
-        staged = os.path.join(staging, os.path.basename(path))
-        kwargs.setdefault("verbose", False)
+    def produce(staged):
         try:
             with quiet:
                 exported.export(staged, format=format, **kwargs)
-        except Exception as e:
-            _explain_export_error(e, format, backend, batch_size, quantize)
-            raise
+        except Exception as e:  # any exporter's failure, explained
+            _formats.explain_export_error(
+                e, format, backend, batch_size, quantize
+            )
         if verify:
-            inputs = _inputs_of(exported)  # as the exporter saw them
-            _verify(staged, format, sample, expected, staging, report, inputs)
-        _check_target(path, filepath, overwrite)  # again: it may have changed
-        from keras_norms import saved_model
+            inputs = _describe_inputs(exported)  # as the exporter saw them
+            _verify(staged, format, tolerance, report, inputs, reference)
 
-        saved_model.replace_artifact(
-            [
-                (os.path.join(staging, os.path.basename(name)), name)
-                for name in _artifact_files(path)
-            ]
-        )
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    reference = (model, sample, expected)
+    _artifact.write(target, produce)
     return report
+
+
+def _check_batch_size(batch_size, format, kwargs):
+    """`batch_size` as an int, or a clear error."""
+    if format == "tf_saved_model":
+        raise ValueError(
+            "Argument `batch_size` is not supported for "
+            "format='tf_saved_model' (its batch stays dynamic). "
+            f"Received: batch_size={batch_size!r}"
+        )
+    if "input_signature" in kwargs:
+        raise ValueError(
+            "Pass either `batch_size` or `input_signature`, not both. "
+            f"Received: batch_size={batch_size!r}"
+        )
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ValueError(
+            "Argument `batch_size` must be None or an integer >= 1. "
+            f"Received: batch_size={batch_size!r}"
+        )
+    return int(batch_size)
 
 
 def _checked_rows(sample, checked_on):
@@ -608,28 +492,6 @@ def _check_dtype(dtype):
     )
 
 
-def _rtol(model_dtype):
-    """`RTOL`, or `16 * eps` of a float16/bfloat16 model (the check's)."""
-    from keras_norms import inference
-
-    eps = inference.resolution(model_dtype)
-    if eps is None:
-        return RTOL
-    return inference.REDUCED_PRECISION_ULPS * eps
-
-
-def _rule(model_dtype, rtol):
-    from keras_norms import inference
-
-    eps = inference.resolution(model_dtype)
-    if eps is None:
-        return f"{rtol:g} * max(1, max|output|)"
-    return (
-        f"{inference.REDUCED_PRECISION_ULPS} * eps * max(1, max|output|), "
-        f"eps = {eps:g} of the model's {model_dtype}"
-    )
-
-
 def _static_signature(model, batch_size):
     """The model's input specs with the batch dimension fixed."""
     from keras_norms import _compat
@@ -646,36 +508,10 @@ def _static_signature(model, batch_size):
 
 def _sample_of(model, batch_size):
     """The default check sample, its rows repeated to `batch_size`."""
-    from keras_norms import inference
-
-    batch = inference.sample_batch(model)
+    batch = _check.sample_batch(model)
     return keras.tree.map_structure(
         lambda x: np.resize(x, (batch_size,) + x.shape[1:]), batch
     )
-
-
-def _explain_export_error(error, format, backend, batch_size, quantize):
-    """A clear error for an exporter failure with a known way around it."""
-    if quantize == "int8":
-        raise ValueError(
-            "TensorFlow's LiteRT converter could not quantize the model to "
-            "int8 (every op must have an int8 kernel, "
-            "TFLITE_BUILTINS_INT8): "
-            f"{type(error).__name__}: {str(error).strip()[-300:]}\n"
-            "Use quantize='float16', or export in float (quantize=None). "
-            "Received: quantize='int8'"
-        ) from error
-    if format == "onnx" and backend == "torch" and batch_size is None:
-        raise ValueError(
-            "torch.onnx could not export the model with a dynamic batch "
-            "(Keras uses torch.onnx's TorchScript exporter for a dynamic "
-            "batch on torch, and it fails on some graphs, e.g. "
-            "channels-last group_norm): "
-            f"{type(error).__name__}: {str(error).strip()[-300:]}\n"
-            "Pass batch_size=N for an artifact with a static batch of N "
-            "(torch.onnx's dynamo exporter), or export from the TensorFlow "
-            "or JAX backend for a dynamic batch. Received: batch_size=None"
-        ) from error
 
 
 def check_format(format, verify=True):
@@ -688,22 +524,9 @@ def check_format(format, verify=True):
     `FoldAndExport(format=...)` calls it before training starts.
     """
     backend = keras.backend.backend()
-    _check_format_value(format, backend)
+    _formats.check_format_value(format, backend)
     if format != "tf_saved_model":
-        _require(format, backend, verify)
-
-
-def _check_format_value(format, backend):
-    if format not in FORMATS:
-        raise ValueError(
-            f"Argument `format` must be one of {list(FORMATS)}. "
-            f"Received: format={format!r}"
-        )
-    if (format, backend) in _REFUSED:
-        raise ValueError(
-            f"Cannot export format={format!r} from the {backend} backend: "
-            f"{_REFUSED[(format, backend)]} Received: format={format!r}"
-        )
+        _formats.require(format, backend, verify)
 
 
 def check_filepath(filepath, format, overwrite):
@@ -711,35 +534,18 @@ def check_filepath(filepath, format, overwrite):
 
     A `TypeError` for a non-path, a `ValueError` for a file name without
     the format's ending, a `FileExistsError` for a directory where a file
-    goes or an existing file without `overwrite=True`.
+    goes or an existing file without `overwrite=True` (or, for a
+    SavedModel directory, one holding anything but an earlier export).
     """
-    try:
-        filepath = os.fspath(filepath)
-    except TypeError:
-        raise TypeError(
-            "Argument `filepath` must be a path (str or os.PathLike). "
-            f"Received: filepath={filepath!r}"
-        ) from None
-    suffix = _SUFFIX[format]
-    if suffix is None:
-        from keras_norms import saved_model
-
-        return saved_model.check_target(filepath, overwrite)
-    if not filepath.endswith(suffix):
-        raise ValueError(
-            f"Argument `filepath` must end with {suffix!r} for "
-            f"format={format!r} (Keras' exporter requires it). "
-            f"Received: filepath={filepath!r}"
-        )
-    path = os.path.abspath(filepath)
-    _check_target(path, filepath, overwrite)
-    return path
+    return _artifact.target(
+        filepath, _formats.SUFFIX[format], overwrite, format
+    ).path
 
 
 def _check_arguments(model, filepath, format, fold, overwrite, verify):
-    """The absolute target path, or a clear error for a bad argument."""
+    """The export's `_artifact.Target`, or a clear error for a bad argument."""
     backend = keras.backend.backend()
-    _check_format_value(format, backend)
+    _formats.check_format_value(format, backend)
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"Argument `model` must be a keras.Model. Received: model={model!r}"
@@ -760,333 +566,96 @@ def _check_arguments(model, filepath, format, fold, overwrite, verify):
                 "Pass fold=False to export it as it is, or rebuild it as a "
                 "functional or Sequential model. Received: fold=True"
             )
-    path = check_filepath(filepath, format, overwrite)
+    target = _artifact.target(
+        filepath, _formats.SUFFIX[format], overwrite, format
+    )
     if format != "tf_saved_model":
-        _require(format, backend, verify)
-    return path
+        _formats.require(format, backend, verify)
+    return target
 
 
-def _artifact_files(path):
-    """The files an export to `path` writes, the one a runtime opens last
-    (OpenVINO's `.bin` beside the `.xml` it reads it from)."""
-    if path.endswith(".xml"):
-        return [path[: -len(".xml")] + ".bin", path]
-    return [path]
-
-
-def _check_target(path, filepath, overwrite):
-    for name in _artifact_files(path):
-        if not os.path.lexists(name):
-            continue
-        if os.path.isdir(name) and not os.path.islink(name):
-            raise FileExistsError(
-                f"The export path {name!r} is a directory; this format "
-                "writes a file. Choose another path. "
-                f"Received: filepath={filepath!r}"
-            )
-        if not overwrite:
-            raise FileExistsError(
-                f"The export path {name!r} already exists. Pass "
-                "overwrite=True to replace it (only once the new export is "
-                "written and verified), or choose another path. "
-                f"Received: filepath={filepath!r}"
-            )
-
-
-def _export_saved_model(
-    model, filepath, fold, sample, overwrite, dtype, **kwargs
-):
+def _export_saved_model(model, target, fold, sample, dtype, atol, rtol, **kw):
+    """`saved_model.export` (its own check, the same rule), as a report."""
     from keras_norms import saved_model
 
     result = saved_model.export(
         model,
-        filepath,
+        target.filepath,
         fold=fold,
-        overwrite=overwrite,
+        overwrite=target.overwrite,
         sample=sample,
+        atol=atol,
+        rtol=rtol,
         verbose=0,
         dtype=dtype,
-        **kwargs,
+        **kw,
     )
     check = result.check
-    inference = saved_model.inference
-    atol, rtol = inference.tolerances(model)
-    rule = f"{atol:g} + {rtol:g} * max|output|"
-    model_dtype = inference.compute_dtype(model)
-    if inference.resolution(model_dtype) is not None:
-        rule += (
-            f" ({inference.REDUCED_PRECISION_ULPS} * eps of the model's "
-            f"{model_dtype})"
-        )
     return DeployReport(
         "tf_saved_model",
-        os.path.abspath(filepath),
+        target.path,
         "TensorFlow (tf.saved_model.load)",
         max_abs_difference=check.max_difference,
-        tolerance=max(t for _, t in check.figures),
+        tolerance=check.bound,
         folded=bool(fold),
-        # export_saved_model's own check, the same scale as ours.
-        rule=rule,
+        rule=str(check.tolerance),
         dtype=result.dtype,
-        rtol=rtol,
+        atol=check.tolerance.atol,
+        rtol=check.tolerance.rtol,
     )
 
 
-def _require(format, backend, verify):
-    """A ModuleNotFoundError naming the install, before anything is written."""
-    needed = list(_EXPORTER[(format, backend)])
-    if verify:
-        needed.append(_RUNTIME[format][0])
-    missing = [m for m in needed if importlib.util.find_spec(m) is None]
-    if "litert_torch" in missing:
-        raise ModuleNotFoundError(
-            "Exporting format='litert' from the torch backend needs "
-            "litert_torch (pip install litert-torch), not installed here and "
-            "not part of keras_norms[deploy]: litert-torch 0.8 requires "
-            "torch<2.10. Export LiteRT from the TensorFlow backend (load the "
-            ".keras file there; keras_norms layers are registered), or use "
-            "format='onnx' or 'torch'.",
-            name="litert_torch",
-        )
-    if missing:
-        raise ModuleNotFoundError(
-            f"Exporting format={format!r} from the {backend} backend needs "
-            f"{', '.join(sorted(set(missing)))}, not installed here. "
-            f"Install the deploy runtimes: {_INSTALL_HINT}",
-            name=missing[0],
-        )
+def _describe_inputs(model):
+    """The model's input names, paths and argument structure, as the
+    runtime programs match the artifact's inputs with them."""
+    from keras_norms._runtimes import _protocol
+
+    return _protocol.describe_inputs(_compat.input_signature(model))
 
 
-def _verify(staged, format, sample, expected, staging, report, inputs_of):
-    """Run `staged` on `sample` in a fresh process with its runtime, compare
-    with the model's outputs `expected`; fill `report`."""
-    from keras_norms import inference
+def _verify(staged, format, tolerance, report, inputs, reference):
+    """Run `staged` on the check sample in a fresh process holding its
+    runtime alone; compare with the model's outputs; fill `report`.
 
-    # One entry per input, in the order of the model's flattened inputs
-    # (never an object array of a structure, which NumPy cannot reload).
-    inputs = [np.asarray(x) for x in keras.tree.flatten(sample)]
-    io = os.path.join(staging, "check")
-    np.savez(io + "_in.npz", **{f"x{i}": x for i, x in enumerate(inputs)})
-    with open(io + "_inputs.json", "w") as f:
-        json.dump(inputs_of, f)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD, format, staged, io],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    Raises `OutputMismatchError` (nothing is written) if they differ.
+    """
+    from keras_norms import _runtimes
+
+    model, sample, expected = reference
+    got, meta = _runtimes.run_in_child(
+        format,
+        staged,
+        [np.asarray(x) for x in keras.tree.flatten(sample)],
+        inputs,
+        what=(
+            f"The {report.runtime} check of the {format} export (nothing "
+            f"was written to {report.path!r})"
+        ),
     )
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"The {report.runtime} could not load or run the {format} "
-            f"export (nothing was written to {report.path!r}):\n"
-            f"{done.stderr.strip()[-3000:]}"
-        )
-    with open(io + "_meta.json") as f:
-        meta = json.load(f)
-    out = np.load(io + "_out.npz")
-    got = [out[f"arr_{i}"] for i in range(len(out.files))]
     report.runtime = f"{report.runtime} {meta['version']}"
     report.static_batch = meta["static_batch"]
-    if len(got) != len(expected):
-        raise inference.OutputMismatchError(
-            f"The {format} export returns {len(got)} output(s), the model "
-            f"{len(expected)}. Nothing was written to {report.path!r}."
-        )
-    worst = 0.0
-    tolerance = 0.0
-    for g, e in zip(got, expected):
-        g = np.asarray(g, np.float64)
-        e = np.asarray(e, np.float64)
-        if g.shape != e.shape:
-            raise inference.OutputMismatchError(
-                f"The {format} export returns an output of shape {g.shape} "
-                f"where the model returns {e.shape}. Nothing was written to "
-                f"{report.path!r}."
-            )
-        tol = _tolerance(e, report.quantize, report.rtol)
-        diff = float(np.max(np.abs(g - e), initial=0.0))
-        if not np.all(np.isfinite(g)):
-            diff = float("inf")
-        if diff - tol > worst - tolerance or tolerance == 0.0:
-            worst, tolerance = diff, tol
-    report.max_abs_difference = worst
-    report.tolerance = tolerance
-    figures = f"max abs difference {worst:.3g}, tolerance {tolerance:.3g}"
-    ok = worst <= tolerance
-    if report.quantize == "int8":
-        mean, mean_tolerance = _quantize.mean_difference(got, expected)
-        report.mean_abs_difference = mean
-        report.mean_tolerance = mean_tolerance
-        figures += f"; mean {mean:.3g}, tolerance {mean_tolerance:.3g}"
-        ok = ok and mean <= mean_tolerance
-    if not ok:
-        raise inference.OutputMismatchError(
-            f"The {format} export, run by {report.runtime}, differs from "
-            f"the model on {report.checked_on}: {figures} ({report.rule}). "
-            f"Nothing was written to {report.path!r} (an earlier file there "
-            "is unchanged). "
-            + (
-                _quantize.hint(report.quantize)
-                if report.quantize
-                else "Try another format, or fold=False."
-            )
-        )
-
-
-def _inputs_of(model):
-    """The model's input names in its order (what exporters name them), the
-    paths of its inputs in the structure it takes (a dict's keys: what
-    some exporters name them instead), and the structure of its call
-    arguments with each input's index."""
-    from keras_norms import _compat
-
-    signature = _compat.input_signature(model)
-    leaves = keras.tree.flatten_with_path(signature)
-    # Each input's index in the flattened order (a dict's keys sorted),
-    # the order the check ships the inputs in.
-    structure = keras.tree.pack_sequence_as(signature, list(range(len(leaves))))
-    return {
-        "names": [getattr(spec, "name", None) or "" for _, spec in leaves],
-        # Without the index of the positional argument (a functional
-        # model's whole structure is its one argument).
-        "paths": ["/".join(str(p) for p in path[1:]) for path, _ in leaves],
-        "structure": structure,  # JSON writes tuples as lists
-    }
-
-
-def _tolerance(expected, quantize, rtol):
-    """The check's tolerance for one output (see `RTOL`, `_quantize`)."""
-    if quantize is not None:
-        return _quantize.tolerance(expected, quantize)
-    return rtol * max(1.0, float(np.max(np.abs(expected), initial=0.0)))
-
-
-# The check's process: the runtime alone (no Keras, no keras_norms).
-# argv: format, artifact path, io prefix (reads <io>_in.npz, writes
-# <io>_out.npz and <io>_meta.json). A runtime whose artifact has a fixed
-# batch size is run one sample at a time.
-_CHILD = r"""
-import json, sys
-import numpy as np
-
-fmt, path, io = sys.argv[1:4]
-data = np.load(io + "_in.npz")
-xs = [data[f"x{i}"] for i in range(len(data.files))]  # flattened inputs
-with open(io + "_inputs.json") as f:
-    inputs_of_model = json.load(f)
-names = inputs_of_model["names"]  # the model's input names, in its order
-paths = inputs_of_model["paths"]  # their paths in its input structure
-structure = inputs_of_model["structure"]  # its arguments: input indices
-static = None
-
-
-def packed(xs, structure=structure):
-    # The inputs in the structure of the model's call arguments (a
-    # functional model of a list of inputs takes one list).
-    if isinstance(structure, list):
-        return [packed(xs, s) for s in structure]
-    if isinstance(structure, dict):
-        return {k: packed(xs, s) for k, s in structure.items()}
-    return xs[structure]
-
-
-def in_artifact_order(xs, artifact_names):
-    # The artifact's inputs by name where it kept the model's input names
-    # or their paths in its input structure (a dict's keys; the order of
-    # a signature need not be the model's), else by position.
-    for keys in (names, paths):
-        if len(set(keys)) == len(keys) and sorted(artifact_names) == sorted(
-            keys
-        ):
-            by_name = dict(zip(keys, xs))
-            return [by_name[n] for n in artifact_names]
-    return xs
-
-
-def output_order(key):
-    digits = "".join(c for c in key if c.isdigit())
-    return (int(digits) if digits else 0, key)
-
-
-if fmt == "onnx":
-    import onnxruntime as rt
-    version = rt.__version__
-    session = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
-    inputs = [i.name for i in session.get_inputs()]
-    first = session.get_inputs()[0].shape[0]
-    static = first if isinstance(first, int) else None
-    def run(xs):
-        return session.run(None, dict(zip(inputs, in_artifact_order(xs, inputs))))
-elif fmt == "litert":
-    import ai_edge_litert
-    from ai_edge_litert.interpreter import Interpreter
-    version = getattr(ai_edge_litert, "__version__", "")
-    interpreter = Interpreter(model_path=path)
-    # The serving signature, whose inputs and outputs are named (the
-    # interpreter's tensor lists need not be in the model's order).
-    key, signature = next(iter(interpreter.get_signature_list().items()))
-    runner = interpreter.get_signature_runner(key)
-    inputs = list(signature["inputs"])
-    outputs = sorted(signature["outputs"], key=output_order)
-    detail = runner.get_input_details()[inputs[0]]
-    first = detail.get("shape_signature", detail["shape"])[0]
-    static = None if first == -1 else int(first)
-    def run(xs):
-        result = runner(**dict(zip(inputs, in_artifact_order(xs, inputs))))
-        return [result[name] for name in outputs]
-elif fmt == "openvino":
-    import openvino as ov
-    version = ov.__version__
-    core = ov.Core()
-    ov_model = core.read_model(path)
-    first = ov_model.inputs[0].get_partial_shape()[0]
-    static = None if first.is_dynamic else first.get_length()
-    # Float32 inference: the CPU plugin would otherwise run bf16 where the
-    # processor has it.
-    compiled = core.compile_model(
-        ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    inputs = [i.get_any_name() for i in compiled.inputs]
-    def run(xs):
-        result = compiled(in_artifact_order(xs, inputs))
-        return [np.asarray(result[o]) for o in compiled.outputs]
-elif fmt == "torch":
-    import torch
-    version = torch.__version__
-    module = torch.export.load(path).module()
-    def run(xs):
-        with torch.no_grad():
-            out = module(*packed([torch.from_numpy(x) for x in xs]))
-        if isinstance(out, dict):
-            out = list(out.values())
-        if not isinstance(out, (list, tuple)):
-            out = [out]
-        # NumPy has no bfloat16: such outputs come back as float32.
-        return [
-            (o.float() if o.dtype == torch.bfloat16 else o).detach().numpy()
-            for o in out
-        ]
-    try:
-        outs = run(xs)
-    except Exception:
-        static = 1
-else:
-    raise SystemExit(f"unknown format {fmt}")
-
-n = len(xs[0])
-if static is None or static == n:
-    outs = run(xs)
-else:
-    rows = [run([x[i:i + static] for x in xs]) for i in range(0, n, static)]
-    outs = [np.concatenate(parts) for parts in zip(*rows)]
-def saveable(o):
-    # A bfloat16 (ml_dtypes) array is saved as raw bytes: store float32.
-    o = np.asarray(o)
-    return o.astype(np.float32) if o.dtype.name == "bfloat16" else o
-
-
-np.savez(io + "_out.npz", *[saveable(o) for o in outs])
-with open(io + "_meta.json", "w") as f:
-    json.dump({"version": str(version), "static_batch": static}, f)
-"""
+    check = _check.Check.run(
+        got,
+        expected,
+        tolerance,
+        what=f"The {format} export, run by {report.runtime},",
+        checked_on=report.checked_on,
+    )
+    report.max_abs_difference = check.max_difference
+    report.tolerance = check.bound
+    report.mean_abs_difference = check.mean_difference
+    report.mean_tolerance = check.mean_bound
+    hint = (
+        _quantize.hint(report.quantize)
+        if report.quantize
+        else "Try another format, or fold=False."
+    )
+    _check.enforce_against(
+        check,
+        model,
+        sample,
+        expected,
+        "raise",
+        f" Nothing was written to {report.path!r} (an earlier file there "
+        f"is unchanged). {hint}",
+    )

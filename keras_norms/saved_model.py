@@ -30,33 +30,22 @@ import importlib.util
 import inspect
 import json
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
 
 import keras
 import numpy as np
 
+from keras_norms import _artifact
+from keras_norms import _check
 from keras_norms import _compat
+from keras_norms import _float32
+from keras_norms import _formats
+from keras_norms import _inference_rewrite
 from keras_norms import _validation
-from keras_norms import inference
 
 __all__ = ["export_saved_model", "run_saved_model"]
 
 SERVING_KEY = "serving_default"
-# Written into every export, so `overwrite=True` recognizes one of ours.
-MARKER = "keras_norms_export.json"
-# What a SavedModel directory holds: `overwrite=True` also replaces a
-# directory holding nothing else (an export written before the marker).
-_SAVED_MODEL_ENTRIES = {
-    "saved_model.pb",
-    "saved_model.pbtxt",
-    "fingerprint.pb",
-    "variables",
-    "assets",
-    MARKER,
-}
 _INSTALL_HINT = 'pip install "keras_norms[tensorflow]" -c constraints.txt'
 
 
@@ -125,7 +114,7 @@ def export_saved_model(
     directory beside `filepath`, checked, and only then renamed into
     place. `overwrite=True` replaces only an earlier export (a directory
     holding this function's marker file, `keras_norms_export.json`, or
-    only SavedModel files), as one unit (`replace_artifact`): the old
+    only SavedModel files), as one unit: the old
     export is moved aside, the new one moved in, and the old one deleted
     after that succeeded. A failure at any step leaves `filepath` as it
     was; a process killed between the two moves leaves no directory at
@@ -206,7 +195,7 @@ def export_saved_model(
 
 
 class ExportResult:
-    """What `export` wrote: `filepath`, `check` (an `inference.Check`) and
+    """What `export` wrote: `filepath`, `check` (a `_check.Check`) and
     `dtype` (the compute dtype of the exported model)."""
 
     def __init__(self, filepath, check, dtype="float32"):
@@ -234,10 +223,9 @@ def export(
     dtype=None,
 ):
     """`export_saved_model`, returning an `ExportResult` (for callbacks)."""
-    filepath = os.fspath(filepath)
     verbose = _validation.check_verbose(verbose)
-    atol, rtol, on_mismatch = inference.check_tolerance(atol, rtol, on_mismatch)
-    target = check_target(filepath, overwrite)
+    atol, rtol, on_mismatch = _check.check_tolerance(atol, rtol, on_mismatch)
+    target = _artifact.target(filepath, None, overwrite)
     if not isinstance(model, keras.Model) or not model.built:
         error = TypeError if not isinstance(model, keras.Model) else ValueError
         raise error(
@@ -251,22 +239,25 @@ def export(
             f"precision model). Received: dtype={dtype!r}"
         )
     require_tensorflow("SavedModel export")
-    atol, rtol = inference.tolerances(model, atol, rtol)
+    tolerance = _check.Tolerance.for_model(model, atol, rtol)
     exported = model
     if fold:
-        exported, report = inference.optimize_unchecked(model)
-    sample, expected = inference.reference_outputs(model, sample)
+        exported, report = _inference_rewrite.rewrite(model)
+    sample, expected = _check.reference_outputs(model, sample)
     if fold:
-        report.check = inference.Check.run(
-            inference.model_outputs(exported, sample),
+        report.check = _check.Check.run(
+            _check.model_outputs(exported, sample),
             expected,
-            atol=atol,
-            rtol=rtol,
+            tolerance,
             what=f"The optimized model '{exported.name}'",
         )
         if verbose:
             print(report)
-        report.check.enforce(
+        _check.enforce_against(
+            report.check,
+            model,
+            sample,
+            expected,
             on_mismatch,
             " Nothing was exported (pass fold=False to export the model as "
             "it is)."
@@ -274,22 +265,25 @@ def export(
             else "",
         )
     if dtype == "float32":
-        exported = inference.float32_copy(exported)
+        exported = _float32.float32_copy(exported)
     # The flattened inputs (dict keys sorted, as TensorFlow flattens the
     # serving function's input structure).
-    inputs = [np.asarray(x) for x in keras.tree.flatten(sample)]
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(
-        prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent
-    )
-    try:
+    xs = [np.asarray(x) for x in keras.tree.flatten(sample)]
+
+    def produce(staged):
+        os.makedirs(staged)
         try:
-            got = _write_and_run(exported, staging, jit_compile, inputs)
-        except Exception as e:
+            got = _write_and_run(exported, staged, jit_compile, xs)
+        except Exception as e:  # TensorFlow's or jax2tf's failure
             _explain_layout_error(e, jit_compile)
-            raise
-        with open(os.path.join(staging, MARKER), "w") as f:
+            if isinstance(e, RuntimeError):  # e.g. the child's, explained
+                raise
+            raise _formats.ExportError(
+                "Writing the SavedModel failed on the "
+                f"{keras.backend.backend()} backend: {type(e).__name__}: "
+                f"{str(e).strip()[-500:]}"
+            ) from e
+        with open(os.path.join(staged, _artifact.MARKER), "w") as f:
             json.dump(
                 {
                     "format": "keras_norms SavedModel export",
@@ -299,29 +293,26 @@ def export(
                 },
                 f,
             )
-        check = inference.Check.run(
-            got,
-            expected,
-            atol=atol,
-            rtol=rtol,
-            what="The SavedModel",
-        )
+        check = _check.Check.run(got, expected, tolerance, "The SavedModel")
         if on_mismatch == "raise":
-            check.enforce(
+            _check.enforce_against(
+                check,
+                model,
+                sample,
+                expected,
                 "raise",
-                f" Nothing was written to {filepath!r} (an earlier export "
-                "there is unchanged); pass on_mismatch='warn' to keep it.",
+                f" Nothing was written to {target.filepath!r} (an earlier "
+                "export there is unchanged); pass on_mismatch='warn' to keep "
+                "it.",
             )
-        check_target(filepath, overwrite)  # again: it may have changed
-        replace_artifact([(staging, target)])
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    result = ExportResult(filepath, check, inference.compute_dtype(exported))
+        return check
+
+    check = _artifact.write(target, produce)
+    result = ExportResult(
+        target.filepath, check, _check.compute_dtype(exported)
+    )
     if not check.passed:  # on_mismatch="warn"
-        check.enforce(
-            "warn", f" The export is kept at {os.path.abspath(filepath)!r}."
-        )
+        check.enforce("warn", f" The export is kept at {target.path!r}.")
     if verbose:
         print(result.summary())
     return result
@@ -345,134 +336,14 @@ def _explain_layout_error(error, jit_compile):
     ) from error
 
 
-def _write_and_run(model, directory, jit_compile, inputs):
-    """Write the SavedModel into `directory`; its outputs on `inputs`."""
+def _write_and_run(model, directory, jit_compile, xs):
+    """Write the SavedModel into `directory`; its flat outputs on `xs`."""
+    from keras_norms._runtimes import tf_runtime
+
     if keras.backend.backend() == "torch":
-        return _export_in_child(model, directory, jit_compile, inputs)
+        return _export_in_child(model, directory, jit_compile, xs)
     export_in_process(model, directory, jit_compile)
-    outputs, _ = load_and_run(directory, inputs)
-    return outputs
-
-
-def _is_export(path, entries):
-    """Whether directory `path` (with `entries`) is an earlier export."""
-    if MARKER in entries:
-        return True
-    return "saved_model.pb" in entries and set(entries) <= _SAVED_MODEL_ENTRIES
-
-
-def check_target(filepath, overwrite):
-    """The absolute target path, or an error if exporting there is unsafe.
-
-    Refuses a file, an existing path without `overwrite`, a directory
-    holding anything but an earlier export, and the working directory or
-    one of its parents.
-    """
-    target = os.path.abspath(filepath)
-    if not os.path.lexists(target):
-        return target
-    if not os.path.isdir(target) or os.path.islink(target):
-        raise FileExistsError(
-            f"The export path {filepath!r} is an existing file, not a "
-            "directory: a SavedModel is a directory. Choose another path. "
-            f"Received: filepath={filepath!r}"
-        )
-    if not overwrite:
-        raise FileExistsError(
-            f"The export path {filepath!r} already exists. Pass "
-            "overwrite=True to replace an earlier export there, or choose "
-            f"another path. Received: filepath={filepath!r}"
-        )
-    cwd = os.path.abspath(os.getcwd())
-    if cwd == target or cwd.startswith(target.rstrip(os.sep) + os.sep):
-        raise FileExistsError(
-            f"The export path {filepath!r} is the working directory or one "
-            "of its parents; an export replaces its directory as a whole. "
-            "Export into a new subdirectory, e.g. filepath='exported'. "
-            f"Received: filepath={filepath!r}"
-        )
-    entries = os.listdir(target)
-    if entries and not _is_export(target, entries):
-        others = sorted(set(entries) - _SAVED_MODEL_ENTRIES)[:5]
-        raise FileExistsError(
-            f"The export path {filepath!r} is a directory holding files "
-            f"that are not a SavedModel export ({', '.join(others)}); "
-            "overwrite=True replaces only an earlier export. Export into a "
-            "new or empty directory (e.g. a subdirectory), or remove it "
-            f"yourself. Received: filepath={filepath!r}"
-        )
-    return target
-
-
-def replace_artifact(moves):
-    """Move a staged export into place as one unit.
-
-    `moves` lists `(staged, target)` pairs, the path a runtime opens last
-    (OpenVINO's `.xml` after its `.bin`; a SavedModel directory alone).
-    A single file replaces its target atomically (`os.replace`).
-    Otherwise every existing target is first moved aside into a new
-    hidden folder beside it (`.NAME.*.old`), the opened one first; then
-    the staged paths are moved in, the opened one last; then the folder
-    aside is removed. So at every moment the opened path is either
-    absent (loading fails) or part of a complete export, the old one or
-    the new one: an interruption never leaves a loadable mix of old and
-    new files.
-
-    On an error the new paths are moved back and the old ones restored.
-    If that fails too (the disk is gone), the previous export is left in
-    the folder aside, and the error says where: nothing but an earlier
-    export, once the new one is in place, is ever removed.
-
-    Args:
-        moves: A list of `(staged, target)` path pairs, the opened one
-            last.
-
-    Raises:
-        OSError: A move failed (after the rollback above).
-    """
-    staged, opened = moves[-1]
-    if len(moves) == 1 and not os.path.isdir(staged):
-        os.replace(staged, opened)
-        return
-    present = [t for _, t in reversed(moves) if os.path.lexists(t)]
-    aside = None
-    if present:
-        aside = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(opened)}.",
-            suffix=".old",
-            dir=os.path.dirname(opened),
-        )
-    set_aside, placed = [], []
-    try:
-        for target in present:  # the opened one first
-            old = os.path.join(aside, os.path.basename(target))
-            os.replace(target, old)
-            set_aside.append((old, target))
-        for source, target in moves:  # the opened one last
-            os.replace(source, target)
-            placed.append((source, target))
-    except BaseException as error:
-        _roll_back(placed, set_aside, aside, error)
-        raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-def _roll_back(placed, set_aside, aside, error):
-    """Undo `replace_artifact`'s moves; on failure, say where the old is."""
-    try:
-        for source, target in reversed(placed):
-            os.replace(target, source)
-        for old, target in reversed(set_aside):  # the opened one last
-            os.replace(old, target)
-    except OSError:
-        error.add_note(
-            f"The previous export could not be moved back; it is kept in "
-            f"{aside!r}."
-        )
-        return
-    if aside is not None:
-        os.rmdir(aside)
+    return tf_runtime.load(directory).run(xs)
 
 
 def _input_signature(model):
@@ -552,149 +423,24 @@ def export_in_process(model, filepath, jit_compile):
     archive.write_out(filepath, verbose=False)
 
 
-# Exports into an (empty, staging) directory and runs the export on the
-# check's inputs; the parent checks the outputs and moves it into place.
-_CHILD_EXPORT = """
-import sys
-import keras
-import numpy as np
-import keras_norms  # registers the keras_norms layers
-import keras_norms.layers.affine  # noqa: F401
-from keras_norms.saved_model import export_in_process, load_and_run
+def _export_in_child(model, directory, jit_compile, xs):
+    """torch: save as .keras, export under TensorFlow in a child process
+    (`keras_norms._runtimes.keras_saved_model_export`), which also runs
+    the export on `xs`; its flat outputs."""
+    from keras_norms._runtimes import _protocol
+    from keras_norms._runtimes import keras_saved_model_export
 
-source, target, jit_compile, x_path, y_path = sys.argv[1:6]
-model = keras.saving.load_model(source, compile=False)
-export_in_process(model, target, jit_compile == "1")
-with np.load(x_path) as data:
-    inputs = [data[f"x{i}"] for i in range(len(data.files))]
-outputs, _ = load_and_run(target, inputs)
-np.savez(y_path, *outputs)
-"""
-
-
-def _child_env():
-    env = dict(os.environ)
-    env["KERAS_BACKEND"] = "tensorflow"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return env
-
-
-def _run_child(args, what):
-    result = subprocess.run(
-        [sys.executable, "-c", *args],
-        env=_child_env(),
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"{what} failed in the child process (exit code "
-            f"{result.returncode}):\n{result.stderr[-4000:]}"
-        )
-    return result.stdout
-
-
-def _export_in_child(model, filepath, jit_compile, inputs):
-    """torch: save as .keras, export under TensorFlow in a child process.
-
-    Returns the export's outputs on `inputs` (run in the same child).
-    """
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "model.keras")
-        x_path = os.path.join(tmp, "x.npz")
-        y_path = os.path.join(tmp, "y.npz")
         model.save(source)
-        np.savez(x_path, **{f"x{i}": x for i, x in enumerate(inputs)})
-        _run_child(
-            [
-                _CHILD_EXPORT,
-                source,
-                os.path.abspath(filepath),
-                "1" if jit_compile else "0",
-                x_path,
-                y_path,
-            ],
-            "SavedModel export",
+        outputs, _ = keras_saved_model_export.export_in_child(
+            source,
+            directory,
+            jit_compile,
+            xs,
+            _protocol.describe_inputs(_compat.input_signature(model)),
         )
-        with np.load(y_path) as data:
-            return [data[f"arr_{i}"] for i in range(len(data.files))]
-
-
-# ----------------------------------------------------------------------
-# Running an exported SavedModel with TensorFlow alone
-# ----------------------------------------------------------------------
-def load_and_run(filepath, inputs):
-    """`(outputs, xla)` of the serving signature; needs TensorFlow only.
-
-    Kept free of Keras and keras_norms: its source also runs in a child
-    process that imports nothing else.
-    """
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(filepath)
-    signature = loaded.signatures["serving_default"]
-    _, kwarg_specs = signature.structured_input_signature
-    if len(inputs) == 1 and len(kwarg_specs) == 1:
-        ((name, spec),) = kwarg_specs.items()
-        result = signature(**{name: tf.constant(inputs[0], spec.dtype)})
-        outputs = [result[k] for k in sorted(result, key=_output_index)]
-    else:
-        # The inputs in the structure the serving function takes (a
-        # functional model of several inputs: one list argument).
-        serve = loaded.serving_default
-        specs = tf.nest.flatten(serve.input_signature)
-        args = tf.nest.pack_sequence_as(
-            serve.input_signature,
-            [tf.constant(x, s.dtype) for x, s in zip(inputs, specs)],
-        )
-        result = serve(*args)
-        outputs = tf.nest.flatten(result)
-    # bfloat16 outputs as float32: an array of it does not survive
-    # `np.savez` (the child processes), and float32 holds it exactly.
-    outputs = [
-        tf.cast(o, tf.float32) if o.dtype == tf.bfloat16 else o for o in outputs
-    ]
-    graph_def = signature.graph.as_graph_def()
-    library = {f.signature.name: f for f in graph_def.library.function}
-    return [o.numpy() for o in outputs], _reaches_xla(
-        graph_def.node, library, set()
-    )
-
-
-def _output_index(key):
-    digits = "".join(c for c in key if c.isdigit())
-    return (int(digits) if digits else 0, key)
-
-
-def _reaches_xla(nodes, library, seen):
-    """Whether a call reachable from `nodes` must be compiled by XLA."""
-    for node in nodes:
-        attr = node.attr
-        if "_XlaMustCompile" in attr and attr["_XlaMustCompile"].b:
-            return True
-        for value in attr.values():
-            name = value.func.name
-            if name and name in library and name not in seen:
-                seen.add(name)
-                function = library[name]
-                must = function.attr.get("_XlaMustCompile")
-                if must is not None and must.b:
-                    return True
-                if _reaches_xla(function.node_def, library, seen):
-                    return True
-    return False
-
-
-_CHILD_RUN_MAIN = """
-import json, sys
-import numpy as np
-source, target = sys.argv[1:3]
-with np.load(source) as data:
-    inputs = [data[f"x{i}"] for i in range(len(data.files))]
-outputs, xla = load_and_run(sys.argv[3], inputs)
-np.savez(target, *outputs)
-print(json.dumps({"xla": bool(xla), "n": len(outputs)}))
-"""
+    return outputs
 
 
 def run_saved_model(filepath, inputs, *, in_subprocess=None, return_xla=False):
@@ -718,28 +464,20 @@ def run_saved_model(filepath, inputs, *, in_subprocess=None, return_xla=False):
         `return_xla=True` a pair `(outputs, xla_compiled)`.
     """
     require_tensorflow("Running a SavedModel")
-    inputs = [np.asarray(x) for x in keras.tree.flatten(inputs)]
+    from keras_norms import _runtimes
+    from keras_norms._runtimes import tf_runtime
+
+    xs = [np.asarray(x) for x in keras.tree.flatten(inputs)]
     if in_subprocess is None:
         in_subprocess = keras.backend.backend() == "torch"
     filepath = os.path.abspath(os.fspath(filepath))
     if in_subprocess:
-        source = "\n\n".join(
-            inspect.getsource(f)
-            for f in (load_and_run, _output_index, _reaches_xla)
+        outputs, meta = _runtimes.run_in_child(
+            "tf_saved_model", filepath, xs, what="Running the SavedModel"
         )
-        with tempfile.TemporaryDirectory() as tmp:
-            x_path = os.path.join(tmp, "x.npz")
-            y_path = os.path.join(tmp, "y.npz")
-            np.savez(x_path, **{f"x{i}": x for i, x in enumerate(inputs)})
-            out = _run_child(
-                [source + _CHILD_RUN_MAIN, x_path, y_path, filepath],
-                "Running the SavedModel",
-            )
-            info = json.loads(out.strip().splitlines()[-1])
-            with np.load(y_path) as data:
-                outputs = [data[f"arr_{i}"] for i in range(info["n"])]
-            xla = info["xla"]
+        xla = meta["xla"]
     else:
-        outputs, xla = load_and_run(filepath, inputs)
+        runtime = tf_runtime.load(filepath)
+        outputs, xla = runtime.run(xs), runtime.xla
     outputs = outputs[0] if len(outputs) == 1 else outputs
     return (outputs, xla) if return_xla else outputs

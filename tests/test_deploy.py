@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 
 import keras_norms as kn
+from keras_norms import _artifact
+from keras_norms import _check
+from keras_norms import _formats
 from keras_norms import deploy
-from keras_norms import saved_model
 from tests.helpers import BACKEND
 from tests.helpers import Interrupted
 from tests.helpers import interrupt_moves
@@ -42,8 +44,8 @@ def _missing(format):
     if format == "tf_saved_model":
         needed = ["tensorflow"]
     else:
-        needed = list(deploy._EXPORTER.get((format, BACKEND), ()))
-        needed.append(deploy._RUNTIME[format][0])
+        needed = list(_formats.EXPORTER.get((format, BACKEND), ()))
+        needed.append(_formats.RUNTIME[format][0])
     for name in needed:
         if importlib.util.find_spec(name) is None:
             return name
@@ -108,7 +110,7 @@ def test_wrong_suffix(tmp_path):
 
 @pytest.mark.parametrize("format", FILE_FORMATS)
 def test_existing_path_without_overwrite(tmp_path, format):
-    if (format, BACKEND) in deploy._REFUSED:
+    if (format, BACKEND) in _formats.REFUSED:
         pytest.skip(f"{format} is refused on {BACKEND}")
     target = tmp_path / f"m{SUFFIX[format]}"
     target.write_text("keep me")
@@ -118,7 +120,7 @@ def test_existing_path_without_overwrite(tmp_path, format):
 
 
 @pytest.mark.parametrize(
-    "format", sorted({f for f, b in deploy._REFUSED if b == BACKEND})
+    "format", sorted({f for f, b in _formats.REFUSED if b == BACKEND})
 )
 def test_refused_format_says_what_to_use(tmp_path, format):
     with pytest.raises(ValueError, match=f"{BACKEND} backend.*Received"):
@@ -188,9 +190,9 @@ def _options(format):
 
 
 def _usable(format):
-    if (format, BACKEND) in deploy._REFUSED:
+    if (format, BACKEND) in _formats.REFUSED:
         pytest.skip(
-            f"refused on {BACKEND}: {deploy._REFUSED[(format, BACKEND)]}"
+            f"refused on {BACKEND}: {_formats.REFUSED[(format, BACKEND)]}"
         )
     missing = _missing(format)
     if missing == "litert_torch":
@@ -296,8 +298,8 @@ def test_overwrite_replaces_only_after_verification(
     target.write_text("earlier export")
     # A tolerance nothing passes: the new export fails its check, and the
     # earlier file must still be there, unchanged.
-    monkeypatch.setattr(deploy, "RTOL", -1.0)
-    with pytest.raises(ValueError, match="differs from the model"):
+    monkeypatch.setattr(_check, "ATOL", -1.0)
+    with pytest.raises(ValueError, match="differs from the (original )?model"):
         deploy.export(
             _small_model(),
             target,
@@ -407,7 +409,7 @@ def test_interrupted_openvino_reexport_never_loads_a_mixed_pair(tmp_path):
             with pytest.MonkeyPatch.context() as patch:
                 interrupt_moves(patch, at, killed)
                 try:
-                    saved_model.replace_artifact(moves)
+                    _artifact.replace(moves)
                 except Interrupted:
                     assert at <= 4
             if at == 5:  # nothing interrupted
@@ -420,7 +422,7 @@ def test_interrupted_openvino_reexport_never_loads_a_mixed_pair(tmp_path):
     # Through kn.export: killed at the last move, then exported again.
     target = tmp_path / "target" / "m.xml"
     _copy_pair(tmp_path / "old", target.parent)
-    real = saved_model.replace_artifact
+    real = _artifact.replace
 
     def killed_at_the_xml(moves):
         with pytest.MonkeyPatch.context() as patch:
@@ -428,7 +430,7 @@ def test_interrupted_openvino_reexport_never_loads_a_mixed_pair(tmp_path):
             real(moves)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(saved_model, "replace_artifact", killed_at_the_xml)
+        patch.setattr(_artifact, "replace", killed_at_the_xml)
         with pytest.raises(Interrupted):
             deploy.export(models["new"], target, "openvino", overwrite=True)
     assert state(target.parent) is None
@@ -480,14 +482,14 @@ def test_mixed_precision_exports_and_verifies(tmp_path, format, policy):
     )
     assert report.verified
     # Where the format or runtime cannot take the dtype, a float32 copy.
-    float32 = compute in deploy._FLOAT32_ONLY.get((format, BACKEND), ())
+    float32 = compute in _formats.FLOAT32_ONLY.get((format, BACKEND), ())
     assert report.dtype == ("float32" if float32 else compute)
     # The tolerance: 16 eps of the model's compute dtype, of the output
-    # (export_saved_model's rule: atol + rtol * max|output|).
+    # (the one rule of every check: atol + rtol * max|output|).
     # (The output's maximum, in the compute dtype, is only known to its
     # resolution: a call through another path may round it elsewhere.)
     scale = np.max(np.abs(np.asarray(model.predict(sample, verbose=0))))
-    scale = 1 + scale if format == "tf_saved_model" else max(1.0, scale)
+    scale = 1 + scale
     np.testing.assert_allclose(
         report.tolerance, 16 * EPS[compute] * scale, rtol=EPS[compute]
     )
@@ -571,7 +573,7 @@ def test_dict_inputs_swapped_are_caught(tmp_path, monkeypatch):
     # artifact fed the two inputs swapped would differ (here, the
     # check's program swaps them by hand).
     format = _first_file_format()
-    real = deploy._inputs_of
+    real = deploy._describe_inputs
 
     def swapped(model):
         found = real(model)
@@ -581,8 +583,8 @@ def test_dict_inputs_swapped_are_caught(tmp_path, monkeypatch):
         found["structure"] = [{"a": structure["z"], "z": structure["a"]}]
         return found
 
-    monkeypatch.setattr(deploy, "_inputs_of", swapped)
-    with pytest.raises(ValueError, match="differs from the model"):
+    monkeypatch.setattr(deploy, "_describe_inputs", swapped)
+    with pytest.raises(ValueError, match="differs from the (original )?model"):
         deploy.export(
             _dict_model(),
             tmp_path / f"m{SUFFIX[format]}",
@@ -597,7 +599,7 @@ def test_dict_inputs_swapped_are_caught(tmp_path, monkeypatch):
 def _first_file_format():
     """A format this backend writes with what is installed here."""
     for format in ("onnx", "torch", "litert", "openvino"):
-        if (format, BACKEND) not in deploy._REFUSED and not _missing(format):
+        if (format, BACKEND) not in _formats.REFUSED and not _missing(format):
             return format
     pytest.skip("no file format's exporter and runtime installed here")
 
@@ -629,18 +631,18 @@ def test_fold_and_export_mismatch_keeps_the_previous_file(
     format = _first_file_format()
     target = tmp_path / f"best{SUFFIX[format]}"
     target.write_text("earlier export")
-    monkeypatch.setattr(deploy, "RTOL", -1.0)
+    monkeypatch.setattr(_check, "ATOL", -1.0)
     callback = kn.FoldAndExport(
         target, format=format, verbose=0, **_options(format)
     )
-    with pytest.warns(UserWarning, match="differs from the model"):
+    with pytest.warns(UserWarning, match="differs from the (original )?model"):
         _fit_with(_small_model(), callback)
     assert target.read_text() == "earlier export"
     assert callback.exported == [] and len(callback.failed) == 1
     raising = kn.FoldAndExport(
         target, format=format, on_mismatch="raise", **_options(format)
     )
-    with pytest.raises(ValueError, match="differs from the model"):
+    with pytest.raises(ValueError, match="differs from the (original )?model"):
         _fit_with(_small_model(), raising)
     assert target.read_text() == "earlier export"
 
@@ -648,11 +650,13 @@ def test_fold_and_export_mismatch_keeps_the_previous_file(
 def test_fold_and_export_refuses_before_training(tmp_path):
     with pytest.raises(ValueError, match="format='pb'"):
         kn.FoldAndExport(tmp_path / "m.pb", format="pb")
-    for format in sorted({f for f, b in deploy._REFUSED if b == BACKEND}):
+    for format in sorted({f for f, b in _formats.REFUSED if b == BACKEND}):
         with pytest.raises(ValueError, match=f"{BACKEND} backend"):
             kn.FoldAndExport(tmp_path / f"m{SUFFIX[format]}", format=format)
-    with pytest.raises(ValueError, match="`atol`.*Received: atol=0.1"):
-        kn.FoldAndExport(tmp_path / "m.onnx", format="onnx", atol=0.1)
+    # The check's tolerance applies to every format.
+    assert kn.FoldAndExport(tmp_path / "m.onnx", format="onnx", atol=0.1).atol
+    with pytest.raises(ValueError, match="Received: jit_compile=False"):
+        kn.FoldAndExport(tmp_path / "m.onnx", format="onnx", jit_compile=False)
     with pytest.raises(TypeError, match="Received: batch_size=2"):
         kn.FoldAndExport(tmp_path / "m", batch_size=2)
     with pytest.raises(TypeError, match="sets `overwrite` itself"):
@@ -839,7 +843,7 @@ def matrix():
 @pytest.mark.parametrize("layer", MATRIX_LAYERS)
 def test_matrix(tmp_path, matrix, layer, format):
     key = f"{layer}|{BACKEND}|{format}"
-    if (format, BACKEND) in deploy._REFUSED:
+    if (format, BACKEND) in _formats.REFUSED:
         with pytest.raises(ValueError, match="Received: format=") as refusal:
             deploy.export(
                 _norm_model(layer),

@@ -11,6 +11,8 @@ import keras
 import numpy as np
 import pytest
 
+from keras_norms import _check
+from keras_norms import _float32
 from keras_norms import saved_model as kn_export
 from keras_norms.inference import InferenceReport
 from keras_norms.inference import optimize_for_inference
@@ -452,7 +454,6 @@ def _conv_bn(policy=None, per_layer=False, seed=0):
 @pytest.mark.parametrize("per_layer", [False, True])
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_check_follows_compute_dtype(policy, per_layer):
-    from keras_norms import inference
 
     model = _conv_bn(policy, per_layer)
     x = helpers.random_input((4, 8, 8, 3))
@@ -470,7 +471,7 @@ def test_mixed_precision_check_follows_compute_dtype(policy, per_layer):
     got = to_numpy(new(x, training=False)).astype("float64")
     assert diff == np.max(np.abs(got - expected)) <= tolerance
     # The folded model computes in the model's dtype, as the original.
-    assert inference.compute_dtype(new) == policy.removeprefix("mixed_")
+    assert _check.compute_dtype(new) == policy.removeprefix("mixed_")
 
 
 def test_float32_check_unchanged():
@@ -507,11 +508,10 @@ def test_mixed_precision_check_catches_a_wrong_fold(monkeypatch):
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_float32_copy_of_a_mixed_model(policy):
-    from keras_norms import inference
 
     model = _conv_bn(policy)
-    copy = inference.float32_copy(model)
-    assert inference.compute_dtype(copy) == "float32"
+    copy = _float32.float32_copy(model)
+    assert _check.compute_dtype(copy) == "float32"
     assert all(
         layer.compute_dtype == "float32"
         for layer in copy.layers
@@ -556,10 +556,9 @@ def _dict_model(nested=False):
 
 @pytest.mark.parametrize("nested", [False, True])
 def test_dict_inputs_sample_and_check(nested):
-    from keras_norms import inference
 
     model = _dict_model(nested)
-    sample = inference.sample_batch(model)
+    sample = _check.sample_batch(model)
     assert isinstance(sample, dict) and set(sample) == set(
         ["z", "inner"] if nested else ["z", "a"]
     )

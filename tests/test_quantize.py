@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import keras_norms as kn
+from keras_norms import _check
 from keras_norms import _quantize
 from keras_norms import deploy
 from keras_norms import inference
@@ -239,7 +240,9 @@ def test_int8_artifact(tmp_path, digits):
         model, int8_path, quantize="int8", representative_data=x_train
     )
     assert report.verified and report.quantize == "int8"
-    assert report.rule == _quantize.rule("int8") and "int8" in str(report)
+    assert report.rule == str(
+        _check.Tolerance.quantized("int8")
+    ) and "int8" in str(report)
     assert 0 < report.max_abs_difference <= report.tolerance
     assert 0 < report.mean_abs_difference <= report.mean_tolerance
     assert report.mean_tolerance < report.tolerance
@@ -275,9 +278,11 @@ def test_int8_artifact(tmp_path, digits):
     expected = model.predict(x_test, verbose=0)
     got = _predict(int8_path, x_test)
     difference = np.abs(got - expected).max()
-    assert difference <= _quantize.tolerance(expected, "int8")
-    mean, mean_tolerance = _quantize.mean_difference([got], [expected])
-    assert 0 < mean <= mean_tolerance
+    check = _check.Check.run(
+        [got], [expected], _check.Tolerance.quantized("int8"), "int8"
+    )
+    assert difference <= check.bound
+    assert 0 < check.mean_difference <= check.mean_bound
     float_accuracy = np.mean(expected.argmax(-1) == y_test)
     int8_accuracy = np.mean(got.argmax(-1) == y_test)
     assert float_accuracy > 0.8
@@ -297,7 +302,9 @@ def test_int8_static_batch_and_float16(tmp_path, digits):
     )
     assert report.static_batch == 4 and report.verified
     report = _export(model, tmp_path / "h.tflite", quantize="float16")
-    assert report.verified and report.rule == _quantize.rule("float16")
+    assert report.verified and report.rule == str(
+        _check.Tolerance.quantized("float16")
+    )
     dtypes = {
         t["dtype"] for t in _interpreter(report.path).get_tensor_details()
     }

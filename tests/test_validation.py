@@ -9,9 +9,9 @@ out of range; each message names the argument and ends with
 import numpy as np
 import pytest
 
+from keras_norms import _check
 from keras_norms import _validation as v
 from keras_norms import callbacks
-from keras_norms import inference
 from keras_norms import precise
 
 # (check, wrong type, wrong value), each check taking one value.
@@ -63,9 +63,9 @@ def test_numpy_scalars_accepted_and_returned_as_python_numbers():
 def test_tools_follow_the_policy():
     x = np.zeros((4, 3), "float32")
     with pytest.raises(TypeError, match="Received: rtol="):
-        inference.check_tolerance(1e-5, "1e-4", "raise")
+        _check.check_tolerance(1e-5, "1e-4", "raise")
     with pytest.raises(ValueError, match="Received: on_mismatch="):
-        inference.check_tolerance(1e-5, 1e-4, "ignore")
+        _check.check_tolerance(1e-5, 1e-4, "ignore")
     with pytest.raises(TypeError, match="Received: every_n_epochs="):
         callbacks.PreciseBatchNorm(x, every_n_epochs=1.5)
     with pytest.raises(TypeError, match="Received: batch_size="):

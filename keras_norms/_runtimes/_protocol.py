@@ -64,10 +64,29 @@ def describe_inputs(signature, name=lambda spec: getattr(spec, "name", None)):
 
     Returns:
         A dict: `names`, the input names in flat order (`""` for an
-        unnamed input), and `structure`, `signature` with each leaf
-        replaced by its index in `flatten(signature)` (tuples as lists).
+        unnamed input); `paths`, each input's path in the structure of
+        the first argument (a dict's keys, joined by `/`: what some
+        exporters name the inputs instead); and `structure`, `signature`
+        with each leaf replaced by its index in `flatten(signature)`
+        (tuples as lists).
     """
     leaves = flatten(signature)
+
+    def leaf_paths(node, prefix):  # in flat order, as `flatten`
+        if isinstance(node, dict):
+            return [
+                p
+                for k in sorted(node)
+                for p in leaf_paths(node[k], prefix + [str(k)])
+            ]
+        if isinstance(node, (list, tuple)):
+            return [
+                p
+                for i, v in enumerate(node)
+                for p in leaf_paths(v, prefix + [str(i)])
+            ]
+        return ["/".join(prefix[1:])]  # without the argument's index
+
     counter = iter(range(len(leaves)))
 
     def indices(node):  # numbered in flat order, dicts kept in their order
@@ -80,6 +99,7 @@ def describe_inputs(signature, name=lambda spec: getattr(spec, "name", None)):
 
     return {
         "names": [name(leaf) or "" for leaf in leaves],
+        "paths": leaf_paths(list(signature), []),
         "structure": indices(list(signature)),
     }
 
@@ -93,11 +113,13 @@ def pack(flat, structure):
     return flat[structure]
 
 
-def in_artifact_order(xs, model_names, artifact_names):
+def in_artifact_order(xs, model_names, artifact_names, model_paths=None):
     """The inputs `xs` (the model's order) in the artifact's order.
 
-    By name where the artifact kept the model's input names (the order of
-    an artifact's inputs need not be the model's), else by position.
+    By name where the artifact kept the model's input names, or their
+    paths in the model's input structure (a dict's keys: OpenVINO names
+    the inputs so); the order of an artifact's inputs need not be the
+    model's. Else by position.
 
     Raises:
         ValueError: If the artifact takes another number of inputs.
@@ -109,12 +131,12 @@ def in_artifact_order(xs, model_names, artifact_names):
             f"({', '.join(map(repr, artifact_names))}), the model "
             f"{len(xs)}. Received: {len(xs)} input(s)"
         )
-    names = list(model_names or [])
-    if len(set(names)) == len(names) and sorted(names) == sorted(
-        artifact_names
-    ):
-        by_name = dict(zip(names, xs))
-        return [by_name[n] for n in artifact_names]
+    for names in (list(model_names or []), list(model_paths or [])):
+        if len(set(names)) == len(names) and sorted(names) == sorted(
+            artifact_names
+        ):
+            by_name = dict(zip(names, xs))
+            return [by_name[n] for n in artifact_names]
     return list(xs)
 
 
@@ -139,13 +161,17 @@ class Runtime:
         input_names: The artifact's input names, in its order.
         static_batch: The batch size the artifact is fixed to, or `None`.
         model_names: The model's input names (its order), or `None`.
+        model_paths: Their paths in the model's input structure, or
+            `None` (see `describe_inputs`).
     """
 
-    def __init__(self, version, input_names, static_batch, model_names):
+    def __init__(self, version, input_names, static_batch, inputs):
         self.version = str(version)
         self.input_names = list(input_names)
         self.static_batch = static_batch
-        self.model_names = None if model_names is None else list(model_names)
+        inputs = inputs or {}
+        self.model_names = inputs.get("names")
+        self.model_paths = inputs.get("paths")
 
     def run(self, xs):
         """The flat outputs (model order) on the flat inputs `xs`."""
@@ -153,7 +179,9 @@ class Runtime:
 
     def ordered(self, xs):
         """`xs` (the model's order) in the artifact's input order."""
-        return in_artifact_order(xs, self.model_names, self.input_names)
+        return in_artifact_order(
+            xs, self.model_names, self.input_names, self.model_paths
+        )
 
     def meta(self):
         """What `<io>_meta.json` records (JSON-ready)."""
@@ -193,11 +221,6 @@ def check_batch(batch, static_batch, runtime):
             f"The artifact has a static batch size of {static_batch}, and "
             f"{runtime} cannot change it. Received: batch={batch}"
         )
-
-
-def model_names_of(inputs):
-    """The model's input names from an `inputs` description, or None."""
-    return None if inputs is None else list(inputs["names"])
 
 
 def run_batches(runtime, xs):
@@ -265,9 +288,18 @@ def read_inputs(io):
     return xs, inputs
 
 
+def saveable(output):
+    """An output as an array `np.savez` keeps: bfloat16 (ml_dtypes, which
+    it would store as raw bytes) as float32, which holds it exactly."""
+    output = np.asarray(output)
+    if output.dtype.name == "bfloat16":
+        return output.astype(np.float32)
+    return output
+
+
 def write_outputs(io, outputs, meta):
     """Write the flat outputs (model order) and the runtime's `meta`."""
-    np.savez(io + OUT, *[np.asarray(o) for o in outputs])
+    np.savez(io + OUT, *[saveable(o) for o in outputs])
     with open(io + META, "w") as f:
         json.dump(meta, f)
 

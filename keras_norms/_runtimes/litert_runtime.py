@@ -12,7 +12,7 @@ from keras_norms._runtimes import _protocol
 class LiteRTRuntime(_protocol.Runtime):
     """An `Interpreter` (`interpreter`) and its signature runner (`runner`)."""
 
-    def __init__(self, interpreter, version, model_names, batch):
+    def __init__(self, interpreter, version, inputs, batch):
         self.interpreter = interpreter
         signatures = interpreter.get_signature_list()
         if not signatures:
@@ -38,7 +38,7 @@ class LiteRTRuntime(_protocol.Runtime):
             detail = self.runner.get_input_details()[names[0]]
             first = detail.get("shape_signature", detail["shape"])[0]
             static = None if first == -1 else int(first)
-        super().__init__(version, names, static, model_names)
+        super().__init__(version, names, static, inputs)
 
     def run(self, xs):
         result = self.runner(**dict(zip(self.input_names, self.ordered(xs))))
@@ -76,7 +76,7 @@ def load(path, *, threads=None, batch=None, inputs=None):
     return LiteRTRuntime(
         interpreter,
         getattr(ai_edge_litert, "__version__", ""),
-        _protocol.model_names_of(inputs),
+        inputs,
         batch,
     )
 

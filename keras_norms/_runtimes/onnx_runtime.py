@@ -10,14 +10,14 @@ from keras_norms._runtimes import _protocol
 class OnnxRuntime(_protocol.Runtime):
     """An `onnxruntime.InferenceSession` (`session`) of the artifact."""
 
-    def __init__(self, session, version, model_names):
+    def __init__(self, session, version, inputs):
         self.session = session
         first = session.get_inputs()[0].shape[0]
         super().__init__(
             version,
             [i.name for i in session.get_inputs()],
             first if isinstance(first, int) else None,
-            model_names,
+            inputs,
         )
 
     def run(self, xs):
@@ -57,9 +57,7 @@ def load(path, *, threads=None, batch=None, inputs=None):
     session = rt.InferenceSession(
         path, options, providers=["CPUExecutionProvider"]
     )
-    runtime = OnnxRuntime(
-        session, rt.__version__, _protocol.model_names_of(inputs)
-    )
+    runtime = OnnxRuntime(session, rt.__version__, inputs)
     _protocol.check_batch(batch, runtime.static_batch, "onnxruntime")
     return runtime
 

@@ -14,13 +14,13 @@ PRECISIONS = ("f32", "f16", "bf16")
 class OpenVINORuntime(_protocol.Runtime):
     """A `CompiledModel` (`compiled`) of the artifact on the CPU."""
 
-    def __init__(self, compiled, version, static, model_names):
+    def __init__(self, compiled, version, static, inputs):
         self.compiled = compiled
         super().__init__(
             version,
             [i.get_any_name() for i in compiled.inputs],
             static,
-            model_names,
+            inputs,
         )
 
     def run(self, xs):
@@ -84,9 +84,7 @@ def load(path, *, threads=None, batch=None, inputs=None, precision="f32"):
             PERFORMANCE_HINT="LATENCY",
         )
     compiled = core.compile_model(model, "CPU", config)
-    return OpenVINORuntime(
-        compiled, ov.__version__, static, _protocol.model_names_of(inputs)
-    )
+    return OpenVINORuntime(compiled, ov.__version__, static, inputs)
 
 
 if __name__ == "__main__":

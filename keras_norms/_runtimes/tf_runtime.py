@@ -24,7 +24,7 @@ class TFRuntime(_protocol.Runtime):
             it calls, at any depth, has `_XlaMustCompile`).
     """
 
-    def __init__(self, loaded, tf, model_names):
+    def __init__(self, loaded, tf, inputs):
         self.loaded = loaded
         self._tf = tf
         if SERVING_KEY not in loaded.signatures:
@@ -40,7 +40,7 @@ class TFRuntime(_protocol.Runtime):
         library = {f.signature.name: f for f in graph_def.library.function}
         self.xla = reaches_xla(graph_def.node, library, set())
         super().__init__(
-            tf.__version__, list(self._kwarg_specs), static, model_names
+            tf.__version__, list(self._kwarg_specs), static, inputs
         )
 
     def run(self, xs):
@@ -66,7 +66,12 @@ class TFRuntime(_protocol.Runtime):
                 [tf.constant(x, s.dtype) for x, s in zip(xs, specs)],
             )
             outputs = tf.nest.flatten(serve(*args))
-        return [o.numpy() for o in outputs]
+        # bfloat16 outputs as float32, which holds them exactly (NumPy has
+        # no bfloat16 of its own).
+        return [
+            (tf.cast(o, tf.float32) if o.dtype == tf.bfloat16 else o).numpy()
+            for o in outputs
+        ]
 
     def meta(self):
         return dict(super().meta(), xla=bool(self.xla))
@@ -132,9 +137,7 @@ def load(path, *, threads=None, batch=None, inputs=None):
                 "counts, which it cannot change: load with threads=None, "
                 f"or in a fresh process. Received: threads={threads}"
             ) from error
-    runtime = TFRuntime(
-        tf.saved_model.load(path), tf, _protocol.model_names_of(inputs)
-    )
+    runtime = TFRuntime(tf.saved_model.load(path), tf, inputs)
     _protocol.check_batch(batch, runtime.static_batch, "TensorFlow")
     return runtime
 

@@ -29,8 +29,7 @@ class TorchRuntime(_protocol.Runtime):
         # Keras' exporter fixes it without `dynamic_shapes`.
         first = shapes[users[0]][0] if users and shapes[users[0]] else None
         static = first if isinstance(first, int) else None
-        names = None if inputs is None else inputs["names"]
-        super().__init__(version, users, static, names)
+        super().__init__(version, users, static, inputs)
 
     def ordered(self, xs):
         return list(xs)
@@ -52,7 +51,12 @@ class TorchRuntime(_protocol.Runtime):
             out = list(out.values())
         if not isinstance(out, (list, tuple)):
             out = [out]
-        return [o.detach().numpy() for o in out]
+        # NumPy has no bfloat16: such outputs come back as float32, which
+        # holds them exactly.
+        return [
+            (o.float() if o.dtype == torch.bfloat16 else o).detach().numpy()
+            for o in out
+        ]
 
 
 def load(path, *, threads=None, batch=None, inputs=None):
