@@ -168,8 +168,8 @@ class FoldAndExport(keras.callbacks.Callback):
     With `format` set to `"onnx"`, `"litert"`, `"openvino"` or `"torch"`,
     the export goes through `keras_norms.deploy.export` instead: Keras'
     own exporter for that format, checked in a fresh process by the
-    format's runtime alone (`max |artifact - model| <= 1e-4 * max(1,
-    max |model|)`), written only once it passes. A format this backend
+    format's runtime alone (the same rule, `max |artifact - model| <=
+    atol + rtol * max |model|`), written only once it passes. A format this backend
     cannot write, or whose runtime is not installed, is refused when the
     callback is created, not after training.
 

@@ -132,8 +132,10 @@ def optimize_for_inference(
     """
     verbose = _validation.check_verbose(verbose)
     atol, rtol, on_mismatch = _check.check_tolerance(atol, rtol, on_mismatch)
-    new, report = _inference_rewrite.rewrite(model)
+    # The reference first: weights changing from here on (a training
+    # thread) are then told apart from a wrong rewrite.
     sample, expected = _check.reference_outputs(model, sample)
+    new, report = _inference_rewrite.rewrite(model)
     report.check = _check.Check.run(
         _check.model_outputs(new, sample),
         expected,

@@ -240,10 +240,12 @@ def export(
         )
     require_tensorflow("SavedModel export")
     tolerance = _check.Tolerance.for_model(model, atol, rtol)
+    # The reference first: weights changing from here on (a training
+    # thread) are then told apart from a wrong export.
+    sample, expected = _check.reference_outputs(model, sample)
     exported = model
     if fold:
         exported, report = _inference_rewrite.rewrite(model)
-    sample, expected = _check.reference_outputs(model, sample)
     if fold:
         report.check = _check.Check.run(
             _check.model_outputs(exported, sample),

@@ -46,7 +46,7 @@ AdaptiveInstanceNormalization and ConditionalNormalization take their style
 image / condition vector from a second model input) exported with
 `kn.export(model, path, format=...)` (folded first) and run in a fresh
 process by the format's runtime alone, compared with the Keras model:
-`max|artifact - model| <= 1e-4 * max(1, max|model|)`.
+`max|artifact - model| <= 1e-5 + 1e-4 * max|model|`.
 
 "ok": verified. "refused": `kn.export` raises a `ValueError` saying what
 does not work and what to use instead, before writing anything (the reasons

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_norms as kn
 from keras_norms import _check
 from keras_norms import _float32
 from keras_norms import saved_model as kn_export
@@ -580,3 +581,35 @@ def test_dict_inputs_sample_and_check(nested):
     np.testing.assert_allclose(
         to_numpy(new(sample, training=False)), want, atol=1e-5, rtol=1e-4
     )
+
+
+def test_weights_changing_during_the_check_are_named(monkeypatch):
+    # A model trained in another thread while it is exported: its weights
+    # change between the reference outputs and the rewrite. The error must
+    # say so, not blame the fold.
+    from keras_norms import _inference_rewrite
+    from keras_norms.inference import OutputMismatchError
+
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.Conv2D(4, 3),
+            kn.BatchNormalization(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+    real = _inference_rewrite.rewrite
+
+    def a_training_step_then_rewrite(m):
+        kernel = m.layers[-1].kernel
+        kernel.assign(kernel.value * 1.5 + 0.1)
+        return real(m)
+
+    monkeypatch.setattr(
+        _inference_rewrite, "rewrite", a_training_step_then_rewrite
+    )
+    with pytest.raises(OutputMismatchError, match="changed while it was"):
+        kn.optimize_for_inference(model, verbose=0)
+    with pytest.raises(OutputMismatchError, match="weights changed during"):
+        kn.optimize_for_inference(model, verbose=0)
