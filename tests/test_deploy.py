@@ -625,6 +625,19 @@ def test_fold_and_export_writes_a_verified_file(tmp_path):
     assert os.listdir(tmp_path) == [target.name]
 
 
+def test_fold_and_export_tolerance_applies_to_every_format(tmp_path, capsys):
+    # One check for every export: FoldAndExport's atol / rtol reach the
+    # artifact's check in its runtime, as for the SavedModel.
+    format = _first_file_format()
+    target = tmp_path / f"best{SUFFIX[format]}"
+    callback = kn.FoldAndExport(
+        target, format=format, atol=0.25, rtol=0.5, **_options(format)
+    )
+    _fit_with(_small_model(), callback)
+    assert callback.exported == [str(target)]
+    assert "0.25 + 0.5 * max|output|" in capsys.readouterr().out
+
+
 def test_fold_and_export_mismatch_keeps_the_previous_file(
     tmp_path, monkeypatch
 ):
