@@ -12,6 +12,7 @@ like any model.
 """
 
 from keras_norms import _check
+from keras_norms import _graph
 from keras_norms import _inference_rewrite
 from keras_norms import _validation
 from keras_norms._check import OutputMismatchError  # noqa: F401 (its home)
@@ -132,6 +133,7 @@ def optimize_for_inference(
     """
     verbose = _validation.check_verbose(verbose)
     atol, rtol, on_mismatch = _check.check_tolerance(atol, rtol, on_mismatch)
+    _graph.check_graph_model(model, "optimize for inference")
     # The reference first: weights changing from here on (a training
     # thread) are then told apart from a wrong rewrite.
     sample, expected = _check.reference_outputs(model, sample)

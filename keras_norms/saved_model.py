@@ -40,6 +40,7 @@ from keras_norms import _check
 from keras_norms import _compat
 from keras_norms import _float32
 from keras_norms import _formats
+from keras_norms import _graph
 from keras_norms import _inference_rewrite
 from keras_norms import _validation
 
@@ -240,6 +241,8 @@ def export(
         )
     require_tensorflow("SavedModel export")
     tolerance = _check.Tolerance.for_model(model, atol, rtol)
+    if fold:
+        _graph.check_graph_model(model, "optimize for inference")
     # The reference first: weights changing from here on (a training
     # thread) are then told apart from a wrong export.
     sample, expected = _check.reference_outputs(model, sample)
