@@ -329,7 +329,8 @@ def test_wrong_int8_artifact_is_refused(tmp_path, digits, monkeypatch):
 
     monkeypatch.setattr(inference, "optimize_for_inference", wrong)
     with pytest.raises(
-        ValueError, match="differs from the (original )?model.*int8: max <= 0.25"
+        ValueError,
+        match="differs from the (original )?model.*int8: max <= 0.25",
     ):
         _export(
             model,
