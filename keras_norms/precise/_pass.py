@@ -70,7 +70,8 @@ def precise_statistics(
     """Compute the precise statistics; every variable is left as it was.
 
     `join_timeout`: seconds to wait for the other processes of a
-    torch.distributed run when a layer is synchronized.
+    torch.distributed run. With several processes (each its own shard of
+    `x`), the sums and counts are those of every process together.
 
     Returns `(layers, skipped, stats, num_batches, num_samples)` where
     `stats[i]` maps each of `moving_statistics(layers[i])` to its precise
