@@ -869,3 +869,115 @@ def test_evo_norm_b0_non_finite_batch_is_refused():
     assert result["rejected"] == ["evo", "bn"]
     np.testing.assert_array_equal(_np(evo.moving_variance), before)
     assert np.all(np.isfinite(_np(evo.moving_variance)))
+
+
+# ----------------------------------------------------------------------
+# Across processes: each process its own shard, global statistics on all
+# ----------------------------------------------------------------------
+def _processes_reference(inputs, sizes, batch_size, epsilon=1e-3):
+    """NumPy precise statistics of Dense -> BN -> Dense -> BN (BN's
+    gamma 1, beta 0) on the concatenated shards, in batches that do not
+    cross a shard boundary, as one process computes them."""
+    x = inputs["x"][: sum(sizes)].astype(np.float64)
+    bounds = np.cumsum((0,) + tuple(sizes))
+    batches = [
+        x[i : min(i + batch_size, end)]
+        for start, end in zip(bounds[:-1], bounds[1:])
+        for i in range(start, end, batch_size)
+    ]
+    sums = {k: 0.0 for k in ("bn1", "bn2")}
+    sums = {(k, s): 0.0 for k in sums for s in ("mean", "var")}
+    for b in batches:
+        h = b @ inputs["dense1/kernel"] + inputs["dense1/bias"]
+        for layer, dense in (("bn1", "dense2"), ("bn2", None)):
+            m, v = h.mean(0), h.var(0)
+            sums[layer, "mean"] = sums[layer, "mean"] + len(b) * m
+            sums[layer, "var"] = sums[layer, "var"] + len(b) * v
+            if dense:
+                h = (h - m) / np.sqrt(v + epsilon)
+                h = h @ inputs[f"{dense}/kernel"] + inputs[f"{dense}/bias"]
+    n = sum(sizes)
+    return {
+        layer: {
+            "moving_mean": sums[layer, "mean"] / n,
+            "moving_variance": sums[layer, "var"] / n,
+        }
+        for layer in ("bn1", "bn2")
+    }, len(batches)
+
+
+def test_statistics_across_processes_are_global(tmp_path):
+    """Two processes of the current backend (torch.distributed on gloo;
+    JAX `keras.distribution.initialize`; TensorFlow TF_CONFIG and
+    MultiWorkerMirroredStrategy), each with its own (unequal) shard:
+    `recompute_batch_norm_statistics`, `PreciseBatchNorm` and
+    `batch_norm_statistics_report` give the statistics of the
+    concatenated data on both, identical."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, "sync_workers"))
+    try:
+        import _common
+    finally:
+        sys.path.pop(0)
+    rng = np.random.RandomState(11)
+    inputs = {
+        "x": (rng.randn(20, 5) * 2.0 + 3.0).astype("float32"),
+        "dense1/kernel": rng.randn(5, 4).astype("float32"),
+        "dense1/bias": rng.randn(4).astype("float32"),
+        "dense2/kernel": rng.randn(4, 3).astype("float32"),
+        "dense2/bias": rng.randn(3).astype("float32"),
+    }
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    sizes, batch_size = (8, 12), 4  # as the worker's SIZES, BATCH_SIZE
+    backend = keras.backend.backend()
+    ports = ",".join(str(p) for p in _common.free_ports(2))
+    worker = os.path.join(here, "sync_workers", "precise_processes_worker.py")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.path.dirname(here) + os.pathsep + os.path.dirname(worker),
+        TF_CPP_MIN_LOG_LEVEL="3",
+        JAX_PLATFORMS="cpu",
+    )
+    env.pop("TF_CONFIG", None)
+    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    commands = [
+        [sys.executable, worker, backend, str(r), ports]
+        + [str(tmp_path / "inputs.npz"), str(tmp_path)]
+        for r in (0, 1)
+    ]
+    # Bounded: a process still running after it is killed.
+    outcomes = _common.run_processes(commands, env, timeout=180)
+    for rank, (code, output) in enumerate(outcomes):
+        assert code == 0, f"rank {rank} exited {code}:\n{output[-4000:]}"
+    reference, num_batches = _processes_reference(inputs, sizes, batch_size)
+    ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in (0, 1)]
+    for key in ranks[0]:  # bit-identical on both processes
+        np.testing.assert_array_equal(ranks[0][key], ranks[1][key], key)
+    r = ranks[0]
+    assert int(r["recompute/num_samples"]) == sum(sizes)
+    assert int(r["recompute/num_batches"]) == num_batches
+    for layer, stats in reference.items():
+        for name, value in stats.items():
+            for what in ("recompute", "callback"):
+                np.testing.assert_allclose(
+                    r[f"{what}/{layer}/{name}"],
+                    value,
+                    rtol=1e-4,
+                    atol=1e-4,
+                    err_msg=f"{what}/{layer}/{name}",
+                )
+    # The report before any recomputation compared the initial moving
+    # statistics (0, 1) with the global ones.
+    for layer, stats in reference.items():
+        shift = np.max(
+            np.abs(stats["moving_mean"])
+            / np.sqrt(stats["moving_variance"] + 1e-3)
+        )
+        np.testing.assert_allclose(float(r[f"report/{layer}"]), shift, 1e-4)
+    if backend == "tensorflow":
+        error = str(r["outside_scope/error"])
+        assert "without a multi-worker strategy in scope" in error
+        assert "strategy.scope()" in error

@@ -26,6 +26,17 @@ torch, `join_all_processes(what, timeout)`: a rendezvous of every process
 of the `torch.distributed` group with a timeout, for host-side functions
 (precise statistics) that must run on every rank or not at all.
 
+Host-side statistics (precise BatchNormalization statistics, computed by
+each process on its own shard of the data) are combined across processes
+by three functions: `num_processes()` (how many processes hold a shard:
+the torch.distributed world size, `jax.process_count()`, the workers of
+the `tf.distribute` strategy in scope), `sum_over_processes(vector)` (a
+float64 NumPy vector summed over them through ONE collective of the
+backend's own, identical on every process) and
+`process_local_scope(variables)` (where a forward pass on a process's own
+data must not be taken for a global array: JAX under a multi-process
+`keras.distribution`).
+
 One capability question serves channels-first convolutions:
 `channels_first_conv_supported()` says whether the backend runs an NCHW
 convolution op by op. TensorFlow's CPU kernels refuse NCHW unless oneDNN is
@@ -40,9 +51,11 @@ Each backend module is imported lazily, so importing keras_norms never
 imports a framework the user did not choose.
 """
 
+import contextlib
 import importlib
 
 import keras
+import numpy as np
 
 from keras_norms import _compat
 
@@ -51,6 +64,10 @@ __all__ = [
     "all_gather_rows",
     "named_axes",
     "join_all_processes",
+    "num_processes",
+    "sum_over_processes",
+    "process_local_scope",
+    "outside_distribution",
     "channels_first_conv_supported",
     "call_for_inference",
 ]
@@ -89,6 +106,47 @@ def join_all_processes(what, timeout):
     raises `RuntimeError` naming `what` when the others do not come.
     """
     return _module().join_all_processes(what, timeout)
+
+
+def num_processes(what):
+    """Processes each holding a shard of the data, to be combined (>= 1).
+
+    Raises `RuntimeError` naming `what` where several processes run but
+    the backend has no way to combine their values (TensorFlow: a
+    multi-worker `TF_CONFIG` without a multi-worker strategy in scope).
+    """
+    return _module().num_processes(what)
+
+
+def sum_over_processes(vector):
+    """The float64 1-D `vector` summed over every process, on every process.
+
+    One collective; the identity with a single process.
+    """
+    vector = np.ascontiguousarray(vector, dtype=np.float64)
+    if num_processes("sum_over_processes") < 2:
+        return vector
+    return np.asarray(_module().sum_over_processes(vector), np.float64)
+
+
+def process_local_scope(variables):
+    """A context where a forward pass runs on this process's data alone.
+
+    JAX under a multi-process `keras.distribution`: the distribution is
+    unset and `variables` are read from (and written to) process-local
+    copies in a `keras.StatelessScope`, which is discarded afterwards
+    (nothing is written to `variables`). Elsewhere: nothing changes.
+    """
+    scope = getattr(_module(), "process_local_scope", None)
+    return contextlib.nullcontext() if scope is None else scope(variables)
+
+
+def outside_distribution():
+    """A context where data stays this process's own (JAX under a
+    multi-process `keras.distribution`: the distribution unset, so that
+    Keras' data adapters neither refuse arrays nor re-shard datasets)."""
+    scope = getattr(_module(), "outside_distribution", None)
+    return contextlib.nullcontext() if scope is None else scope()
 
 
 def channels_first_conv_supported():

@@ -15,3 +15,11 @@ def named_axes():
 
 def join_all_processes(what, timeout):
     return None
+
+
+def num_processes(what):
+    return 1
+
+
+def sum_over_processes(vector):  # pragma: no cover - never with 1 process
+    return vector

@@ -45,6 +45,19 @@ def all_gather_rows(row):
     return _differentiable_all_reduce(placement * row[None])
 
 
+def num_processes(what):
+    return num_replicas()
+
+
+def sum_over_processes(vector):
+    """One `all_reduce(SUM)` of the float64 vector over the default group
+    (on the GPU for NCCL, which reduces CUDA tensors only)."""
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.from_numpy(vector).to(device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.cpu().numpy()
+
+
 def named_axes():
     return ()
 
@@ -73,8 +86,9 @@ def join_all_processes(what, timeout):
             raise RuntimeError(
                 f"{what} must be called on every process of the "
                 f"torch.distributed process group ({world} processes): it "
-                "runs synchronized layers, whose collectives the other "
-                "processes must join. This process waited "
+                "combines the statistics of every process's data through "
+                "collectives the other processes must join. This process "
+                "waited "
                 f"{timeout:g} s for the others; call it on every rank "
                 "(each with its shard of the data), as `fit` runs its "
                 f"callbacks. Received: rank={dist.get_rank()}, "

@@ -111,18 +111,25 @@ def recompute_batch_norm_statistics(
     counts as a training step on it does: its values as the mean and
     variance 0.
 
-    Under `torch.distributed` (several processes), a model holding
-    synchronized layers (`SyncBatchNormalization`,
-    `BatchNormalization(synchronized=True)`) must run this on every
-    process, each with its own shard of the data and the same number of
-    batches, as `fit` runs the `PreciseBatchNorm` callback: the layers'
-    batch statistics are then those of the global batches, identical on
-    every process. Called on some processes only, it would block in
-    collectives the others never join; it waits
+    Across processes (multi-process training, each process passing its
+    OWN shard of the data), every process ends with the global statistics,
+    those of all the shards together, identical everywhere: after the
+    pass over its shard, each process's float64 sums and sample count are
+    added up through ONE collective of the backend: an `all_reduce` under
+    `torch.distributed` (world size above 1), a `process_allgather` under
+    JAX's multi-process `keras.distribution.initialize` (each process's
+    forward then runs on its own data, outside the distribution's data
+    sharding), a `strategy.reduce` under TensorFlow's
+    `MultiWorkerMirroredStrategy`, which must be in scope
+    (`with strategy.scope():`). Every process must call it; the returned
+    counts are the totals over all processes. Under `torch.distributed`,
+    a process whose peers do not call it waits
     `keras_norms.precise.DISTRIBUTED_JOIN_TIMEOUT` seconds (60) for them
-    on the process group's store and then raises `RuntimeError`, changing
-    nothing. Models without synchronized layers issue no collective: each
-    process computes the statistics of its own data.
+    on the process group's store and then raises `RuntimeError`,
+    changing nothing, instead of blocking in the collective. Synchronized
+    layers (`SyncBatchNormalization`) need the same number of batches on
+    every process (their batch statistics are those of the global
+    batches).
 
     Args:
         model: A Keras model (or layer) holding BatchNormalization-like
@@ -150,8 +157,10 @@ def recompute_batch_norm_statistics(
     Raises:
         TypeError: `steps` or `batch_size` is not an integer (or None).
         ValueError: `x` is empty, or `steps` or `batch_size` is `<= 0`.
-        RuntimeError: Under `torch.distributed`, a model with synchronized
-            layers and a process that does not call it too (see above).
+        RuntimeError: Under `torch.distributed`, a process that does not
+            call it too (see above); under TensorFlow, a `TF_CONFIG`
+            cluster of several workers without a multi-worker strategy in
+            scope, or a call inside `strategy.run`.
 
     Warns:
         RuntimeWarning: A layer's batch statistics were NaN or infinite for
@@ -247,7 +256,10 @@ def batch_norm_statistics_report(
     A layer without a moving mean (`EvoNormB0`) has `mean_shift=None`
     (`-` in the table) and is stale on its variance alone.
 
-    Prints a table (as `model.summary`) and returns it as a dict.
+    Prints a table (as `model.summary`) and returns it as a dict. Across
+    processes (each with its own shard, see
+    `recompute_batch_norm_statistics`) it compares with the global
+    statistics, on every process.
 
     Args:
         model: A Keras model holding BatchNormalization-like layers

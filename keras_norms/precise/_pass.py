@@ -70,7 +70,8 @@ def precise_statistics(
     """Compute the precise statistics; every variable is left as it was.
 
     `join_timeout`: seconds to wait for the other processes of a
-    torch.distributed run when a layer is synchronized.
+    torch.distributed run. With several processes (each its own shard of
+    `x`), the sums and counts are those of every process together.
 
     Returns `(layers, skipped, stats, num_batches, num_samples)` where
     `stats[i]` maps each of `moving_statistics(layers[i])` to its precise
@@ -89,7 +90,10 @@ def precise_statistics(
             f"`x` holds no samples. Received: x={_validation.describe(x)}"
         )
 
-    total, batches = input_batches(x, batch_size, steps)
+    # Several processes, each with its own shard: their sums are combined.
+    processes = kn_backend.num_processes("recompute_batch_norm_statistics")
+    with kn_backend.outside_distribution():  # each process's own data
+        total, batches = input_batches(x, batch_size, steps)
     try:
         first = next(batches)
     except StopIteration:
@@ -107,8 +111,8 @@ def precise_statistics(
     if not layers:
         batches.close()
         return layers, skipped, [], 0, 0
-    if any(getattr(layer, "synchronized", False) for layer in layers):
-        # Their collectives need every process: refuse at once (after a
+    if processes > 1:
+        # The collectives need every process: refuse at once (after a
         # short wait) a call the other processes do not make.
         try:
             kn_backend.join_all_processes(
@@ -118,7 +122,33 @@ def precise_statistics(
             batches.close()
             raise
 
-    # What a training-mode forward pass may write, restored afterwards.
+    with kn_backend.process_local_scope(model.variables):
+        sums, num_batches, num_samples, rejected = _local_sums(
+            model, layers, first, batches, total, verbose, include_frozen
+        )
+    if processes > 1:
+        sums, num_batches, num_samples, rejected = _global_sums(
+            sums, num_batches, num_samples, rejected
+        )
+    if num_samples == 0:
+        raise ValueError(
+            f"`x` holds no samples. Received: x={_validation.describe(x)}"
+        )
+    stats = [
+        None
+        if k in rejected
+        else {name: s / num_samples for name, s in acc.items()}
+        for k, acc in enumerate(sums)
+    ]
+    warn_non_finite(layers, rejected)
+    return layers, skipped, stats, num_batches, num_samples
+
+
+def _local_sums(model, layers, first, batches, total, verbose, include_frozen):
+    """This process's `n_b * statistic_b` sums, batches, samples, rejects.
+
+    Every variable a training-mode forward may write is restored.
+    """
     variables = forward_state(model)
     snapshot = [to_numpy(v) for v in variables]
     sums = [
@@ -161,20 +191,31 @@ def precise_statistics(
         batches.close()
         for v, value in zip(variables, snapshot):
             v.assign(value)
-    if num_samples == 0:
-        raise ValueError(
-            f"`x` holds no samples. Received: x={_validation.describe(x)}"
-        )
-    if progbar is not None and total is None:
+    if progbar is not None and total is None and num_batches:
         progbar.update(num_batches, finalize=True)
-    stats = [
-        None
-        if k in rejected
-        else {name: s / num_samples for name, s in acc.items()}
-        for k, acc in enumerate(sums)
-    ]
-    warn_non_finite(layers, rejected)
-    return layers, skipped, stats, num_batches, num_samples
+    return sums, num_batches, num_samples, rejected
+
+
+def _global_sums(sums, num_batches, num_samples, rejected):
+    """Every process's sums, batches and samples added up, through ONE
+    collective of the backend (every layer's sums, a rejected flag per
+    layer and the two counts in one float64 vector). A layer rejected on
+    any process is rejected on all (`None` where the bad batch was
+    another process's)."""
+    flat = [acc[name].ravel() for acc in sums for name in acc]
+    flags = [float(k in rejected) for k in range(len(sums))]
+    vector = np.concatenate(flat + [flags, [num_batches, num_samples]])
+    vector = kn_backend.sum_over_processes(vector)
+    offset = 0
+    for acc in sums:
+        for name, value in acc.items():
+            acc[name] = vector[offset : offset + value.size].reshape(
+                value.shape
+            )
+            offset += value.size
+    flags = vector[offset : offset + len(sums)]
+    rejected = {k: rejected.get(k) for k in range(len(sums)) if flags[k] > 0}
+    return sums, int(vector[-2]), int(vector[-1]), rejected
 
 
 def warn_non_finite(layers, rejected):
@@ -182,9 +223,14 @@ def warn_non_finite(layers, rejected):
     if not rejected:
         return
     lines = [
-        f"- '{layers[k].name}': from batch {batch} (samples {first} to "
-        f"{first + n - 1} of `x`)"
-        for k, (batch, first, n) in sorted(rejected.items())
+        f"- '{layers[k].name}': "
+        + (
+            "in another process's data"
+            if where is None
+            else f"from batch {where[0]} (samples {where[1]} to "
+            f"{where[1] + where[2] - 1} of `x`)"
+        )
+        for k, where in sorted(rejected.items())
     ]
     warnings.warn(
         f"Non-finite (NaN or infinite) batch statistics in "

@@ -63,3 +63,44 @@ def spawn_local_processes(worker, nprocs, *args):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(worker, args=(port, *args), nprocs=nprocs, join=True)
+
+
+def free_ports(count):
+    """`count` distinct free TCP ports on 127.0.0.1, found now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_processes(commands, env, timeout):
+    """Start every command at once; wait at most `timeout` s for them all.
+
+    Returns `[(returncode, output)]`; a process still running at the
+    deadline is killed (its return code then says so).
+    """
+    import subprocess
+    import tempfile
+    import time
+
+    logs = [tempfile.TemporaryFile() for _ in commands]
+    procs = [
+        subprocess.Popen(c, env=env, stdout=log, stderr=subprocess.STDOUT)
+        for c, log in zip(commands, logs)
+    ]
+    deadline = time.monotonic() + timeout
+    results = []
+    for proc, log in zip(procs, logs):
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.seek(0)
+        results.append((proc.returncode, log.read().decode(errors="replace")))
+        log.close()
+    return results
