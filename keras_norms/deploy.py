@@ -33,7 +33,7 @@ Install the runtimes with `pip install "keras_norms[deploy]" -c
 constraints.txt`; `import keras_norms` never imports any of them.
 """
 
-import contextlib
+import warnings
 
 import keras
 import numpy as np
@@ -41,12 +41,19 @@ import numpy as np
 from keras_norms import _artifact
 from keras_norms import _check
 from keras_norms import _compat
+from keras_norms import _deploy_report
 from keras_norms import _float32
 from keras_norms import _formats
 from keras_norms import _quantize
 from keras_norms import _validation
 from keras_norms._deploy_report import DeployReport
 from keras_norms._formats import FORMATS
+
+# With `batch_size=None` the check runs the artifact on the sample as one
+# batch and on batches of these sizes built from its rows (one row, and an
+# odd number above one): an artifact that takes one batch size only (a
+# program traced with a batch of 1, say) cannot pass as dynamic.
+DYNAMIC_CHECK_BATCHES = (1, 5)
 
 __all__ = [
     "DeployReport",
@@ -268,6 +275,9 @@ def export(
     checked_on = _checked_rows(sample, checked_on)
     if verify:
         _check_finite_outputs(model, expected, checked_on[1])
+        batches = _check_batches(model, sample, expected, batch_size)
+    if format == "torch" and batch_size is None:
+        kwargs.setdefault("dynamic_shapes", _dynamic_batch(model))
     exported = model
     if fold:
         from keras_norms.inference import optimize_for_inference
@@ -298,7 +308,6 @@ def export(
     )
     if verify:
         report.check_rows, report.checked_on = checked_on
-    quiet = contextlib.nullcontext()
     if quantize is not None:
         kwargs.update(
             _quantize.converter_options(
@@ -306,23 +315,34 @@ def export(
             )
         )
         report.quantize = quantize
-        quiet = _quantize.quiet_converter()
     kwargs.setdefault("verbose", False)
 
     def produce(staged):
-        try:
-            with quiet:
+        # What the converter prints (torch.onnx dumps its whole graph on
+        # a failure) is kept out of the terminal: replayed with
+        # verbose=True, quoted in the error if it fails.
+        with _formats.quiet_converter(verbose=kwargs["verbose"]) as printed:
+            try:
                 exported.export(staged, format=format, **kwargs)
-        except Exception as e:  # any exporter's failure, explained
+            except Exception as e:  # any exporter's failure, explained
+                error = e
+            else:
+                error = None
+        if error is not None:
             _formats.explain_export_error(
-                e, format, backend, batch_size, quantize
+                error, format, backend, batch_size, quantize, printed.tail()
             )
         if verify:
             inputs = _describe_inputs(exported)  # as the exporter saw them
-            _verify(staged, format, tolerance, report, inputs, reference)
+            notes.extend(
+                _verify(staged, format, tolerance, report, inputs, reference)
+            )
 
-    reference = (model, sample, expected)
+    notes = []  # warnings, given once the artifact is in place
+    reference = (model, sample, expected, batches if verify else None)
     _artifact.write(target, produce)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     return report
 
 
@@ -349,6 +369,65 @@ def _check_batch_size(batch_size, format, kwargs):
             f"Received: batch_size={batch_size!r}"
         )
     return int(batch_size)
+
+
+def _check_batches(model, sample, expected, batch_size):
+    """The batches the check runs the artifact on: `(xs, expected, sizes)`.
+
+    With `batch_size`, the sample in chunks of it. Without, the sample as
+    one batch, then `DYNAMIC_CHECK_BATCHES` (those of another size than
+    the sample's) built from its rows (`np.resize`: the rows in order,
+    repeated), and the model's outputs on each. `xs` and `expected` are
+    flat (model order), the batches concatenated row-wise; `sizes` their
+    row counts, in order.
+    """
+    rows = len(keras.tree.flatten(sample)[0])
+    if batch_size is not None:
+        sizes = [batch_size] * (rows // batch_size)
+        return (
+            [np.asarray(x) for x in keras.tree.flatten(sample)],
+            expected,
+            sizes,
+        )
+    sizes = [rows] + [b for b in DYNAMIC_CHECK_BATCHES if b != rows]
+    parts = [(sample, expected)]
+    for size in sizes[1:]:
+        batch = keras.tree.map_structure(
+            lambda x, size=size: np.resize(
+                np.asarray(x), (size,) + np.shape(x)[1:]
+            ),
+            sample,
+        )
+        parts.append((batch, _check.model_outputs(model, batch)))
+    xs = [
+        np.concatenate(arrays)
+        for arrays in zip(
+            *[[np.asarray(x) for x in keras.tree.flatten(b)] for b, _ in parts]
+        )
+    ]
+    expected = [
+        np.concatenate(outputs) for outputs in zip(*[e for _, e in parts])
+    ]
+    return xs, expected, sizes
+
+
+def _dynamic_batch(model):
+    """torch.export's `dynamic_shapes` for Keras' torch exporter: one
+    `torch.export.Dim("batch")` on dimension 0 of every input (Keras
+    traces with a batch of 2 then; without it, with a batch of 1, which
+    the program is fixed to)."""
+    import torch
+
+    batch = torch.export.Dim("batch")
+    signature = _compat.input_signature(model)
+    # Keras' exporter calls `torch.export.export(model, args)`, whose
+    # `forward(*args)` takes the arguments as one tuple.
+    return [
+        tuple(
+            keras.tree.map_structure(lambda spec: {0: batch}, argument)
+            for argument in signature
+        )
+    ]
 
 
 def _checked_rows(sample, checked_on):
@@ -513,32 +592,46 @@ def _describe_inputs(model):
 
 
 def _verify(staged, format, tolerance, report, inputs, reference):
-    """Run `staged` on the check sample in a fresh process holding its
+    """Run `staged` on the check batches in a fresh process holding its
     runtime alone; compare with the model's outputs; fill `report`.
 
-    Raises `OutputMismatchError` (nothing is written) if they differ.
+    Returns the warnings to give once the artifact is written (a list).
+    Raises `OutputMismatchError` (nothing is written) if they differ, a
+    `ValueError` if the artifact takes one batch size only and the
+    check's batches are of several.
     """
     from keras_norms import _runtimes
 
-    model, sample, expected = reference
+    model, sample, expected, (xs, batch_expected, sizes) = reference
+    nothing = (
+        f"nothing was written to {report.path!r} (an earlier file there "
+        "is unchanged)"
+    )
     got, meta = _runtimes.run_in_child(
         format,
         staged,
-        [np.asarray(x) for x in keras.tree.flatten(sample)],
+        xs,
         inputs,
-        what=(
-            f"The {report.runtime} check of the {format} export (nothing "
-            f"was written to {report.path!r})"
-        ),
+        batches=sizes,
+        options={"also_default": True} if format == "openvino" else None,
+        what=f"The {report.runtime} check of the {format} export ({nothing})",
     )
     report.runtime = f"{report.runtime} {meta['version']}"
-    report.static_batch = meta["static_batch"]
+    report.static_batch = static = meta["static_batch"]
+    if static is not None and any(size != static for size in sizes):
+        raise ValueError(
+            f"The {format} export, run by {report.runtime}, takes a batch "
+            f"of {static} row(s) only, so it cannot run the check's "
+            f"batches of {_deploy_report.sizes_text(sizes)} rows: the exporter fixed its "
+            f"batch dimension, though batch_size=None asks for any batch "
+            f"({nothing}). Pass batch_size={static} (or the batch you "
+            "will run) for an artifact with that static batch, or use "
+            "another format. Received: batch_size=None"
+        )
+    report.checked_batch_sizes = sorted(set(sizes))
+    what = f"The {format} export, run by {report.runtime},"
     check = _check.Check.run(
-        got,
-        expected,
-        tolerance,
-        what=f"The {format} export, run by {report.runtime},",
-        checked_on=report.checked_on,
+        got, batch_expected, tolerance, what=what, checked_on=report.checked_on
     )
     report.max_abs_difference = check.max_difference
     report.tolerance = check.bound
@@ -555,6 +648,40 @@ def _verify(staged, format, tolerance, report, inputs, reference):
         sample,
         expected,
         "raise",
-        f" Nothing was written to {report.path!r} (an earlier file there "
-        f"is unchanged). {hint}",
+        f" {nothing[0].upper()}{nothing[1:]}. {hint}",
     )
+    if "variants" not in meta:
+        return []
+    return _report_default_precision(meta, batch_expected, tolerance, report)
+
+
+def _report_default_precision(meta, expected, tolerance, report):
+    """Fill `report`'s figures of the runtime's default precision (OpenVINO:
+    the CPU plugin's, bf16 where the processor has bf16 units); returns
+    `[warning]` if that precision exceeds the check's tolerance, else
+    `[]`."""
+    default = meta["variants"]["default"]
+    report.precision = meta.get("precision")
+    report.default_precision = default.get("precision")
+    check = _check.Check.run(
+        default["outputs"],
+        expected,
+        tolerance,
+        what=(
+            f"The {report.format} export, run by {report.runtime} in its "
+            f"default precision ({report.default_precision}),"
+        ),
+        checked_on=report.checked_on,
+    )
+    report.default_precision_difference = check.max_difference
+    if check.passed:
+        return []
+    return [
+        f"{check}. The artifact was verified in {report.precision} and "
+        f"written; OpenVINO's CPU plugin runs it in "
+        f"{report.default_precision} by default on this processor. To "
+        "compute what was checked, compile it with "
+        "core.compile_model(model, 'CPU', "
+        "{'INFERENCE_PRECISION_HINT': 'f32'}) (the export guide, "
+        '"OpenVINO\'s precision").'
+    ]
