@@ -267,6 +267,8 @@ def export(
         report.check_rows, report.checked_on = _checked_rows(
             _check.sample_batch(model, sample), checked_on
         )
+        # `saved_model.export` checks the sample as one batch.
+        report.checked_batch_sizes = [report.check_rows]
         return report
     _formats.check_defects(model, format, backend)
     # The model's outputs on the check sample, before anything is traced
