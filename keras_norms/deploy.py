@@ -41,19 +41,13 @@ import numpy as np
 from keras_norms import _artifact
 from keras_norms import _check
 from keras_norms import _compat
-from keras_norms import _deploy_report
+from keras_norms import _deploy_verify
 from keras_norms import _float32
 from keras_norms import _formats
 from keras_norms import _quantize
 from keras_norms import _validation
 from keras_norms._deploy_report import DeployReport
 from keras_norms._formats import FORMATS
-
-# With `batch_size=None` the check runs the artifact on the sample as one
-# batch and on batches of these sizes built from its rows (one row, and an
-# odd number above one): an artifact that takes one batch size only (a
-# program traced with a batch of 1, say) cannot pass as dynamic.
-DYNAMIC_CHECK_BATCHES = (1, 5)
 
 __all__ = [
     "DeployReport",
@@ -99,13 +93,23 @@ def export(
     by its runtime alone (onnxruntime's `InferenceSession`; LiteRT's
     `Interpreter`; OpenVINO's `Core` on CPU in float32;
     `torch.export.load`) and run on `sample` (or a seeded random batch of
-    4 of the model's input shape); every output must satisfy
+    4 of the model's input shape) as one batch, and, with
+    `batch_size=None`, on batches of 1 and 5 rows built from its rows (an
+    artifact that takes one batch size only is refused:
+    `report.checked_batch_sizes` says which ran); every output must
+    satisfy
 
         max |artifact - model| <= atol + rtol * max |model|
 
     with `atol=1e-5`, `rtol=1e-4` for a float32 model (the same rule as
     `optimize_for_inference` and `export_saved_model`)
-    or nothing is written. Only then is the artifact moved to `filepath`:
+    or nothing is written. OpenVINO is also run in its CPU plugin's
+    default precision (bf16 on processors with bf16 units), reported as
+    `report.default_precision_difference`, with a warning where it
+    exceeds the tolerance (the export guide, "OpenVINO's precision").
+    What the exporter prints is captured (shown with `verbose=True`,
+    quoted in the error if it fails).
+    Only then is the artifact moved to `filepath`:
     an existing export is replaced only after the new one is written and
     verified, and only with `overwrite=True`. OpenVINO's `.xml` and `.bin`
     are replaced as one unit (the old `.xml` moved aside first, the new
@@ -166,11 +170,14 @@ def export(
             `quantize="int8"`, holds rows of `representative_data` out
             of the calibration).
         overwrite: Replace an existing file (or earlier export).
-        batch_size: `None` keeps the batch dimension dynamic; an integer
-            fixes it (Keras then exports with that static batch; on torch,
-            `"onnx"` uses torch.onnx's dynamo exporter instead of the
-            TorchScript one, which fails on some graphs). The check runs
-            the sample in chunks of `batch_size`.
+        batch_size: `None` keeps the batch dimension dynamic in every
+            format (for `"torch"`, through `torch.export`'s
+            `dynamic_shapes`), checked on batches of 1, the sample's rows
+            and 5; an integer fixes it (Keras then exports with that
+            static batch; on torch, `"onnx"` uses torch.onnx's dynamo
+            exporter instead of the TorchScript one, which fails on some
+            graphs). The check then runs the sample in chunks of
+            `batch_size`.
         quantize: `None` (float32), `"int8"` (full-integer post-training
             quantization, float32 inputs and outputs) or `"float16"`
             (float16 weights); `format="litert"` on the TensorFlow
@@ -190,13 +197,16 @@ def export(
             where the format runs them (a float32 copy elsewhere, see
             above); `"float32"` always exports a float32 copy.
         **kwargs: Passed to `model.export` (e.g. `opset_version` for
-            ONNX, `input_signature`; for LiteRT, `tf.lite.TFLiteConverter`
-            attributes).
+            ONNX, `input_signature`, `dynamic_shapes` for `"torch"`; for
+            LiteRT, `tf.lite.TFLiteConverter` attributes; `verbose=True`
+            shows what the exporter printed).
 
     Returns:
         A `DeployReport`: format, path, runtime, max abs difference,
         tolerance and the rule it came from, the rows checked on and how
-        many, static batch size, quantization.
+        many, the batch sizes checked, static batch size, quantization;
+        for OpenVINO, the precision of its default configuration and its
+        difference.
 
     Raises:
         ValueError: An unknown format, a format this backend cannot
@@ -210,7 +220,9 @@ def export(
             it), a model computing NaN or inf on the check's rows; a
             model the converter cannot quantize to int8; or an artifact
             that computes something else than the model; a `dtype`
-            other than `None` or `"float32"`.
+            other than `None` or `"float32"`; with `batch_size=None`, an
+            artifact that takes one batch size only, or a model
+            torch.export cannot trace with a dynamic batch.
         FileExistsError: `filepath` exists and `overwrite=False`.
         ModuleNotFoundError: The exporter or runtime is not installed.
 
@@ -277,7 +289,9 @@ def export(
     checked_on = _checked_rows(sample, checked_on)
     if verify:
         _check_finite_outputs(model, expected, checked_on[1])
-        batches = _check_batches(model, sample, expected, batch_size)
+        batches = _deploy_verify.check_batches(
+            model, sample, expected, batch_size
+        )
     if format == "torch" and batch_size is None:
         kwargs.setdefault("dynamic_shapes", _dynamic_batch(model))
     exported = model
@@ -337,7 +351,9 @@ def export(
         if verify:
             inputs = _describe_inputs(exported)  # as the exporter saw them
             notes.extend(
-                _verify(staged, format, tolerance, report, inputs, reference)
+                _deploy_verify.verify(
+                    staged, format, tolerance, report, inputs, reference
+                )
             )
 
     notes = []  # warnings, given once the artifact is in place
@@ -371,46 +387,6 @@ def _check_batch_size(batch_size, format, kwargs):
             f"Received: batch_size={batch_size!r}"
         )
     return int(batch_size)
-
-
-def _check_batches(model, sample, expected, batch_size):
-    """The batches the check runs the artifact on: `(xs, expected, sizes)`.
-
-    With `batch_size`, the sample in chunks of it. Without, the sample as
-    one batch, then `DYNAMIC_CHECK_BATCHES` (those of another size than
-    the sample's) built from its rows (`np.resize`: the rows in order,
-    repeated), and the model's outputs on each. `xs` and `expected` are
-    flat (model order), the batches concatenated row-wise; `sizes` their
-    row counts, in order.
-    """
-    rows = len(keras.tree.flatten(sample)[0])
-    if batch_size is not None:
-        sizes = [batch_size] * (rows // batch_size)
-        return (
-            [np.asarray(x) for x in keras.tree.flatten(sample)],
-            expected,
-            sizes,
-        )
-    sizes = [rows] + [b for b in DYNAMIC_CHECK_BATCHES if b != rows]
-    parts = [(sample, expected)]
-    for size in sizes[1:]:
-        batch = keras.tree.map_structure(
-            lambda x, size=size: np.resize(
-                np.asarray(x), (size,) + np.shape(x)[1:]
-            ),
-            sample,
-        )
-        parts.append((batch, _check.model_outputs(model, batch)))
-    xs = [
-        np.concatenate(arrays)
-        for arrays in zip(
-            *[[np.asarray(x) for x in keras.tree.flatten(b)] for b, _ in parts]
-        )
-    ]
-    expected = [
-        np.concatenate(outputs) for outputs in zip(*[e for _, e in parts])
-    ]
-    return xs, expected, sizes
 
 
 def _dynamic_batch(model):
@@ -591,99 +567,3 @@ def _describe_inputs(model):
     from keras_norms._runtimes import _protocol
 
     return _protocol.describe_inputs(_compat.input_signature(model))
-
-
-def _verify(staged, format, tolerance, report, inputs, reference):
-    """Run `staged` on the check batches in a fresh process holding its
-    runtime alone; compare with the model's outputs; fill `report`.
-
-    Returns the warnings to give once the artifact is written (a list).
-    Raises `OutputMismatchError` (nothing is written) if they differ, a
-    `ValueError` if the artifact takes one batch size only and the
-    check's batches are of several.
-    """
-    from keras_norms import _runtimes
-
-    model, sample, expected, (xs, batch_expected, sizes) = reference
-    nothing = (
-        f"nothing was written to {report.path!r} (an earlier file there "
-        "is unchanged)"
-    )
-    got, meta = _runtimes.run_in_child(
-        format,
-        staged,
-        xs,
-        inputs,
-        batches=sizes,
-        options={"also_default": True} if format == "openvino" else None,
-        what=f"The {report.runtime} check of the {format} export ({nothing})",
-    )
-    report.runtime = f"{report.runtime} {meta['version']}"
-    report.static_batch = static = meta["static_batch"]
-    if static is not None and any(size != static for size in sizes):
-        raise ValueError(
-            f"The {format} export, run by {report.runtime}, takes a batch "
-            f"of {static} row(s) only, so it cannot run the check's "
-            f"batches of {_deploy_report.sizes_text(sizes)} rows: the exporter fixed its "
-            f"batch dimension, though batch_size=None asks for any batch "
-            f"({nothing}). Pass batch_size={static} (or the batch you "
-            "will run) for an artifact with that static batch, or use "
-            "another format. Received: batch_size=None"
-        )
-    report.checked_batch_sizes = sorted(set(sizes))
-    what = f"The {format} export, run by {report.runtime},"
-    check = _check.Check.run(
-        got, batch_expected, tolerance, what=what, checked_on=report.checked_on
-    )
-    report.max_abs_difference = check.max_difference
-    report.tolerance = check.bound
-    report.mean_abs_difference = check.mean_difference
-    report.mean_tolerance = check.mean_bound
-    hint = (
-        _quantize.hint(report.quantize)
-        if report.quantize
-        else "Try another format, or fold=False."
-    )
-    _check.enforce_against(
-        check,
-        model,
-        sample,
-        expected,
-        "raise",
-        f" {nothing[0].upper()}{nothing[1:]}. {hint}",
-    )
-    if "variants" not in meta:
-        return []
-    return _report_default_precision(meta, batch_expected, tolerance, report)
-
-
-def _report_default_precision(meta, expected, tolerance, report):
-    """Fill `report`'s figures of the runtime's default precision (OpenVINO:
-    the CPU plugin's, bf16 where the processor has bf16 units); returns
-    `[warning]` if that precision exceeds the check's tolerance, else
-    `[]`."""
-    default = meta["variants"]["default"]
-    report.precision = meta.get("precision")
-    report.default_precision = default.get("precision")
-    check = _check.Check.run(
-        default["outputs"],
-        expected,
-        tolerance,
-        what=(
-            f"The {report.format} export, run by {report.runtime} in its "
-            f"default precision ({report.default_precision}),"
-        ),
-        checked_on=report.checked_on,
-    )
-    report.default_precision_difference = check.max_difference
-    if check.passed:
-        return []
-    return [
-        f"{check}. The artifact was verified in {report.precision} and "
-        f"written; OpenVINO's CPU plugin runs it in "
-        f"{report.default_precision} by default on this processor. To "
-        "compute what was checked, compile it with "
-        "core.compile_model(model, 'CPU', "
-        "{'INFERENCE_PRECISION_HINT': 'f32'}) (the export guide, "
-        '"OpenVINO\'s precision").'
-    ]
