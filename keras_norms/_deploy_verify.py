@@ -89,14 +89,22 @@ def verify(staged, format, tolerance, report, inputs, reference):
     report.runtime = f"{report.runtime} {meta['version']}"
     report.static_batch = static = meta["static_batch"]
     if static is not None and any(size != static for size in sizes):
+        if len(set(sizes)) == 1:  # batch_size=N, and the exporter wrote M
+            asked = f"batch_size={sizes[0]}"
+            why = f"the exporter did not write the asked batch {sizes[0]}"
+        else:
+            asked = "batch_size=None"
+            why = (
+                "the exporter fixed its batch dimension, though "
+                "batch_size=None asks for any batch"
+            )
         raise ValueError(
             f"The {format} export, run by {report.runtime}, takes a batch "
             f"of {static} row(s) only, so it cannot run the check's "
-            f"batches of {_deploy_report.sizes_text(sizes)} rows: the exporter fixed its "
-            f"batch dimension, though batch_size=None asks for any batch "
+            f"batches of {_deploy_report.sizes_text(sizes)} rows: {why} "
             f"({nothing}). Pass batch_size={static} (or the batch you "
             "will run) for an artifact with that static batch, or use "
-            "another format. Received: batch_size=None"
+            f"another format. Received: {asked}"
         )
     report.checked_batch_sizes = sorted(set(sizes))
     what = f"The {format} export, run by {report.runtime},"
