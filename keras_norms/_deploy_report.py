@@ -4,6 +4,14 @@ Its figures come from the export's check (`keras_norms._check.Check`).
 """
 
 
+def sizes_text(sizes):
+    """`"1, 4 and 5"`: the distinct batch sizes, in increasing order."""
+    names = [str(size) for size in sorted(set(sizes))]
+    if len(names) > 1:
+        names = [", ".join(names[:-1]), names[-1]]
+    return " and ".join(names)
+
+
 class DeployReport:
     """What `export` wrote and how close the artifact is to the model.
 
@@ -16,9 +24,12 @@ class DeployReport:
         tolerance: The bound of that output: `atol + rtol * max |model
             output|`, or the quantized rule's (`None` when
             `verify=False`).
-        static_batch: The batch size the artifact is fixed to, or `None`
-            if it takes any batch (the check then ran one batch;
-            otherwise one call per sample).
+        static_batch: The batch size the artifact is fixed to
+            (`batch_size=N`), or `None` if it takes any batch.
+        checked_batch_sizes: The batch sizes the check ran the artifact
+            on, each as one call (e.g. `[1, 4, 5]`: the 4-row sample, and
+            batches of 1 and 5 rows built from its rows, for a dynamic
+            batch; `[N]` for `batch_size=N`), else `None`.
         folded: Whether the model was put in its inference form first.
         rule: How `tolerance` was computed from the model's outputs.
         quantize: `None`, or the quantization (`"int8"`, `"float16"`).
@@ -39,6 +50,15 @@ class DeployReport:
         atol, rtol: The terms of the float rule: `1e-5` and `1e-4` for a
             float32 model, `16 * eps` for a float16 (`eps = 2**-10`) or
             bfloat16 (`eps = 2**-7`) one (`None` with `quantize="int8"`).
+        precision: OpenVINO: the precision the check ran in (`"f32"`,
+            forced with `INFERENCE_PRECISION_HINT`), else `None`.
+        default_precision: OpenVINO: the precision its CPU plugin picks
+            without that hint on this machine (`"bf16"` on processors
+            with bfloat16 units, else `"f32"`), else `None`.
+        default_precision_difference: OpenVINO: `max |artifact - model|`
+            in that default precision (reported; the check's rule
+            applies to the f32 run, and `export` warns when this one
+            exceeds the tolerance), else `None`.
     """
 
     def __init__(
@@ -59,6 +79,10 @@ class DeployReport:
         dtype="float32",
         atol=None,
         rtol=None,
+        checked_batch_sizes=None,
+        precision=None,
+        default_precision=None,
+        default_precision_difference=None,
     ):
         self.format = format
         self.path = path
@@ -76,6 +100,10 @@ class DeployReport:
         self.dtype = dtype
         self.atol = atol
         self.rtol = rtol
+        self.checked_batch_sizes = checked_batch_sizes
+        self.precision = precision
+        self.default_precision = default_precision
+        self.default_precision_difference = default_precision_difference
 
     @property
     def verified(self):
@@ -95,11 +123,22 @@ class DeployReport:
                 f"{self.mean_tolerance:.3g}"
             )
         on = f" on {self.checked_on}" if self.checked_on else ""
+        if self.checked_batch_sizes:
+            on += f" (batches of {sizes_text(self.checked_batch_sizes)} rows)"
         return (
             f"Exported {what} to {self.path}; {self.runtime} matches "
             f"the model{on}: max abs difference "
             f"{self.max_abs_difference:.3g} <= tolerance "
-            f"{self.tolerance:.3g}{mean} ({self.rule})."
+            f"{self.tolerance:.3g}{mean} ({self.rule}){self._precision()}."
+        )
+
+    def _precision(self):
+        if self.default_precision_difference is None:
+            return ""
+        return (
+            f"; run in {self.precision} (in the runtime's default precision "
+            f"here, {self.default_precision}, max abs difference "
+            f"{self.default_precision_difference:.3g})"
         )
 
     def __repr__(self):

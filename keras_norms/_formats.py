@@ -6,10 +6,15 @@ runtime need (`EXPORTER`, `RUNTIME`), the formats Keras cannot write from
 a backend and what to use instead (`REFUSED`), the compute dtypes a
 format cannot take (`FLOAT32_ONLY`), the converter defects the export
 matrix found (`DEFECTS`), and the exporter failures with a known way
-around them (`explain_export_error`).
+around them (`explain_export_error`); and `quiet_converter`, which keeps
+what a converter prints out of the user's terminal.
 """
 
+import contextlib
 import importlib.util
+import os
+import sys
+import tempfile
 
 from keras_norms import _compat
 
@@ -173,20 +178,90 @@ def require(format, backend, verify):
         )
 
 
+# How much of a converter's output an error shows (its last lines).
+OUTPUT_TAIL_LINES = 20
+OUTPUT_TAIL_CHARS = 3000
+
+
+class ConverterOutput:
+    """What a converter printed inside `quiet_converter` (its stdout and
+    stderr, Python's and its C++ libraries', in one text)."""
+
+    def __init__(self):
+        self.text = ""
+
+    def tail(self):
+        """Its last `OUTPUT_TAIL_LINES` lines (at most
+        `OUTPUT_TAIL_CHARS` characters), `""` if it printed nothing."""
+        lines = self.text.rstrip().splitlines()[-OUTPUT_TAIL_LINES:]
+        return "\n".join(lines)[-OUTPUT_TAIL_CHARS:]
+
+
+@contextlib.contextmanager
+def quiet_converter(verbose=False):
+    """Capture everything the block prints, at the file-descriptor level.
+
+    Converters print from C++ (TensorFlow's LiteRT converter, OpenVINO)
+    and from Python (torch.onnx's graph dump on a failure, tracer
+    warnings) to the process's stdout and stderr: inside this block both
+    file descriptors 1 and 2, and `sys.stdout` / `sys.stderr`, write to
+    one temporary file instead. The text is in the yielded
+    `ConverterOutput` afterwards (also after an error, for the error's
+    message: `explain_export_error(..., output=...)`).
+
+    Args:
+        verbose: Write the captured text to stderr once the block is
+            done (it still never interleaves with the converter's run).
+
+    Yields:
+        A `ConverterOutput`, filled when the block exits.
+    """
+    output = ConverterOutput()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        text = open(os.dup(log.fileno()), "w", buffering=1)
+        try:
+            for fd in saved:
+                os.dup2(log.fileno(), fd)
+            with contextlib.redirect_stdout(text):
+                with contextlib.redirect_stderr(text):
+                    yield output
+        finally:
+            text.close()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            log.seek(0)
+            output.text = log.read().decode(errors="replace")
+            if verbose and output.text:
+                sys.stderr.write(output.text)
+
+
 class ExportError(RuntimeError):
     """An exporter (Keras', a converter's) failed to write the artifact."""
 
 
-def explain_export_error(error, format, backend, batch_size, quantize):
+def explain_export_error(
+    error, format, backend, batch_size, quantize, output=""
+):
     """Raise a clear error for an exporter failure: a `ValueError` saying
     what to do where there is a known way around it, else an
-    `ExportError` with the exporter's error as its cause."""
+    `ExportError` with the exporter's error as its cause.
+
+    `output`: the tail of what the converter printed
+    (`ConverterOutput.tail`), quoted in the message after the exporter's
+    error.
+    """
+    cause = f"{type(error).__name__}: {str(error).strip()[-300:]}"
+    if output:
+        cause += f"\nThe converter's last output lines:\n{output}"
     if quantize == "int8":
         raise ValueError(
             "TensorFlow's LiteRT converter could not quantize the model to "
             "int8 (every op must have an int8 kernel, "
-            "TFLITE_BUILTINS_INT8): "
-            f"{type(error).__name__}: {str(error).strip()[-300:]}\n"
+            f"TFLITE_BUILTINS_INT8): {cause}\n"
             "Use quantize='float16', or export in float (quantize=None). "
             "Received: quantize='int8'"
         ) from error
@@ -195,13 +270,18 @@ def explain_export_error(error, format, backend, batch_size, quantize):
             "torch.onnx could not export the model with a dynamic batch "
             "(Keras uses torch.onnx's TorchScript exporter for a dynamic "
             "batch on torch, and it fails on some graphs, e.g. "
-            "channels-last group_norm): "
-            f"{type(error).__name__}: {str(error).strip()[-300:]}\n"
+            f"channels-last group_norm): {cause}\n"
             "Pass batch_size=N for an artifact with a static batch of N "
             "(torch.onnx's dynamo exporter), or export from the TensorFlow "
             "or JAX backend for a dynamic batch. Received: batch_size=None"
         ) from error
+    if format == "torch" and batch_size is None:
+        raise ValueError(
+            "torch.export could not export the model with a dynamic batch "
+            f"dimension (torch.export.Dim on every input's batch): {cause}\n"
+            "Pass batch_size=N for a program with a static batch of N. "
+            "Received: batch_size=None"
+        ) from error
     raise ExportError(
-        f"Keras' {format!r} exporter failed on the {backend} backend: "
-        f"{type(error).__name__}: {str(error).strip()[-500:]}"
+        f"Keras' {format!r} exporter failed on the {backend} backend: {cause}"
     ) from error

@@ -21,11 +21,6 @@ conv nets (see `docs/guide/export.md`) and still far below what a wrong
 graph or wrong weights cost.
 """
 
-import contextlib
-import os
-import sys
-import tempfile
-
 import keras
 import numpy as np
 
@@ -236,22 +231,3 @@ def converter_options(quantize, data, batch_size, hold_out):
 
 def hint(quantize):
     return _HINT[quantize]
-
-
-@contextlib.contextmanager
-def quiet_converter():
-    """Silence the converter's C++ stderr lines; replay them on an error."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace")[-5000:])
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)

@@ -33,7 +33,7 @@ Install the runtimes with `pip install "keras_norms[deploy]" -c
 constraints.txt`; `import keras_norms` never imports any of them.
 """
 
-import contextlib
+import warnings
 
 import keras
 import numpy as np
@@ -41,6 +41,7 @@ import numpy as np
 from keras_norms import _artifact
 from keras_norms import _check
 from keras_norms import _compat
+from keras_norms import _deploy_verify
 from keras_norms import _float32
 from keras_norms import _formats
 from keras_norms import _quantize
@@ -92,13 +93,23 @@ def export(
     by its runtime alone (onnxruntime's `InferenceSession`; LiteRT's
     `Interpreter`; OpenVINO's `Core` on CPU in float32;
     `torch.export.load`) and run on `sample` (or a seeded random batch of
-    4 of the model's input shape); every output must satisfy
+    4 of the model's input shape) as one batch, and, with
+    `batch_size=None`, on batches of 1 and 5 rows built from its rows (an
+    artifact that takes one batch size only is refused:
+    `report.checked_batch_sizes` says which ran); every output must
+    satisfy
 
         max |artifact - model| <= atol + rtol * max |model|
 
     with `atol=1e-5`, `rtol=1e-4` for a float32 model (the same rule as
     `optimize_for_inference` and `export_saved_model`)
-    or nothing is written. Only then is the artifact moved to `filepath`:
+    or nothing is written. OpenVINO is also run in its CPU plugin's
+    default precision (bf16 on processors with bf16 units), reported as
+    `report.default_precision_difference`, with a warning where it
+    exceeds the tolerance (the export guide, "OpenVINO's precision").
+    What the exporter prints is captured (shown with `verbose=True`,
+    quoted in the error if it fails).
+    Only then is the artifact moved to `filepath`:
     an existing export is replaced only after the new one is written and
     verified, and only with `overwrite=True`. OpenVINO's `.xml` and `.bin`
     are replaced as one unit (the old `.xml` moved aside first, the new
@@ -159,11 +170,14 @@ def export(
             `quantize="int8"`, holds rows of `representative_data` out
             of the calibration).
         overwrite: Replace an existing file (or earlier export).
-        batch_size: `None` keeps the batch dimension dynamic; an integer
-            fixes it (Keras then exports with that static batch; on torch,
-            `"onnx"` uses torch.onnx's dynamo exporter instead of the
-            TorchScript one, which fails on some graphs). The check runs
-            the sample in chunks of `batch_size`.
+        batch_size: `None` keeps the batch dimension dynamic in every
+            format (for `"torch"`, through `torch.export`'s
+            `dynamic_shapes`), checked on batches of 1, the sample's rows
+            and 5; an integer fixes it (Keras then exports with that
+            static batch; on torch, `"onnx"` uses torch.onnx's dynamo
+            exporter instead of the TorchScript one, which fails on some
+            graphs). The check then runs the sample in chunks of
+            `batch_size`.
         quantize: `None` (float32), `"int8"` (full-integer post-training
             quantization, float32 inputs and outputs) or `"float16"`
             (float16 weights); `format="litert"` on the TensorFlow
@@ -183,13 +197,16 @@ def export(
             where the format runs them (a float32 copy elsewhere, see
             above); `"float32"` always exports a float32 copy.
         **kwargs: Passed to `model.export` (e.g. `opset_version` for
-            ONNX, `input_signature`; for LiteRT, `tf.lite.TFLiteConverter`
-            attributes).
+            ONNX, `input_signature`, `dynamic_shapes` for `"torch"`; for
+            LiteRT, `tf.lite.TFLiteConverter` attributes; `verbose=True`
+            shows what the exporter printed).
 
     Returns:
         A `DeployReport`: format, path, runtime, max abs difference,
         tolerance and the rule it came from, the rows checked on and how
-        many, static batch size, quantization.
+        many, the batch sizes checked, static batch size, quantization;
+        for OpenVINO, the precision of its default configuration and its
+        difference.
 
     Raises:
         ValueError: An unknown format, a format this backend cannot
@@ -203,7 +220,9 @@ def export(
             it), a model computing NaN or inf on the check's rows; a
             model the converter cannot quantize to int8; or an artifact
             that computes something else than the model; a `dtype`
-            other than `None` or `"float32"`.
+            other than `None` or `"float32"`; with `batch_size=None`, an
+            artifact that takes one batch size only, or a model
+            torch.export cannot trace with a dynamic batch.
         FileExistsError: `filepath` exists and `overwrite=False`.
         ModuleNotFoundError: The exporter or runtime is not installed.
 
@@ -260,6 +279,8 @@ def export(
         report.check_rows, report.checked_on = _checked_rows(
             _check.sample_batch(model, sample), checked_on
         )
+        # `saved_model.export` checks the sample as one batch.
+        report.checked_batch_sizes = [report.check_rows]
         return report
     _formats.check_defects(model, format, backend)
     # The model's outputs on the check sample, before anything is traced
@@ -268,6 +289,11 @@ def export(
     checked_on = _checked_rows(sample, checked_on)
     if verify:
         _check_finite_outputs(model, expected, checked_on[1])
+        batches = _deploy_verify.check_batches(
+            model, sample, expected, batch_size
+        )
+    if format == "torch" and batch_size is None:
+        kwargs.setdefault("dynamic_shapes", _dynamic_batch(model))
     exported = model
     if fold:
         from keras_norms.inference import optimize_for_inference
@@ -298,7 +324,6 @@ def export(
     )
     if verify:
         report.check_rows, report.checked_on = checked_on
-    quiet = contextlib.nullcontext()
     if quantize is not None:
         kwargs.update(
             _quantize.converter_options(
@@ -306,23 +331,36 @@ def export(
             )
         )
         report.quantize = quantize
-        quiet = _quantize.quiet_converter()
     kwargs.setdefault("verbose", False)
 
     def produce(staged):
-        try:
-            with quiet:
+        # What the converter prints (torch.onnx dumps its whole graph on
+        # a failure) is kept out of the terminal: replayed with
+        # verbose=True, quoted in the error if it fails.
+        with _formats.quiet_converter(verbose=kwargs["verbose"]) as printed:
+            try:
                 exported.export(staged, format=format, **kwargs)
-        except Exception as e:  # any exporter's failure, explained
+            except Exception as e:  # any exporter's failure, explained
+                error = e
+            else:
+                error = None
+        if error is not None:
             _formats.explain_export_error(
-                e, format, backend, batch_size, quantize
+                error, format, backend, batch_size, quantize, printed.tail()
             )
         if verify:
             inputs = _describe_inputs(exported)  # as the exporter saw them
-            _verify(staged, format, tolerance, report, inputs, reference)
+            notes.extend(
+                _deploy_verify.verify(
+                    staged, format, tolerance, report, inputs, reference
+                )
+            )
 
-    reference = (model, sample, expected)
+    notes = []  # warnings, given once the artifact is in place
+    reference = (model, sample, expected, batches if verify else None)
     _artifact.write(target, produce)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     return report
 
 
@@ -349,6 +387,25 @@ def _check_batch_size(batch_size, format, kwargs):
             f"Received: batch_size={batch_size!r}"
         )
     return int(batch_size)
+
+
+def _dynamic_batch(model):
+    """torch.export's `dynamic_shapes` for Keras' torch exporter: one
+    `torch.export.Dim("batch")` on dimension 0 of every input (Keras
+    traces with a batch of 2 then; without it, with a batch of 1, which
+    the program is fixed to)."""
+    import torch
+
+    batch = torch.export.Dim("batch")
+    signature = _compat.input_signature(model)
+    # Keras' exporter calls `torch.export.export(model, args)`, whose
+    # `forward(*args)` takes the arguments as one tuple.
+    return [
+        tuple(
+            keras.tree.map_structure(lambda spec: {0: batch}, argument)
+            for argument in signature
+        )
+    ]
 
 
 def _checked_rows(sample, checked_on):
@@ -510,51 +567,3 @@ def _describe_inputs(model):
     from keras_norms._runtimes import _protocol
 
     return _protocol.describe_inputs(_compat.input_signature(model))
-
-
-def _verify(staged, format, tolerance, report, inputs, reference):
-    """Run `staged` on the check sample in a fresh process holding its
-    runtime alone; compare with the model's outputs; fill `report`.
-
-    Raises `OutputMismatchError` (nothing is written) if they differ.
-    """
-    from keras_norms import _runtimes
-
-    model, sample, expected = reference
-    got, meta = _runtimes.run_in_child(
-        format,
-        staged,
-        [np.asarray(x) for x in keras.tree.flatten(sample)],
-        inputs,
-        what=(
-            f"The {report.runtime} check of the {format} export (nothing "
-            f"was written to {report.path!r})"
-        ),
-    )
-    report.runtime = f"{report.runtime} {meta['version']}"
-    report.static_batch = meta["static_batch"]
-    check = _check.Check.run(
-        got,
-        expected,
-        tolerance,
-        what=f"The {format} export, run by {report.runtime},",
-        checked_on=report.checked_on,
-    )
-    report.max_abs_difference = check.max_difference
-    report.tolerance = check.bound
-    report.mean_abs_difference = check.mean_difference
-    report.mean_tolerance = check.mean_bound
-    hint = (
-        _quantize.hint(report.quantize)
-        if report.quantize
-        else "Try another format, or fold=False."
-    )
-    _check.enforce_against(
-        check,
-        model,
-        sample,
-        expected,
-        "raise",
-        f" Nothing was written to {report.path!r} (an earlier file there "
-        f"is unchanged). {hint}",
-    )

@@ -12,8 +12,10 @@ constraints.txt` installs them all).
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -222,6 +224,14 @@ def test_cnn_exports_and_verifies(tmp_path, format):
     assert report.checked_on == "4 rows drawn at random (seeded)"
     assert "on 4 rows drawn at random" in str(report)
     assert "'check_rows': 4" in repr(report)
+    # A dynamic batch is checked on the sample's 4 rows and on batches of
+    # 1 and 5; a static one on its batch only.
+    static = _options(format).get("batch_size")
+    assert report.static_batch == static
+    if format == "tf_saved_model":
+        assert report.checked_batch_sizes == [4]
+    else:
+        assert report.checked_batch_sizes == ([static] if static else [1, 4, 5])
 
 
 @pytest.mark.parametrize("format", deploy.FORMATS)
@@ -335,6 +345,188 @@ def test_torch_onnx_dynamic_batch(tmp_path):
         _small_model(), target, format="onnx", batch_size=2, overwrite=True
     )
     assert report.static_batch == 2 and report.verified
+
+
+@pytest.mark.parametrize("format", FILE_FORMATS)
+def test_static_artifact_with_dynamic_batch_is_refused(tmp_path, format):
+    # An exporter told a static batch (here through `input_signature`)
+    # may write an artifact that takes that batch only: with
+    # batch_size=None the check runs batches of 1, 4 and 5 rows, so such
+    # an artifact is refused, saying to pass batch_size, and nothing is
+    # written. (OpenVINO's converter from torch keeps the batch dynamic,
+    # and so does torch.export given export's dynamic_shapes: then it
+    # verifies on all three.)
+    _usable(format)
+    if (format, BACKEND) == ("onnx", "torch"):
+        pytest.skip("torch.onnx needs batch_size for this model")
+    signature = [keras.InputSpec(shape=(4, 8, 8, 3), dtype="float32")]
+    try:
+        report = deploy.export(
+            _small_model(),
+            tmp_path / f"m{SUFFIX[format]}",
+            format=format,
+            input_signature=signature,
+        )
+    except ValueError as error:
+        assert re.search(
+            r"takes a batch of 4 row\(s\) only.*batches of 1, 4 and 5 "
+            r"rows.*Pass batch_size=4.*Received: batch_size=None$",
+            str(error),
+            re.S,
+        ), str(error)
+        assert not os.listdir(tmp_path)
+    else:
+        assert BACKEND == "torch" and format in ("openvino", "torch")
+        assert report.static_batch is None
+        assert report.checked_batch_sizes == [1, 4, 5]
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.export only")
+def test_torch_program_takes_any_batch(tmp_path):
+    _usable("torch")
+    import torch
+
+    model = _small_model()
+    target = tmp_path / "m.pt2"
+    report = deploy.export(model, target, format="torch")
+    assert report.static_batch is None
+    assert report.checked_batch_sizes == [1, 4, 5]
+    assert "(batches of 1, 4 and 5 rows)" in str(report)
+    # Independently of the check: the saved program runs batches of 1, 3
+    # and 7, as the model does (folded: float32 rounding apart).
+    program = torch.export.load(str(target)).module()
+    rng = np.random.RandomState(1)
+    for rows in (1, 3, 7):
+        x = rng.randn(rows, 8, 8, 3).astype("float32")
+        with torch.no_grad():
+            got = program(torch.from_numpy(x)).numpy()
+        want = keras.ops.convert_to_numpy(model(x))
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    # Keras' own default (no dynamic_shapes: a batch of 1) is refused.
+    with pytest.raises(ValueError, match=r"Pass batch_size=1"):
+        deploy.export(
+            model, target, format="torch", overwrite=True, dynamic_shapes=None
+        )
+    # A static batch, asked for: fixed, and checked on that batch.
+    report = deploy.export(
+        model,
+        target,
+        format="torch",
+        overwrite=True,
+        batch_size=3,
+        sample=rng.randn(6, 8, 8, 3).astype("float32"),
+    )
+    assert report.static_batch == 3 and report.checked_batch_sizes == [3]
+    assert report.check_rows == 6
+
+
+def test_openvino_reports_its_default_precision(tmp_path):
+    _usable("openvino")
+    import openvino as ov
+
+    model = _small_model()
+    target = tmp_path / "m.xml"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = deploy.export(model, target, format="openvino")
+    assert report.precision == "f32"
+    compiled = ov.Core().compile_model(str(target), "CPU")
+    default = compiled.get_property("INFERENCE_PRECISION_HINT")
+    assert report.default_precision == default.get_type_name()
+    # The figure, independently: the plugin's default on the 4-row sample
+    # (one of the checked batches).
+    x = _check.sample_batch(model)
+    got = np.asarray(compiled([x])[compiled.outputs[0]])
+    want = keras.ops.convert_to_numpy(model(x))
+    difference = float(np.max(np.abs(got - want)))
+    assert report.default_precision_difference >= difference * (1 - 1e-6)
+    assert report.default_precision_difference <= 10 * max(difference, 1e-6)
+    notes = [
+        str(w.message) for w in caught if "default precision" in str(w.message)
+    ]
+    if report.default_precision_difference > report.tolerance:
+        # bf16 units: measured 0.011-0.016 here against a tolerance of
+        # about 2e-4. The warning says how to get what was checked.
+        assert len(notes) == 1
+        assert "INFERENCE_PRECISION_HINT': 'f32'" in notes[0]
+        assert f"({report.default_precision})" in notes[0]
+        assert "run in f32 (in the runtime's default precision" in str(report)
+    else:
+        assert notes == []
+    assert report.verified and report.max_abs_difference <= report.tolerance
+
+
+def test_openvino_ignores_a_precision_hint_stored_in_the_model(tmp_path):
+    # The guide says so: a hint in the IR's rt_info does not set the CPU
+    # plugin's precision; only the compile configuration does.
+    _usable("openvino")
+    import openvino as ov
+
+    core = ov.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this processor has no bf16 units (f32 either way)")
+    model = _small_model()
+    model.export(str(tmp_path / "m.xml"), format="openvino", verbose=False)
+    ir = core.read_model(str(tmp_path / "m.xml"))
+    ir.set_rt_info("f32", ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    ov.save_model(ir, str(tmp_path / "hinted.xml"))
+    compiled = core.compile_model(str(tmp_path / "hinted.xml"), "CPU")
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    assert hint.get_type_name() == "bf16"
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    compiled = core.compile_model(str(tmp_path / "hinted.xml"), "CPU", config)
+    assert compiled.get_property(
+        "INFERENCE_PRECISION_HINT"
+    ).get_type_name() == ("f32")
+
+
+def test_quiet_converter_captures_every_stream(capfd):
+    with _formats.quiet_converter() as printed:
+        print("python stdout")
+        print("python stderr", file=sys.stderr)
+        os.write(1, b"fd 1\n")
+        os.write(2, b"fd 2\n")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    for line in ("python stdout", "python stderr", "fd 1", "fd 2"):
+        assert line in printed.text
+    with pytest.raises(KeyError):
+        with _formats.quiet_converter() as printed:
+            os.write(2, b"".join(b"line %d\n" % i for i in range(100)))
+            raise KeyError("failed")
+    assert capfd.readouterr() == ("", "")
+    tail = printed.tail().splitlines()
+    assert tail == [f"line {i}" for i in range(80, 100)]
+    with _formats.quiet_converter(verbose=True):
+        os.write(2, b"shown after\n")
+    assert capfd.readouterr().err == "shown after\n"
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.onnx only")
+def test_failed_torch_onnx_export_prints_nothing(tmp_path, capfd):
+    # torch.onnx's TorchScript exporter fails on a channels-last group
+    # norm with a dynamic batch, and dumps its whole graph (about 60 lines)
+    # first: the user sees our error only, which quotes the dump's tail.
+    _usable("onnx")
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 4)),
+            keras.layers.Conv2D(4, 3),
+            kn.GroupNormalization(groups=2),
+        ]
+    )
+    capfd.readouterr()
+    with pytest.raises(ValueError, match="Pass batch_size=N") as error:
+        deploy.export(model, tmp_path / "m.onnx", format="onnx")
+    out, err = capfd.readouterr()
+    assert "Torch IR graph" not in out + err
+    assert "TracerWarning" not in out + err
+    assert "aten::" not in out + err
+    message = str(error.value)
+    assert "The converter's last output lines:" in message
+    assert "return (" in message  # the dump's last line
+    assert message.rstrip().endswith("Received: batch_size=None")
+    assert not os.listdir(tmp_path)
 
 
 def _openvino_outputs(xml, x):

@@ -163,6 +163,41 @@ def test_run_batches_in_slices_of_a_static_batch():
         _protocol.run_batches(_Doubling(static=4), [x])
 
 
+def test_run_batches_each_batch_as_one_call():
+    x = np.arange(10.0)[:, None]
+    runtime = _Doubling(static=None)
+    (out,) = _protocol.run_batches(runtime, [x], [4, 1, 5])
+    np.testing.assert_array_equal(out, 2 * x)
+    assert runtime.batches == [4, 1, 5]
+    # A static batch takes only batches of its size.
+    assert _protocol.takes_batches(_Doubling(static=5), [5, 5])
+    assert not _protocol.takes_batches(_Doubling(static=1), [4, 1, 5])
+    assert _protocol.takes_batches(runtime, [4, 1, 5])
+    for batches in ([4, 1], [4, 0, 6], [-1, 11]):
+        with pytest.raises(ValueError, match=r"Received: batches="):
+            _protocol.run_batches(runtime, [x], batches)
+        with pytest.raises(ValueError, match=r"Received: batches="):
+            _runtimes.run_in_child("onnx", "m.onnx", [x], batches=batches)
+
+
+def test_outputs_of_variants_round_trip(tmp_path):
+    io = str(tmp_path / "io")
+    outputs = [np.ones((2, 3), "float32")]
+    default = [np.full((2, 3), 2.0, "float32")]
+    _protocol.write_outputs(
+        io,
+        outputs,
+        {"version": "1", "static_batch": None},
+        {"default": (default, {"precision": "bf16"})},
+    )
+    got, meta = _protocol.read_outputs(io)
+    assert len(got) == 1
+    np.testing.assert_array_equal(got[0], outputs[0])
+    variant = meta["variants"]["default"]
+    assert variant["precision"] == "bf16"
+    np.testing.assert_array_equal(variant["outputs"][0], default[0])
+
+
 @pytest.mark.parametrize("name", ["threads", "batch"])
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
 def test_bad_threads_or_batch(name, value):
@@ -480,6 +515,46 @@ def test_openvino_precision_option(tmp_path):
 
     with pytest.raises(ValueError, match="Received: precision='fp32'"):
         openvino_runtime.load(path, precision="fp32")
+
+
+def test_openvino_default_precision_variant(tmp_path):
+    # The artifact compiled twice in one child: in f32 (the outputs) and
+    # in the CPU plugin's default precision (the variant "default"), each
+    # saying which precision the plugin runs.
+    if "openvino" not in KERAS_EXPORTS[BACKEND]:
+        pytest.skip(f"Keras writes no openvino from {BACKEND}")
+    model, xs, described, expected = _case("single")
+    path = _keras_export(model, "openvino", tmp_path)
+    got, meta = _runtimes.run_in_child(
+        "openvino", path, xs, described, options={"also_default": True}
+    )
+    _assert_matches(got, expected)
+    assert meta["precision"] == "f32"
+    import openvino as ov
+
+    plugin = ov.Core().compile_model(path, "CPU")
+    default = plugin.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    variant = meta["variants"]["default"]
+    assert variant["precision"] == default
+    reference = np.asarray(plugin(xs)[plugin.outputs[0]])
+    np.testing.assert_array_equal(variant["outputs"][0], reference)
+
+
+@pytest.mark.parametrize("format", KERAS_EXPORTS[BACKEND])
+def test_batches_of_several_sizes(tmp_path, format):
+    # Each batch runs as one call; a program fixed to one batch size
+    # (Keras' torch exporter traces a batch of 1) is not run, and its
+    # meta says its batch.
+    model, xs, described, expected = _case("list")
+    path = _keras_export(model, format, tmp_path)
+    got, meta = _runtimes.run_in_child(
+        format, path, xs, described, batches=[1, 4]
+    )
+    if format == "torch":
+        assert meta["static_batch"] == 1 and got == []
+        return
+    assert meta["static_batch"] is None
+    _assert_matches(got, expected)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.export only")

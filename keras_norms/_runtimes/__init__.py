@@ -62,6 +62,7 @@ def run_in_child(
     *,
     threads=None,
     batch=None,
+    batches=None,
     options=None,
     env=None,
     timeout=None,
@@ -87,6 +88,12 @@ def run_in_child(
         threads: The runtime's intra-op threads (`None`: its default).
         batch: The batch to fix where the runtime needs it (see the
             module's `load`).
+        batches: `None` (the inputs in one call, or in slices of the
+            artifact's static batch), or row counts summing to the rows
+            of `xs`: each slice of that many rows runs as one call, and
+            an artifact with a static batch that is not every one of
+            them is not run (no outputs; `meta["static_batch"]` says
+            its batch).
         options: The module's own `load` options, a JSON-ready dict
             (e.g. `{"precision": None}` for OpenVINO).
         env: Environment variables for the child (over this process's;
@@ -101,11 +108,14 @@ def run_in_child(
     Returns:
         `(outputs, meta)`: the flat outputs in the model's order, and
         what the runtime said about the artifact (`version`,
-        `static_batch`, `input_names`; `xla` for TensorFlow).
+        `static_batch`, `input_names`; `xla` for TensorFlow,
+        `precision` for OpenVINO; under `variants`, each variant's meta
+        and its `outputs`, e.g. OpenVINO's `"default"`).
 
     Raises:
-        ValueError: If `format` is unknown, or `threads` or `batch` is
-            not a positive integer.
+        ValueError: If `format` is unknown, `threads` or `batch` is
+            not a positive integer, or `batches` do not add up to the
+            rows of `xs`.
         TypeError: If an input is not a numeric array.
         keras_norms._launch.ChildProcessFailed: A `RuntimeError`, if the
             child fails (the runtime could not load or run the artifact),
@@ -118,6 +128,8 @@ def run_in_child(
 
     module = module_name(format)
     _protocol.check_options(threads, batch)
+    if batches is not None:
+        batches = _protocol.check_batches(batches, len(xs[0]) if xs else 0)
     args = [os.path.abspath(os.fspath(path))]
     with tempfile.TemporaryDirectory(prefix="keras_norms_run_") as tmp:
         io = os.path.join(tmp, "io")
@@ -127,6 +139,8 @@ def run_in_child(
             args += ["--threads", threads]
         if batch is not None:
             args += ["--batch", batch]
+        if batches is not None:
+            args += ["--batches", json.dumps(batches)]
         if options:
             args += ["--options", json.dumps(options)]
         if report_modules:

@@ -17,7 +17,18 @@ gets its outputs back, through files beside one path prefix `io`:
 - `<io>_meta.json`: what the runtime says about the artifact (`version`:
   the runtime's version, `static_batch`: the artifact's static batch size
   or `None`, `input_names`: the artifact's input names, and per runtime
-  more, e.g. `xla` for TensorFlow).
+  more, e.g. `xla` for TensorFlow, `precision` for OpenVINO), and under
+  `variants` the same for each variant of the runtime (e.g. OpenVINO's
+  `"default"`: the plugin's own configuration), whose outputs are the
+  entries `<variant>_0`, `<variant>_1`, ... of `<io>_out.npz`.
+
+**Batches.** By default the inputs are run in one call, or in slices of
+the artifact's static batch where it has one (`run_batches`). Given
+`batches` (row counts summing to the rows of the inputs), each slice of
+that many rows is run as one call, never sliced further: an artifact
+whose static batch is not every one of them is not run at all (no
+outputs; its meta says its `static_batch`), so that a caller checking
+several batch sizes learns the artifact takes only one.
 
 **The order of the flat inputs** is the order of `flatten`: lists and
 tuples in order, dicts by sorted key (as `keras.tree.flatten`).
@@ -183,6 +194,11 @@ class Runtime:
             xs, self.model_names, self.input_names, self.model_paths
         )
 
+    def variants(self):
+        """`{name: Runtime}`: other configurations of the runtime that run
+        beside this one (default: none; OpenVINO's `"default"`)."""
+        return {}
+
     def meta(self):
         """What `<io>_meta.json` records (JSON-ready)."""
         return {
@@ -223,13 +239,47 @@ def check_batch(batch, static_batch, runtime):
         )
 
 
-def run_batches(runtime, xs):
+def check_batches(batches, rows):
+    """`batches` as a list of ints, or a `ValueError` unless they are
+    positive row counts summing to `rows`."""
+    batches = [int(b) for b in batches]
+    if sum(batches) != rows or min(batches, default=0) < 1:
+        raise ValueError(
+            "Argument `batches` must be positive row counts summing to "
+            f"the {rows} rows of the inputs. Received: batches={batches}"
+        )
+    return batches
+
+
+def takes_batches(runtime, batches):
+    """Whether `runtime` runs each batch of `batches` rows as one call."""
+    static = runtime.static_batch
+    return static is None or all(b == static for b in batches)
+
+
+def run_batches(runtime, xs, batches=None):
     """`runtime.run(xs)`, in slices of its static batch where it has one.
 
+    Args:
+        runtime: A `Runtime`.
+        xs: The flat inputs (model order).
+        batches: `None`, or row counts summing to the rows of `xs`: each
+            slice of that many rows is run as one call, and the outputs
+            are concatenated (the caller checks `takes_batches` first).
+
     Raises:
-        ValueError: If the batch is not a multiple of the static batch.
+        ValueError: If the batch is not a multiple of the static batch,
+            or `batches` do not add up to the rows of `xs`.
     """
     n = len(xs[0])
+    if batches is not None:
+        check_batches(batches, n)
+        ends = np.cumsum([0] + list(batches))
+        parts = [
+            runtime.run([x[a:b] for x in xs])
+            for a, b in zip(ends[:-1], ends[1:])
+        ]
+        return [np.concatenate(outputs) for outputs in zip(*parts)]
     static = runtime.static_batch
     if static is None or static == n:
         return runtime.run(xs)
@@ -297,19 +347,40 @@ def saveable(output):
     return output
 
 
-def write_outputs(io, outputs, meta):
-    """Write the flat outputs (model order) and the runtime's `meta`."""
-    np.savez(io + OUT, *[saveable(o) for o in outputs])
+def write_outputs(io, outputs, meta, variants=None):
+    """Write the flat outputs (model order) and the runtime's `meta`.
+
+    `variants`: `{name: (outputs, meta)}` of the runtime's variants.
+    """
+    arrays = {f"arr_{i}": saveable(o) for i, o in enumerate(outputs)}
+    meta = dict(meta)
+    if variants:
+        meta["variants"] = {}
+        for name, (variant_outputs, variant_meta) in variants.items():
+            meta["variants"][name] = variant_meta
+            for i, o in enumerate(variant_outputs):
+                arrays[f"{name}_{i}"] = saveable(o)
+    np.savez(io + OUT, **arrays)
     with open(io + META, "w") as f:
         json.dump(meta, f)
 
 
 def read_outputs(io):
-    """`(outputs, meta)` as `write_outputs` wrote them."""
-    with np.load(io + OUT, allow_pickle=False) as data:
-        outputs = [data[f"arr_{i}"] for i in range(len(data.files))]
+    """`(outputs, meta)` as `write_outputs` wrote them.
+
+    Each variant's outputs are in `meta["variants"][name]["outputs"]`.
+    """
     with open(io + META) as f:
         meta = json.load(f)
+    with np.load(io + OUT, allow_pickle=False) as data:
+
+        def entries(prefix):
+            count = sum(f.startswith(prefix + "_") for f in data.files)
+            return [data[f"{prefix}_{i}"] for i in range(count)]
+
+        outputs = entries("arr")
+        for name, variant in meta.get("variants", {}).items():
+            variant["outputs"] = entries(name)
     return outputs, meta
 
 
@@ -317,19 +388,22 @@ def main(load, argv=None):
     """A runtime module's program: load the artifact, run the inputs.
 
     `python -m keras_norms._runtimes.<module> ARTIFACT IO [--threads N]
-    [--batch N] [--options JSON] [--report-modules]` (launched by
-    `keras_norms._launch`, which keeps `keras_norms/__init__` out):
-    reads `<IO>_in.npz` and `<IO>_inputs.json`, runs them (in slices of a
-    static batch), writes `<IO>_out.npz` and `<IO>_meta.json`.
-    `--options` is a JSON object of the module's own `load` options;
-    `--report-modules` adds `modules` (every imported module's name) to
-    the meta.
+    [--batch N] [--batches JSON] [--options JSON] [--report-modules]`
+    (launched by `keras_norms._launch`, which keeps
+    `keras_norms/__init__` out): reads `<IO>_in.npz` and
+    `<IO>_inputs.json`, runs them (in slices of a static batch, or each
+    of `--batches`, a JSON list of row counts, as one call: see
+    "Batches" above), also in each of the runtime's `variants`, writes
+    `<IO>_out.npz` and `<IO>_meta.json`. `--options` is a JSON object of
+    the module's own `load` options; `--report-modules` adds `modules`
+    (every imported module's name) to the meta.
     """
     parser = argparse.ArgumentParser(prog=sys.argv[0])
     parser.add_argument("artifact")
     parser.add_argument("io")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--batch", type=int)
+    parser.add_argument("--batches", type=json.loads, default=None)
     parser.add_argument("--options", type=json.loads, default={})
     parser.add_argument("--report-modules", action="store_true")
     args = parser.parse_args(argv)
@@ -341,8 +415,14 @@ def main(load, argv=None):
         inputs=inputs,
         **args.options,
     )
-    outputs = run_batches(runtime, xs)
+    outputs, variants = [], {}
+    if args.batches is None or takes_batches(runtime, args.batches):
+        outputs = run_batches(runtime, xs, args.batches)
+        variants = {
+            name: (run_batches(variant, xs, args.batches), variant.meta())
+            for name, variant in runtime.variants().items()
+        }
     meta = runtime.meta()
     if args.report_modules:
         meta["modules"] = sorted(sys.modules)
-    write_outputs(args.io, outputs, meta)
+    write_outputs(args.io, outputs, meta, variants)

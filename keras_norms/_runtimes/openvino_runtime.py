@@ -12,10 +12,22 @@ PRECISIONS = ("f32", "f16", "bf16")
 
 
 class OpenVINORuntime(_protocol.Runtime):
-    """A `CompiledModel` (`compiled`) of the artifact on the CPU."""
+    """A `CompiledModel` (`compiled`) of the artifact on the CPU.
 
-    def __init__(self, compiled, version, static, inputs):
+    Attributes:
+        precision: The precision the plugin computes in
+            (`INFERENCE_PRECISION_HINT` of the compiled model: `"f32"`,
+            `"bf16"`, `"f16"`).
+        default: `None`, or the artifact compiled with the plugin's
+            default precision (an `OpenVINORuntime`; `load(...,
+            also_default=True)`), run beside this one as the variant
+            `"default"`.
+    """
+
+    def __init__(self, compiled, version, static, inputs, default=None):
         self.compiled = compiled
+        self.precision = compiled_precision(compiled)
+        self.default = default
         super().__init__(
             version,
             [i.get_any_name() for i in compiled.inputs],
@@ -27,8 +39,28 @@ class OpenVINORuntime(_protocol.Runtime):
         result = self.compiled(self.ordered(xs))
         return [np.asarray(result[o]) for o in self.compiled.outputs]
 
+    def variants(self):
+        return {} if self.default is None else {"default": self.default}
 
-def load(path, *, threads=None, batch=None, inputs=None, precision="f32"):
+    def meta(self):
+        return {**super().meta(), "precision": self.precision}
+
+
+def compiled_precision(compiled):
+    """The `INFERENCE_PRECISION_HINT` a compiled model runs with, as
+    `"f32"`, `"bf16"` or `"f16"` (OpenVINO's name of the element type)."""
+    return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+
+def load(
+    path,
+    *,
+    threads=None,
+    batch=None,
+    inputs=None,
+    precision="f32",
+    also_default=False,
+):
     """Read and compile an OpenVINO IR for the CPU.
 
     Args:
@@ -44,6 +76,12 @@ def load(path, *, threads=None, batch=None, inputs=None, precision="f32"):
         precision: `INFERENCE_PRECISION_HINT`: `"f32"` (the default: the
             CPU plugin would otherwise run bf16 or f16 where the processor
             has it), `"f16"`, `"bf16"`, or `None` for the plugin's default.
+            OpenVINO 2026.4 ignores a hint stored in the IR's `rt_info`
+            (`runtime_options`): only the compile configuration sets it.
+        also_default: Also compile the model with the plugin's default
+            precision (the same other options), as the runtime's variant
+            `"default"`: a program run writes its outputs and its
+            `precision` beside this one's.
 
     Returns:
         An `OpenVINORuntime`: `run(xs)` takes and returns flat lists of
@@ -84,7 +122,16 @@ def load(path, *, threads=None, batch=None, inputs=None, precision="f32"):
             PERFORMANCE_HINT="LATENCY",
         )
     compiled = core.compile_model(model, "CPU", config)
-    return OpenVINORuntime(compiled, ov.__version__, static, inputs)
+    default = None
+    if also_default:
+        config.pop("INFERENCE_PRECISION_HINT", None)
+        default = OpenVINORuntime(
+            core.compile_model(model, "CPU", config),
+            ov.__version__,
+            static,
+            inputs,
+        )
+    return OpenVINORuntime(compiled, ov.__version__, static, inputs, default)
 
 
 if __name__ == "__main__":
