@@ -399,6 +399,14 @@ def sample_batch(model, sample=None):
     return keras.tree.pack_sequence_as(structure, batch)
 
 
+def with_rows(sample, rows):
+    """`sample` (an array or any input structure) with its rows repeated,
+    in order, to `rows` rows (`np.resize` along the batch axis)."""
+    return keras.tree.map_structure(
+        lambda x: np.resize(np.asarray(x), (rows,) + np.shape(x)[1:]), sample
+    )
+
+
 def _normalization_statistics(model):
     """`{index in model.inputs: (mean, variance)}` broadcastable, float64."""
     found = {}

@@ -27,7 +27,7 @@ def check_batches(model, sample, expected, batch_size):
     With `batch_size`, the sample in chunks of it. Without, the sample as
     one batch, then `DYNAMIC_CHECK_BATCHES` (those of another size than
     the sample's) built from its rows (`np.resize`: the rows in order,
-    repeated), and the model's outputs on each. `xs` and `expected` are
+    repeated: `_check.with_rows`), and the model's outputs on each. `xs` and `expected` are
     flat (model order), the batches concatenated row-wise; `sizes` their
     row counts, in order.
     """
@@ -42,12 +42,7 @@ def check_batches(model, sample, expected, batch_size):
     sizes = [rows] + [b for b in DYNAMIC_CHECK_BATCHES if b != rows]
     parts = [(sample, expected)]
     for size in sizes[1:]:
-        batch = keras.tree.map_structure(
-            lambda x, size=size: np.resize(
-                np.asarray(x), (size,) + np.shape(x)[1:]
-            ),
-            sample,
-        )
+        batch = _check.with_rows(sample, size)
         parts.append((batch, _check.model_outputs(model, batch)))
     xs = [
         np.concatenate(arrays)

@@ -24,6 +24,7 @@ graph or wrong weights cost.
 import keras
 import numpy as np
 
+from keras_norms import _check
 from keras_norms import _validation
 
 MODES = ("int8", "float16")
@@ -173,8 +174,7 @@ def _rows(data, hold_out):
 
 def _whole_batches(x, batch):
     """`x`, rows repeated up to a multiple of `batch`."""
-    n = -(-len(x) // batch) * batch
-    return np.resize(x, (n,) + x.shape[1:])
+    return _check.with_rows(x, -(-len(x) // batch) * batch)
 
 
 def check_sample(data, batch_size):

@@ -464,10 +464,7 @@ def _static_signature(model, batch_size):
 
 def _sample_of(model, batch_size):
     """The default check sample, its rows repeated to `batch_size`."""
-    batch = _check.sample_batch(model)
-    return keras.tree.map_structure(
-        lambda x: np.resize(x, (batch_size,) + x.shape[1:]), batch
-    )
+    return _check.with_rows(_check.sample_batch(model), batch_size)
 
 
 def check_format(format, verify=True):
